@@ -1,0 +1,206 @@
+"""``cdc``: the operator's commands. This shell builds the settings once, wires the pieces,
+and turns known errors into one clear line and an exit status."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine
+
+from cdc import database, deadletters, demo, logs, triggers
+from cdc.catalog import read_table
+from cdc.errors import CdcError, ConfigError, PermanentError
+from cdc.publishers import Publisher
+from cdc.publishers.file import FilePublisher, NullPublisher
+from cdc.settings import Settings, load_settings
+from cdc.sources.changelog import ChangeLogSource
+from cdc.state import state_tables
+from cdc.worker import Worker, failpoint_hook, install_signal_handlers
+
+log = logging.getLogger("cdc")
+
+
+def open_publisher(settings: Settings, stop: threading.Event) -> Publisher:
+    if settings.bus == "file":
+        return FilePublisher(settings.bus_file, settings.event_bus_name, settings.max_entry_bytes)
+    if settings.bus == "null":
+        return NullPublisher()
+    from cdc.publishers.eventbridge import EventBridgePublisher
+
+    return EventBridgePublisher.from_environment(
+        settings.event_bus_name, settings.max_entry_bytes, stop
+    )
+
+
+def open_source(settings: Settings, engine: Engine) -> ChangeLogSource:
+    if settings.capture != "changelog":
+        raise ConfigError("CDC_CAPTURE", "only 'changelog' is available in this version")
+    return ChangeLogSource(engine, state_tables(engine.dialect.name, settings.state_schema),
+                           settings.default_schema)
+
+
+def prepare_embedded(settings: Settings, engine: Engine) -> None:
+    """The embedded default sets itself up: state tables, demo table, triggers, first rows."""
+    database.migrate(engine, settings)
+    created = demo.create_demo_table(engine)
+    triggers.install(engine, [read_table(engine, t) for t in settings.table_refs], settings.state_schema)
+    if created:
+        demo.seed(engine)
+    log.info("embedded demo: legacy database %s, events in %s; run `cdc demo` to change rows",
+             settings.display_url, settings.bus_file)
+
+
+def check_migrated(settings: Settings, engine: Engine) -> None:
+    revision = database.current_revision(engine, settings)
+    if revision is None:
+        raise CdcError(f"the service's state schema is missing in {settings.display_url}; "
+                       "run `cdc migrate` first")
+
+
+def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> int:
+    engine = database.connect(settings)
+    database.migrate(engine, settings)
+    print(f"state schema is at revision {database.current_revision(engine, settings)}")
+    return 0
+
+
+def cmd_setup(settings: Settings, args: argparse.Namespace) -> int:
+    engine = database.connect(settings)
+    if args.drop:
+        triggers.drop(engine, settings.table_refs, settings.state_schema)
+        print("capture triggers removed from " + ", ".join(t.qualified for t in settings.table_refs))
+        return 0
+    check_migrated(settings, engine)
+    triggers.install(engine, [read_table(engine, t) for t in settings.table_refs], settings.state_schema)
+    print("capture triggers installed on " + ", ".join(t.qualified for t in settings.table_refs))
+    return 0
+
+
+def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
+    engine = database.connect(settings)
+    if settings.embedded:
+        prepare_embedded(settings, engine)
+    else:
+        check_migrated(settings, engine)
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    source = open_source(settings, engine)
+    publisher = open_publisher(settings, stop)
+    worker = Worker(settings, source, publisher, stop, on_published=failpoint_hook(settings.failpoint))
+    try:
+        worker.run()
+    finally:
+        publisher.close()
+        source.close()
+    return 0
+
+
+def cmd_status(settings: Settings, _args: argparse.Namespace) -> int:
+    engine = database.connect(settings)
+    check_migrated(settings, engine)
+    source = open_source(settings, engine)
+    tables = source.state
+    pending, oldest = source.pending()
+    with engine.connect() as connection:
+        row = connection.execute(tables.checkpoints.select()).mappings().first()
+    lag = (datetime.now(UTC) - oldest).total_seconds() if oldest else 0.0
+    print(f"database:        {settings.display_url}")
+    print(f"capture:         {settings.capture} ({', '.join(t.qualified for t in settings.table_refs)})")
+    print(f"pending changes: {pending}")
+    print(f"lag:             {lag:.1f}s (oldest unpublished change)")
+    if row:
+        print(f"last position:   {row['position']} ({row['published']} changes published, "
+              f"last at {row['updated_at']})")
+    else:
+        print("last position:   none yet")
+    print(f"dead letters:    {deadletters.count(engine, tables)}")
+    return 0
+
+
+def cmd_dead_letters(settings: Settings, args: argparse.Namespace) -> int:
+    engine = database.connect(settings)
+    check_migrated(settings, engine)
+    tables = state_tables(engine.dialect.name, settings.state_schema)
+    letters = deadletters.listing(engine, tables, limit=args.limit)
+    if args.resend is None:
+        if not letters:
+            print("no dead letters")
+        for letter in letters:
+            print(f"{letter.id}\t{letter.created_at}\t{letter.table}\t{letter.event_id}\t"
+                  f"{letter.entry.size} bytes\tattempts={letter.attempts}\t{letter.reason}")
+        return 0
+    chosen = [x for x in letters if not args.resend or x.id in args.resend]
+    if not chosen:
+        print("nothing to resend")
+        return 0
+    stop = threading.Event()
+    publisher = open_publisher(settings, stop)
+    try:
+        rejected = publisher.publish([x.entry for x in chosen])
+    finally:
+        publisher.close()
+    rejected_ids = {r.entry.event_id for r in rejected}
+    accepted = [x.entry.event_id for x in chosen if x.entry.event_id not in rejected_ids]
+    deadletters.resolve(engine, tables, accepted, rejected)
+    print(f"resent {len(accepted)}; still rejected {len(rejected)}")
+    for rejection in rejected:
+        print(f"  {rejection.entry.event_id}: {rejection.reason}")
+    return 1 if rejected else 0
+
+
+def cmd_demo(settings: Settings, _args: argparse.Namespace) -> int:
+    if not settings.embedded:
+        raise ConfigError("CDC_DATABASE_URL", "`cdc demo` changes the embedded demo database only; unset it")
+    engine = database.connect(settings)
+    prepare_embedded(settings, engine)
+    for line in demo.make_changes(engine):
+        print(line)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="cdc", description=(
+        "Capture a legacy database's row changes and publish them to Amazon EventBridge. "
+        "Configured by CDC_* environment variables and an optional TOML file (CDC_CONFIG)."))
+    sub = top.add_subparsers(dest="command", required=True)
+    sub.add_parser("migrate", help="create or upgrade the service's own schema").set_defaults(func=cmd_migrate)
+    setup = sub.add_parser("setup", help="install capture triggers on CDC_TABLES")
+    setup.add_argument("--drop", action="store_true", help="remove them instead")
+    setup.set_defaults(func=cmd_setup)
+    sub.add_parser("run", help="run the capture worker").set_defaults(func=cmd_run)
+    sub.add_parser("status", help="pending changes, last position, lag, dead letters").set_defaults(func=cmd_status)
+    letters = sub.add_parser("dead-letters", help="list dead letters, or send them again")
+    letters.add_argument("--resend", nargs="*", type=int, metavar="ID",
+                         help="send these dead letters again (all listed ones when no id is given)")
+    letters.add_argument("--limit", type=int, default=100)
+    letters.set_defaults(func=cmd_dead_letters)
+    sub.add_parser("demo", help="insert, update and delete a row of the embedded demo table").set_defaults(func=cmd_demo)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"cdc: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level, settings.log_format)
+    try:
+        code: int = args.func(settings, args)
+        return code
+    except ConfigError as exc:
+        print(f"cdc: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except (CdcError, PermanentError) as exc:
+        print(f"cdc: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""Connections to the legacy database and the service's own migrations."""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event
+
+from cdc.settings import Settings
+
+
+def connect(settings: Settings) -> Engine:
+    """The engine of a process. Connections are checked before use, so one that died while
+    idle (database restart, ``pg_terminate_backend``) is replaced instead of failing a batch."""
+    url = settings.url
+    if url.get_backend_name() == "sqlite":
+        engine = create_engine(url, connect_args={"timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=2,
+        connect_args={"application_name": "cdc", "connect_timeout": 10},
+    )
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets the legacy application keep writing while the worker reads.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def alembic_config(settings: Settings) -> Config:
+    config = Config()
+    # The migrations ship inside the package (cdc.migrations), so this works from a wheel.
+    config.set_main_option("script_location", str(resources.files("cdc.migrations")))
+    config.attributes["state_schema"] = settings.state_schema
+    return config
+
+
+def migrate(engine: Engine, settings: Settings, revision: str = "head") -> None:
+    config = alembic_config(settings)
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+
+
+def current_revision(engine: Engine, settings: Settings) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    sqlite = engine.dialect.name == "sqlite"
+    with engine.connect() as connection:
+        context = MigrationContext.configure(
+            connection,
+            opts={
+                "version_table": "cdc_alembic_version" if sqlite else "alembic_version",
+                "version_table_schema": None if sqlite else settings.state_schema,
+            },
+        )
+        return context.get_current_revision()
+
+
+def is_transient_db_error(exc: BaseException) -> bool:
+    """A failure that a new connection may cure: the server restarted, the connection was
+    terminated or timed out. Wrong credentials or a missing database are not retried."""
+    from sqlalchemy import exc as sa_exc
+
+    if isinstance(exc, sa_exc.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError):
+            message = str(exc.orig).lower()
+            permanent = ("password authentication failed", "does not exist", "no pg_hba.conf entry",
+                         "permission denied", "role ", "no such table")
+            return not any(word in message for word in permanent) or "terminating" in message
+    return False

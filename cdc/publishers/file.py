@@ -1,0 +1,62 @@
+"""The JSON-lines file bus: one EventBridge entry per line, for the embedded default and for
+debugging. ``Detail`` is written as an object (not a string) so the file reads well with jq."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from cdc.events import BusEntry, iso_utc
+from cdc.publishers import Rejection
+
+
+class FilePublisher:
+    def __init__(self, path: Path, event_bus_name: str, max_entry_bytes: int = 262_144) -> None:
+        self.path = path
+        self.event_bus_name = event_bus_name
+        self.max_entry_bytes = max_entry_bytes
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = path.open("a", encoding="utf-8")
+
+    def publish(self, entries: Sequence[BusEntry]) -> list[Rejection]:
+        rejections: list[Rejection] = []
+        lines: list[str] = []
+        for entry in entries:
+            if entry.size > self.max_entry_bytes:
+                # The same limit as EventBridge, so what passes here passes there.
+                rejections.append(Rejection(entry, (
+                    f"entry is {entry.size} bytes, over the maximum of {self.max_entry_bytes} "
+                    "(CDC_MAX_ENTRY_BYTES)")))
+                continue
+            lines.append(
+                '{"Source":' + json.dumps(entry.source)
+                + ',"DetailType":' + json.dumps(entry.detail_type)
+                + ',"Time":"' + iso_utc(entry.time)
+                + '","EventBusName":' + json.dumps(self.event_bus_name)
+                + ',"Detail":' + entry.detail + "}\n"
+            )
+        if lines:
+            self._file.write("".join(lines))
+            self._file.flush()
+            # Acknowledged means durable: the source deletes the changes after this returns.
+            os.fsync(self._file.fileno())
+        return rejections
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class NullPublisher:
+    """Accepts everything and keeps nothing (benchmarks, dry runs)."""
+
+    def __init__(self) -> None:
+        self.accepted = 0
+
+    def publish(self, entries: Sequence[BusEntry]) -> list[Rejection]:
+        self.accepted += len(entries)
+        return []
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,35 @@
+"""Sources read committed changes and acknowledge them once the bus accepted them.
+
+``read`` and ``ack`` are separate calls (as in Debezium): the worker publishes in between, and
+a batch that was read but not acknowledged is read again after a crash, with the same event
+ids. ``ack`` also stores the batch's dead letters in the same transaction as the
+acknowledgement, so an event is never both gone from the source and absent from dead letters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from cdc.catalog import TableInfo
+from cdc.events import Change
+from cdc.publishers import Rejection
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    changes: Sequence[Change]
+    # The source's handle on what to acknowledge (change-log ids, or an LSN).
+    ack_ids: Sequence[int] = field(default_factory=tuple)
+    last_position: str = ""
+
+
+class Source(Protocol):
+    def read(self, limit: int) -> Batch: ...
+
+    def ack(self, batch: Batch, rejections: Sequence[Rejection]) -> None: ...
+
+    def table(self, name: str) -> TableInfo: ...
+
+    def close(self) -> None: ...

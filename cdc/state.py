@@ -1,0 +1,76 @@
+"""The service's own tables: the change log, checkpoints, dead letters.
+
+On PostgreSQL they live in their own schema (``cdc`` by default). SQLite has no schemas and
+its triggers may only write to tables of their own database, so there the same tables sit in
+the legacy file with a ``cdc_`` prefix. Alembic creates them (``migrations/``); this module
+only describes them for queries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+)
+
+
+@dataclass(frozen=True)
+class StateTables:
+    metadata: MetaData
+    schema: str | None
+    prefix: str
+    changelog: Table
+    checkpoints: Table
+    dead_letters: Table
+    origin: Table | None  # SQLite only: the writer's origin for the current transaction
+
+    def qualified(self, table: Table) -> str:
+        """The SQL name, for DDL written by hand (triggers)."""
+        return f'"{self.schema}"."{table.name}"' if self.schema else f'"{table.name}"'
+
+
+def state_tables(dialect: str, schema: str = "cdc") -> StateTables:
+    sqlite = dialect == "sqlite"
+    prefix = "cdc_" if sqlite else ""
+    table_schema = None if sqlite else schema
+    metadata = MetaData(schema=table_schema)
+    id_type = Integer if sqlite else BigInteger  # SQLite autoincrements INTEGER PRIMARY KEY only
+    # SQLite keeps moments as ISO 8601 text, as its triggers write them.
+    moment: Text | DateTime = Text() if sqlite else DateTime(timezone=True)
+    changelog = Table(
+        f"{prefix}changelog", metadata,
+        Column("id", id_type, primary_key=True, autoincrement=True),
+        Column("table_name", Text, nullable=False),
+        Column("op", Text, nullable=False),
+        Column("before", Text),
+        Column("after", Text),
+        Column("txid", BigInteger),
+        Column("origin", Text),
+        Column("captured_at", moment, nullable=False),
+    )
+    checkpoints = Table(
+        f"{prefix}checkpoints", metadata,
+        Column("stream", Text, primary_key=True),
+        Column("position", Text, nullable=False),
+        Column("published", BigInteger, nullable=False, default=0),
+        Column("updated_at", moment, nullable=False),
+    )
+    dead_letters = Table(
+        f"{prefix}dead_letters", metadata,
+        Column("id", id_type, primary_key=True, autoincrement=True),
+        Column("event_id", Text, nullable=False, unique=True),
+        Column("table_name", Text, nullable=False),
+        Column("reason", Text, nullable=False),
+        Column("entry", Text, nullable=False),
+        Column("created_at", moment, nullable=False),
+        Column("attempts", Integer, nullable=False, default=1),
+    )
+    origin = Table(f"{prefix}origin", metadata, Column("origin", Text, nullable=False)) if sqlite else None
+    return StateTables(metadata, table_schema, prefix, changelog, checkpoints, dead_letters, origin)

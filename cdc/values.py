@@ -1,0 +1,153 @@
+"""Lossless JSON for column values, by column type.
+
+Row images reach the worker as JSON text written by the capture triggers (PostgreSQL's
+``to_jsonb(row)``, SQLite's ``json_object``), parsed with ``parse_float=Decimal`` so no digit
+is lost. This module turns each value into the event contract's form: exact numerics as
+strings, timestamps with a zone in UTC, bytes as base64, uuid as text, json embedded, arrays
+as lists. Conversion is decided once per column from the catalog type, not per value.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import types as sqltypes
+from sqlalchemy.dialects import postgresql
+
+Convert = Callable[[Any], Any]
+RowConvert = Callable[[Mapping[str, Any]], dict[str, Any]]
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _exact_number(value: Any) -> Any:
+    # numeric/decimal: a string keeps every digit and the scale ("5.00"); NaN arrives as text.
+    return str(value) if isinstance(value, Decimal | int) else value
+
+
+def _float(value: Any) -> Any:
+    return float(value) if isinstance(value, Decimal) else value
+
+
+def _timestamp_tz(value: Any) -> Any:
+    # to_jsonb renders timestamptz in the writer's TimeZone setting; publish one form, UTC.
+    if not isinstance(value, str) or not value[:1].isdigit():
+        return value  # 'infinity', '-infinity'
+    try:
+        return datetime.fromisoformat(value).astimezone(UTC).isoformat().replace("+00:00", "Z")
+    except ValueError:
+        return value  # BC dates and other forms Python cannot hold: pass PostgreSQL's text
+
+
+def _pg_bytea(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    if value.startswith("\\x"):
+        raw = bytes.fromhex(value[2:])
+    else:  # bytea_output = 'escape'
+        raw = _unescape_bytea(value)
+    return base64.b64encode(raw).decode("ascii")
+
+
+def _unescape_bytea(text: str) -> bytes:
+    out = bytearray()
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\" and text[i + 1 : i + 2] == "\\":
+            out.append(0x5C)
+            i += 2
+        elif ch == "\\":
+            out.append(int(text[i + 1 : i + 4], 8))
+            i += 4
+        else:
+            out.extend(ch.encode())
+            i += 1
+    return bytes(out)
+
+
+def _sqlite_blob(value: Any) -> Any:
+    # The SQLite triggers wrap blobs as ["<hex>"] because json_object cannot hold a BLOB.
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
+        try:
+            return base64.b64encode(binascii.unhexlify(value[0])).decode("ascii")
+        except binascii.Error:
+            return value
+    return value
+
+
+def plain_json(value: Any) -> Any:
+    """Numbers of embedded json documents: Decimal back to int or float."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() and "E" not in str(value) else float(value)
+    if isinstance(value, dict):
+        return {k: plain_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain_json(v) for v in value]
+    return value
+
+
+def _array_of(element: Convert) -> Convert:
+    def convert(value: Any) -> Any:
+        if isinstance(value, list):
+            return [convert(v) if isinstance(v, list) else (None if v is None else element(v))
+                    for v in value]
+        return value
+
+    return convert
+
+
+def converter(column_type: sqltypes.TypeEngine[Any], dialect: str) -> Convert:
+    """The conversion for one column, from its reflected SQLAlchemy type."""
+    if isinstance(column_type, sqltypes.ARRAY):
+        return _array_of(converter(column_type.item_type, dialect))
+    if dialect == "sqlite":
+        # SQLite stores what it is given: blobs need unwrapping whatever the declared type, and
+        # a NUMERIC/DECIMAL column is published as an exact string as on PostgreSQL.
+        if isinstance(column_type, sqltypes.Numeric) and not isinstance(column_type, sqltypes.Float):
+            return lambda value: _exact_number(_sqlite_blob(value))
+        return _sqlite_blob
+    if isinstance(column_type, sqltypes.Float):
+        return _float
+    if isinstance(column_type, sqltypes.Numeric):  # after Float: Float is a Numeric
+        return _exact_number
+    if isinstance(column_type, postgresql.MONEY):
+        return _identity
+    if isinstance(column_type, sqltypes.DateTime) and column_type.timezone:
+        return _timestamp_tz
+    if isinstance(column_type, sqltypes.LargeBinary | postgresql.BYTEA):
+        return _pg_bytea
+    if isinstance(column_type, sqltypes.JSON | postgresql.JSON | postgresql.JSONB):
+        return plain_json
+    if isinstance(column_type, sqltypes.Integer | sqltypes.String | sqltypes.Boolean):
+        return _identity
+    return plain_json  # anything else (composites, domains of numbers): no Decimal may leak
+
+
+def row_converter(column_types: Mapping[str, sqltypes.TypeEngine[Any]], dialect: str) -> RowConvert:
+    """A function converting a whole row image; only columns that need work cost anything."""
+    work = {name: conv for name, t in column_types.items()
+            if (conv := converter(t, dialect)) is not _identity}
+    fallback = _sqlite_blob if dialect == "sqlite" else plain_json
+
+    def convert(row: Mapping[str, Any]) -> dict[str, Any]:
+        out = dict(row)
+        for name, value in out.items():
+            if value is None:
+                continue
+            conv = work.get(name)
+            if conv is not None:
+                out[name] = conv(value)
+            elif name not in column_types:
+                # A column added since the catalog was read: safe generic conversion.
+                out[name] = fallback(value)
+        return out
+
+    return convert

@@ -1,0 +1,157 @@
+"""The capture loop: read -> publish -> acknowledge, in that order, until asked to stop.
+
+A stop request (SIGTERM, SIGINT) lets the batch in hand finish: it is published and
+acknowledged, then the loop ends. If the bus is failing when the stop arrives, the publisher
+gives up waiting and the batch is left unacknowledged: it is read again, with the same event
+ids, by the next run. Database errors that a reconnect can cure are retried here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from tenacity import RetryCallState, Retrying, retry_if_exception, wait_random_exponential
+
+from cdc.errors import Interrupted
+from cdc.events import BusEntry, build, render_detail_type, to_entry
+from cdc.publishers import Publisher, Rejection
+from cdc.settings import Settings
+from cdc.sources import Batch, Source
+from cdc.database import is_transient_db_error
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass
+class WorkerStats:
+    batches: int = 0
+    changes: int = 0
+    published: int = 0
+    skipped: int = 0
+    dead_letters: int = 0
+    db_retries: int = 0
+
+
+@dataclass
+class Worker:
+    settings: Settings
+    source: Source
+    publisher: Publisher
+    stop: threading.Event = field(default_factory=threading.Event)
+    stats: WorkerStats = field(default_factory=WorkerStats)
+    on_published: Callable[[int], None] | None = None  # failpoint hook (tests)
+
+    def run(self) -> None:
+        log.info("capturing from %s to the %s bus", self.settings.display_url, self.settings.bus)
+        while not self.stop.is_set():
+            if not self.step():
+                self.stop.wait(self.settings.poll_interval)
+        log.info("stopped after %d changes in %d batches", self.stats.changes, self.stats.batches)
+
+    def step(self) -> bool:
+        """One read-publish-ack round; False when there was nothing to read."""
+        batch = self._with_db_retry(lambda: self.source.read(self.settings.batch_size))
+        if batch is None or not batch.changes:
+            return False
+        entries = self.entries(batch)
+        try:
+            rejections = self.publisher.publish(entries) if entries else []
+        except Interrupted:
+            log.warning("stop requested while the bus was failing; %d changes stay unacknowledged "
+                        "and will be published again", len(batch.changes))
+            return False
+        self.stats.batches += 1
+        if self.on_published is not None:
+            self.on_published(self.stats.batches)
+        for rejection in rejections:
+            log.error("dead letter: event %s of %s: %s", rejection.entry.event_id,
+                      rejection.entry.table, rejection.reason)
+        acked = self._with_db_retry(lambda: self._ack(batch, rejections))
+        if acked is None:
+            return False
+        self.stats.changes += len(batch.changes)
+        self.stats.published += len(entries) - len(rejections)
+        self.stats.dead_letters += len(rejections)
+        return True
+
+    def _ack(self, batch: Batch, rejections: Sequence[Rejection]) -> bool:
+        self.source.ack(batch, rejections)
+        return True
+
+    def entries(self, batch: Batch) -> list[BusEntry]:
+        settings = self.settings
+        source = settings.event_source
+        skip = settings.skip_origins
+        out: list[BusEntry] = []
+        for change in batch.changes:
+            if change.origin in skip:
+                # Written by sync back: publishing it would echo the new system's own event.
+                self.stats.skipped += 1
+                continue
+            info = self.source.table(change.table.qualified)
+            template = settings.detail_type_for(change.table)
+            for event in build(change, info.key, source):
+                out.append(to_entry(event, source, render_detail_type(template, event.table, event.op)))
+        return out
+
+    def _with_db_retry(self, action: Callable[[], T]) -> T | None:
+        """Run ``action``, retrying lost connections with backoff; None when stopped meanwhile."""
+        retrying = Retrying(
+            retry=retry_if_exception(is_transient_db_error),
+            wait=wait_random_exponential(multiplier=0.2, max=10),
+            sleep=self._sleep,
+            before_sleep=self._log_db_retry,
+            reraise=True,
+        )
+        try:
+            return retrying(action)
+        except Interrupted:
+            return None
+
+    def _sleep(self, seconds: float) -> None:
+        if self.stop.wait(seconds):
+            raise Interrupted
+
+    def _log_db_retry(self, state: RetryCallState) -> None:
+        self.stats.db_retries += 1
+        error = state.outcome.exception() if state.outcome else None
+        log.warning("database unavailable (%s); retry %d in %.1fs", error,
+                    state.attempt_number, state.upcoming_sleep)
+
+
+def install_signal_handlers(stop: threading.Event) -> None:
+    def handler(signum: int, _frame: object) -> None:
+        if stop.is_set():
+            log.warning("second %s: exiting now; the batch in hand will be read again",
+                        signal.Signals(signum).name)
+            raise SystemExit(1)
+        log.info("%s received: finishing the batch in hand", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def failpoint_hook(spec: str | None) -> Callable[[int], None] | None:
+    """``kill_after_publish:N``: SIGKILL this process after the N-th batch was published and
+    before it is acknowledged (the crash tests use it to prove re-publication)."""
+    if not spec:
+        return None
+    name, _, arg = spec.partition(":")
+    if name != "kill_after_publish" or not arg.isdigit():
+        raise ValueError(f"unknown failpoint {spec!r}")
+    target = int(arg)
+
+    def hook(batches: int) -> None:
+        if batches >= target:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return hook
+
