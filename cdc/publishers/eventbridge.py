@@ -196,12 +196,12 @@ class EventBridgePublisher:
         # FailedEntryCount is not trusted on its own: the per-entry results decide.
         for entry, result in zip(entries, results, strict=True):
             code = result.get("ErrorCode")
-            if not code:
-                if result.get("EventId"):
-                    self.stats.entries_accepted += 1
-                    continue
-                code = MISSING_EVENT_ID
-            verdict = classify_aws_error(code)
+            if not code and result.get("EventId"):
+                self.stats.entries_accepted += 1
+                continue
+            # A result with neither an id nor a code does not show the entry was accepted.
+            verdict = classify_aws_error(code) if code else "retry"
+            code = code or MISSING_EVENT_ID
             if verdict == "fatal":
                 raise PermanentError(self._fatal_message(code, result.get("ErrorMessage", "")))
             if verdict == "reject":
