@@ -49,10 +49,8 @@ def _timestamp_tz(value: Any) -> Any:
 def _pg_bytea(value: Any) -> Any:
     if not isinstance(value, str):
         return value
-    if value.startswith("\\x"):
-        raw = bytes.fromhex(value[2:])
-    else:  # bytea_output = 'escape'
-        raw = _unescape_bytea(value)
+    # Hex is the default bytea_output; a writer's session may have chosen 'escape'.
+    raw = bytes.fromhex(value[2:]) if value.startswith("\\x") else _unescape_bytea(value)
     return base64.b64encode(raw).decode("ascii")
 
 

@@ -18,12 +18,12 @@ from typing import TypeVar
 
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_random_exponential
 
+from cdc.database import is_transient_db_error
 from cdc.errors import Interrupted
 from cdc.events import BusEntry, build, render_detail_type, to_entry
 from cdc.publishers import Publisher, Rejection
 from cdc.settings import Settings
 from cdc.sources import Batch, Source
-from cdc.database import is_transient_db_error
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -27,7 +27,7 @@ from cdc.state import StateTables
 
 log = logging.getLogger(__name__)
 STREAM = "changelog"
-_OPS: dict[str, Op] = {op: op for op in ("insert", "update", "delete", "truncate")}  # type: ignore[misc]
+_OPS: dict[str, Op] = {"insert": "insert", "update": "update", "delete": "delete", "truncate": "truncate"}
 
 
 def position_of(log_id: int) -> str:

@@ -24,7 +24,14 @@ from cdc.cli import main as cdc_main
 from cdc.publishers.eventbridge import EventBridgePublisher
 from cdc.state import state_tables
 from cdc.worker import Worker
-from tests.integration.helpers import changelog_source, prepared, raw_engine, running, settings_for, wire_bus
+from tests.integration.helpers import (
+    changelog_source,
+    prepared,
+    raw_engine,
+    running,
+    settings_for,
+    wire_bus,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -94,7 +101,7 @@ class FaultyEvents:
         self.throttled = 0
         self.failed_entries = 0
 
-    def put_events(self, *, Entries: list[dict[str, Any]]) -> dict[str, Any]:  # noqa: N803
+    def put_events(self, *, Entries: list[dict[str, Any]]) -> dict[str, Any]:
         if self.rng.random() < 0.3:
             self.throttled += 1
             raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}},

@@ -1,0 +1,222 @@
+"""Shared setup of the benchmarks: a scratch database, the legacy table, a change log filled
+through the real capture triggers, and the table of figures each script prints.
+
+Every figure is printed beside a baseline measured in the same run, as a ratio: the machine is
+small and shared, so absolute numbers drift from run to run while ratios hold.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import psycopg
+from sqlalchemy import Engine, text
+from sqlalchemy.engine import URL, make_url
+
+from cdc import database, triggers
+from cdc.catalog import read_table
+from cdc.publishers import Publisher
+from cdc.settings import Settings, load_settings
+from cdc.sources.changelog import ChangeLogSource
+from cdc.state import state_tables
+from cdc.worker import Worker
+
+BASE_URL_ENV = "CDC_BENCH_DATABASE_URL"
+DEFAULT_BASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+LEGACY_TABLE = "public.accounts"
+# A legacy table with a handful of typical columns: int key, text, numeric, timestamptz, bool.
+LEGACY_DDL = """
+CREATE TABLE public.accounts (
+    id integer PRIMARY KEY,
+    name text NOT NULL,
+    email text,
+    balance numeric(12, 2) NOT NULL,
+    updated_at timestamptz NOT NULL,
+    active boolean NOT NULL
+)
+"""
+# Row values of realistic width; the same expression fills every run.
+_ROW_VALUES = (
+    "g, 'customer ' || g, 'customer' || g || '@example.com', "
+    "(g % 10000) * 1.25, timestamptz '2024-01-01 00:00:00+00' + g * interval '1 second', "
+    "g % 3 <> 0"
+)
+
+
+def base_url() -> URL:
+    """The server to create scratch databases on (CDC_BENCH_DATABASE_URL); local only."""
+    url = make_url(os.environ.get(BASE_URL_ENV, DEFAULT_BASE_URL))
+    if url.host not in LOCAL_HOSTS:
+        raise SystemExit(f"{BASE_URL_ENV} must name a server on 127.0.0.1, not {url.host!r}")
+    return url.set(drivername="postgresql+psycopg")
+
+
+def libpq(url: URL) -> str:
+    """The URL as libpq (psycopg, pgbench) takes it."""
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@contextmanager
+def scratch_database(prefix: str = "cdc_bench") -> Iterator[URL]:
+    """A fresh database on the base server, dropped on the way out whatever happened."""
+    server = base_url()
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(libpq(server), autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield server.set(database=name)
+    finally:
+        with psycopg.connect(libpq(server), autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def capture_settings(url: URL, **extra: str) -> Settings:
+    """The worker's settings for the scratch database, built as the CLI builds them."""
+    env = {
+        "CDC_DATABASE_URL": url.render_as_string(hide_password=False),
+        "CDC_TABLES": LEGACY_TABLE,
+        "CDC_POLL_INTERVAL": "0.05",
+        "CDC_LOG_LEVEL": "WARNING",
+    }
+    env.update({f"CDC_{key.upper()}": value for key, value in extra.items()})
+    return load_settings(env)
+
+
+def prepare(settings: Settings, with_triggers: bool = True) -> Engine:
+    """Create the legacy table, migrate the state schema and (optionally) install triggers."""
+    engine = database.connect(settings)
+    with engine.begin() as connection:
+        connection.execute(text(LEGACY_DDL))
+    database.migrate(engine, settings)
+    if with_triggers:
+        install_triggers(settings, engine)
+    return engine
+
+
+def install_triggers(settings: Settings, engine: Engine) -> None:
+    infos = [read_table(engine, ref) for ref in settings.table_refs]
+    triggers.install(engine, infos, settings.state_schema)
+
+
+def drop_triggers(settings: Settings, engine: Engine) -> None:
+    triggers.drop(engine, settings.table_refs, settings.state_schema)
+
+
+def new_worker(settings: Settings, engine: Engine, publisher: Publisher) -> Worker:
+    source = ChangeLogSource(engine, state_tables(engine.dialect.name, settings.state_schema),
+                             settings.default_schema)
+    for ref in settings.table_refs:
+        source.table(ref.qualified)  # read the catalog once, outside any timing
+    return Worker(settings, source, publisher)
+
+
+def fill_changelog(url: URL, changes: int) -> None:
+    """Empty the legacy table and the change log, then write ``changes`` row changes through
+    the capture triggers: half inserts, half updates of the inserted rows (an odd one more
+    insert). Identical content every time, so each side of a comparison reads the same log."""
+    inserts = changes - changes // 2
+    updates = changes // 2
+    with psycopg.connect(libpq(url), autocommit=True) as conn:
+        with conn.transaction():
+            # Replica role silences the capture triggers (TRUNCATE's as well) for the reset.
+            conn.execute("SET LOCAL session_replication_role = replica")
+            conn.execute("TRUNCATE public.accounts")
+            conn.execute("TRUNCATE cdc.changelog RESTART IDENTITY")
+        # Transactions of 1,000 rows, so txids vary as they do under a real application.
+        for start in range(1, inserts + 1, 1000):
+            stop = min(start + 999, inserts)
+            conn.execute(f"INSERT INTO public.accounts SELECT {_ROW_VALUES} "
+                         f"FROM generate_series({start}, {stop}) AS g")
+        for start in range(1, updates + 1, 1000):
+            stop = min(start + 999, updates)
+            conn.execute("UPDATE public.accounts SET balance = balance + 10.5, "
+                         "updated_at = updated_at + interval '1 day', active = NOT active "
+                         f"WHERE id BETWEEN {start} AND {stop}")
+        conn.execute("VACUUM ANALYZE cdc.changelog")
+        conn.execute("VACUUM ANALYZE public.accounts")
+
+
+def changelog_count(url: URL) -> int:
+    with psycopg.connect(libpq(url)) as conn:
+        row = conn.execute("SELECT count(*) FROM cdc.changelog").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def timed(action: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One line of a result table: a measured value, its baseline, and a target on either."""
+
+    name: str
+    value: float
+    baseline: float | None = None
+    unit: str = ""
+    # Targets: a floor on the value itself, and a floor on value / baseline.
+    value_target: float | None = None
+    ratio_target: float | None = None
+
+    @property
+    def ratio(self) -> float | None:
+        if self.baseline is None or self.baseline == 0:
+            return None
+        return self.value / self.baseline
+
+    @property
+    def verdict(self) -> str:
+        checks: list[bool] = []
+        if self.value_target is not None:
+            checks.append(self.value >= self.value_target)
+        if self.ratio_target is not None and self.ratio is not None:
+            checks.append(self.ratio >= self.ratio_target)
+        if not checks:
+            return ""
+        return "PASS" if all(checks) else "MISS"
+
+    @property
+    def target(self) -> str:
+        parts = []
+        if self.value_target is not None:
+            parts.append(f">= {self.value_target:,.0f}")
+        if self.ratio_target is not None:
+            parts.append(f"ratio >= {self.ratio_target:.2f}")
+        return ", ".join(parts)
+
+
+def print_table(title: str, figures: Sequence[Figure]) -> None:
+    header = ("figure", "value", "baseline", "ratio", "target", "")
+    rows = [header]
+    for f in figures:
+        rows.append((
+            f.name,
+            f"{f.value:,.0f} {f.unit}".strip(),
+            "" if f.baseline is None else f"{f.baseline:,.0f} {f.unit}".strip(),
+            "" if f.ratio is None else f"{f.ratio:.2f}",
+            f.target,
+            f.verdict,
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    print(f"\n{title}")
+    for i, row in enumerate(rows):
+        print("  ".join(cell.ljust(widths[j]) for j, cell in enumerate(row)).rstrip())
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+    sys.stdout.flush()

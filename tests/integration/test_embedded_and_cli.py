@@ -1,0 +1,151 @@
+"""The embedded default through the real command line, the commands the container runs, and
+the shape of what the wheel ships."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.engine import URL
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CDC_")}
+    env.update(extra)
+    return env
+
+
+def cdc(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cdc", *args], cwd=cwd, env=env or clean_env(),
+                          capture_output=True, text=True, timeout=60)
+
+
+def events_in(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def wait_for(path: Path, count: int, timeout: float = 30) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while len(events := events_in(path)) < count:
+        assert time.monotonic() < deadline, f"only {len(events)} events in {path}"
+        time.sleep(0.1)
+    return events
+
+
+def test_embedded_default_shows_inserts_updates_and_deletes(tmp_path: Path) -> None:
+    # Given: nothing configured, in an empty folder
+    worker = subprocess.Popen([sys.executable, "-m", "cdc", "run"], cwd=tmp_path, env=clean_env(),
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        # Then: the demo table's first rows arrive as insert events in the file bus
+        bus = tmp_path / "cdc-events.jsonl"
+        seeded = wait_for(bus, 3)
+        assert [e["DetailType"] for e in seeded] == ["main.widgets.insert"] * 3
+        # When: rows change while the worker runs
+        changed = cdc("demo", cwd=tmp_path)
+        assert changed.returncode == 0, changed.stderr
+        events = wait_for(bus, 6)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _, stderr = worker.communicate(timeout=30)
+    # Then: each change is an event; SIGTERM ends the worker cleanly
+    assert worker.returncode == 0, stderr
+    ops = [e["Detail"]["op"] for e in events[3:]]
+    assert ops == ["insert", "update", "delete"]
+    update = events[4]["Detail"]
+    assert update["before"]["price"] == "9.99" and update["after"]["price"] == "10.49"
+    assert events[5]["Detail"]["key"] == {"id": 1}
+    assert all(e["Source"] == "legacy.cdc-demo" and e["EventBusName"] == "default" for e in events)
+    status = cdc("status", cwd=tmp_path)
+    assert "pending changes: 0" in status.stdout and "dead letters:    0" in status.stdout
+
+
+def test_configuration_errors_exit_2_naming_the_setting_without_the_password(tmp_path: Path) -> None:
+    result = cdc("run", cwd=tmp_path, env=clean_env(
+        CDC_DATABASE_URL="postgresql://capture:hunter2@127.0.0.1:1/legacy"))
+    assert result.returncode == 2
+    assert "CDC_TABLES" in result.stderr and "hunter2" not in result.stderr + result.stdout
+
+
+def test_unreachable_database_message_hides_the_password(tmp_path: Path) -> None:
+    result = cdc("migrate", cwd=tmp_path, env=clean_env(
+        CDC_DATABASE_URL="postgresql://capture:hunter2@127.0.0.1:1/legacy", CDC_TABLES="t"))
+    assert result.returncode != 0
+    assert "hunter2" not in result.stderr + result.stdout
+
+
+@pytest.mark.integration
+def test_container_commands_migrate_then_setup_then_status(pg_url: URL, tmp_path: Path) -> None:
+    # The Dockerfile runs `cdc migrate` as a one-off and `cdc run` as its command.
+    legacy = create_engine(pg_url)
+    with legacy.begin() as connection:
+        connection.execute(text("CREATE TABLE orders (id int PRIMARY KEY, total numeric)"))
+        connection.execute(text("CREATE TABLE logbook (line text)"))
+    env = clean_env(CDC_DATABASE_URL=pg_url.render_as_string(hide_password=False),
+                    CDC_TABLES="orders")
+    before = set(inspect(legacy).get_table_names(schema="public"))
+    assert "run `cdc migrate` first" in cdc("setup", cwd=tmp_path, env=env).stderr
+    migrated = cdc("migrate", cwd=tmp_path, env=env)
+    assert migrated.returncode == 0, migrated.stderr
+    assert cdc("migrate", cwd=tmp_path, env=env).returncode == 0  # idempotent
+    # Alembic touched nothing of the legacy schema
+    assert set(inspect(legacy).get_table_names(schema="public")) == before
+    assert {"changelog", "checkpoints", "dead_letters", "alembic_version"} <= set(
+        inspect(legacy).get_table_names(schema="cdc"))
+    for _ in range(2):  # idempotent
+        setup = cdc("setup", cwd=tmp_path, env=env)
+        assert setup.returncode == 0, setup.stderr
+    refused = cdc("setup", cwd=tmp_path, env={**env, "CDC_TABLES": "orders,logbook"})
+    assert refused.returncode == 1 and "public.logbook has no primary key" in refused.stderr
+    missing = cdc("setup", cwd=tmp_path, env={**env, "CDC_TABLES": "ordres"})
+    assert "public.ordres does not exist" in missing.stderr
+
+    def trigger_count() -> int:
+        with legacy.connect() as connection:
+            return int(connection.execute(text(
+                "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'public.orders'::regclass "
+                "AND NOT tgisinternal")).scalar_one())
+
+    assert trigger_count() == 2
+    with legacy.begin() as connection:
+        connection.execute(text("INSERT INTO orders VALUES (1, 9.90)"))
+    assert "pending changes: 1" in cdc("status", cwd=tmp_path, env=env).stdout
+    assert cdc("setup", "--drop", cwd=tmp_path, env=env).returncode == 0
+    assert trigger_count() == 0
+    with legacy.begin() as connection:
+        connection.execute(text("INSERT INTO orders VALUES (2, 1)"))
+    assert "pending changes: 1" in cdc("status", cwd=tmp_path, env=env).stdout
+    legacy.dispose()
+
+
+def test_wheel_ships_the_migrations_and_migrate_works_from_it(tmp_path: Path) -> None:
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                            "-w", str(tmp_path / "dist"), str(ROOT)],
+                           capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr
+    [wheel] = (tmp_path / "dist").glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "cdc/migrations/env.py" in names
+    assert any(n.startswith("cdc/migrations/versions/0001") for n in names)
+    assert not any(n.startswith(("tests/", "bench/", "migrations/")) for n in names)
+    # Installed alone (dependencies from this environment), from a folder away from the repo
+    target = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(target)
+    env = clean_env(PYTHONPATH=str(target), CDC_DATABASE_URL=f"sqlite:///{tmp_path / 'l.db'}",
+                    CDC_TABLES="t")
+    result = subprocess.run([sys.executable, "-c", "import cdc, sys; print(cdc.__file__); "
+                             "from cdc.cli import main; sys.exit(main(['migrate']))"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert str(target) in result.stdout and "revision 0001" in result.stdout

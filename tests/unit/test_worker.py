@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import types as sqltypes
+from sqlalchemy.exc import OperationalError
+
+from cdc.catalog import TableInfo
+from cdc.errors import Interrupted
+from cdc.events import BusEntry, Change, TableRef
+from cdc.publishers import Rejection
+from cdc.settings import load_settings
+from cdc.sources import Batch
+from cdc.values import row_converter
+from cdc.worker import Worker, failpoint_hook
+
+TABLE = TableRef("public", "orders")
+INFO = TableInfo(TABLE, {"id": sqltypes.INTEGER()}, ("id",),
+                 row_converter({"id": sqltypes.INTEGER()}, "postgresql"))
+
+
+def change(n: int, origin: str = "legacy") -> Change:
+    return Change(TABLE, "insert", None, {"id": n}, f"{n:020d}", 1, datetime.now(UTC),
+                  origin=origin, identity=f"changelog:{n}")
+
+
+class FakeSource:
+    def __init__(self, batches: list[list[Change]], fail_reads: int = 0) -> None:
+        self.batches = batches
+        self.fail_reads = fail_reads
+        self.acked: list[tuple[list[str], list[str]]] = []
+        self.events: list[str] = []
+
+    def read(self, limit: int) -> Batch:
+        if self.fail_reads:
+            self.fail_reads -= 1
+            raise OperationalError("SELECT", {}, Exception("server closed the connection"))
+        changes = self.batches.pop(0) if self.batches else []
+        self.events.append("read")
+        return Batch(changes, [1] * len(changes), max((c.position for c in changes), default=""))
+
+    def ack(self, batch: Batch, rejections: Sequence[Rejection]) -> None:
+        self.events.append("ack")
+        self.acked.append(([c.position for c in batch.changes],
+                           [r.entry.event_id for r in rejections]))
+
+    def table(self, name: str) -> TableInfo:
+        return INFO
+
+    def close(self) -> None:
+        pass
+
+
+class FakePublisher:
+    def __init__(self, source: FakeSource, reject_keys: set[int] = set(), interrupt: bool = False):
+        self.source = source
+        self.reject_keys = reject_keys
+        self.interrupt = interrupt
+        self.published: list[BusEntry] = []
+
+    def publish(self, entries: Sequence[BusEntry]) -> list[Rejection]:
+        self.source.events.append("publish")
+        if self.interrupt:
+            raise Interrupted
+        self.published.extend(entries)
+        return [Rejection(e, "too big") for e in entries
+                if int(e.detail.split('"id":')[-1].split("}")[0]) in self.reject_keys]
+
+    def close(self) -> None:
+        pass
+
+
+SETTINGS = load_settings({"CDC_DATABASE_URL": "postgresql://u@h/shop", "CDC_TABLES": "orders",
+                          "CDC_POLL_INTERVAL": "0.01"})
+
+
+def test_ack_follows_publish_and_carries_the_dead_letters() -> None:
+    source = FakeSource([[change(1), change(2), change(3)]])
+    publisher = FakePublisher(source, reject_keys={2})
+    worker = Worker(SETTINGS, source, publisher)
+    assert worker.step() is True
+    assert source.events == ["read", "publish", "ack"]
+    [(positions, rejected)] = source.acked
+    assert positions == [f"{n:020d}" for n in (1, 2, 3)]
+    assert rejected == [publisher.published[1].event_id]
+    assert [e.detail_type for e in publisher.published] == ["public.orders.insert"] * 3
+    assert worker.stats.published == 2 and worker.stats.dead_letters == 1
+
+
+def test_interrupted_publish_is_not_acknowledged() -> None:
+    source = FakeSource([[change(1)]])
+    worker = Worker(SETTINGS, source, FakePublisher(source, interrupt=True))
+    assert worker.step() is False
+    assert source.acked == []
+
+
+def test_changes_written_by_sync_back_are_acknowledged_not_published() -> None:
+    source = FakeSource([[change(1, origin="sync_back"), change(2)]])
+    publisher = FakePublisher(source)
+    worker = Worker(SETTINGS, source, publisher)
+    worker.step()
+    assert len(publisher.published) == 1 and len(source.acked[0][0]) == 2
+    assert worker.stats.skipped == 1
+
+
+def test_lost_database_connection_is_retried() -> None:
+    source = FakeSource([[change(1)]], fail_reads=2)
+    publisher = FakePublisher(source)
+    worker = Worker(SETTINGS, source, publisher)
+    assert worker.step() is True
+    assert worker.stats.db_retries == 2 and len(publisher.published) == 1
+
+
+def test_stop_ends_the_loop_after_the_batch_in_hand() -> None:
+    source = FakeSource([[change(1)], [change(2)]])
+    stop = threading.Event()
+    publisher = FakePublisher(source)
+    worker = Worker(SETTINGS, source, publisher, stop, on_published=lambda n: stop.set())
+    worker.run()
+    assert source.events == ["read", "publish", "ack"]
+
+
+def test_failpoint_spec_is_checked() -> None:
+    assert failpoint_hook(None) is None
+    with pytest.raises(ValueError, match="unknown failpoint"):
+        failpoint_hook("explode")
