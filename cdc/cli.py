@@ -30,8 +30,9 @@ def open_publisher(settings: Settings, stop: threading.Event) -> Publisher:
         return FilePublisher(settings.bus_file, settings.event_bus_name, settings.max_entry_bytes)
     if settings.bus == "null":
         return NullPublisher()
-    from cdc.publishers.eventbridge import EventBridgePublisher
+    from cdc.publishers.eventbridge import EventBridgePublisher, check_bus
 
+    check_bus(settings.event_bus_name)
     return EventBridgePublisher.from_environment(
         settings.event_bus_name, settings.max_entry_bytes, stop
     )

@@ -266,3 +266,26 @@ class EventBridgePublisher:
             "PutEvents failed with %s for %d entries; attempt %d, retrying in %.3fs",
             outcome.code, len(outcome.retry), state.attempt_number, state.upcoming_sleep,
         )
+
+
+def check_bus(event_bus_name: str) -> None:
+    """Fail start-up on a bus that does not exist: PutEvents to a missing bus is accepted by AWS
+    with an EventId (the events are silently lost), so the publisher cannot notice it itself."""
+    from botocore.exceptions import NoRegionError
+
+    from cdc.errors import ConfigError
+
+    try:
+        boto3.client("events").describe_event_bus(Name=event_bus_name)
+    except NoRegionError:
+        raise ConfigError("AWS_REGION", "set the AWS region of the bus, e.g. AWS_REGION=eu-west-1") from None
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code == "ResourceNotFoundException":
+            raise ConfigError(
+                "CDC_EVENT_BUS_NAME",
+                f"there is no event bus named {event_bus_name!r} in this account and region; "
+                "create it or correct the name",
+            ) from None
+        # Without events:DescribeEventBus we cannot check; publishing may still be allowed.
+        log.warning("could not check that event bus %r exists (%s)", event_bus_name, code)

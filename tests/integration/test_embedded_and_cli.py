@@ -149,3 +149,13 @@ def test_wheel_ships_the_migrations_and_migrate_works_from_it(tmp_path: Path) ->
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert str(target) in result.stdout and "revision 0001" in result.stdout
+
+
+def test_a_missing_event_bus_or_region_stops_start_up(tmp_path: Path, moto_endpoint: str) -> None:
+    env = clean_env(CDC_BUS="eventbridge", CDC_EVENT_BUS_NAME="no-such-bus")
+    result = cdc("run", cwd=tmp_path, env=env)
+    assert result.returncode == 2
+    assert "CDC_EVENT_BUS_NAME: there is no event bus named 'no-such-bus'" in result.stderr
+    env = {k: v for k, v in env.items() if k not in ("AWS_REGION", "AWS_DEFAULT_REGION")}
+    result = cdc("run", cwd=tmp_path, env={**env, "AWS_CONFIG_FILE": "/nonexistent"})
+    assert result.returncode == 2 and "AWS_REGION" in result.stderr
