@@ -11,7 +11,8 @@ and the first's row is visible to any read that sees the second's.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -147,10 +148,19 @@ class ChangeLogSource:
         self.engine.dispose()
 
 
-def set_origin(connection: Connection, origin: str) -> None:
-    """Tag the writes of the current transaction with ``origin`` (used by sync back)."""
+@contextmanager
+def origin_tag(connection: Connection, origin: str) -> Iterator[None]:
+    """Tag the writes made inside this block, in the connection's current transaction, with
+    ``origin``: the triggers record it and the worker skips origins in CDC_SKIP_ORIGINS."""
     if connection.dialect.name == "sqlite":
+        # SQLite has one writer at a time, so a row in cdc_origin, present only inside this
+        # transaction, tags exactly this transaction's writes.
         connection.execute(text("DELETE FROM cdc_origin"))
         connection.execute(text("INSERT INTO cdc_origin (origin) VALUES (:o)"), {"o": origin})
+        yield
+        connection.execute(text("DELETE FROM cdc_origin"))
     else:
+        # is_local: the setting ends with the transaction, whatever happens to the block.
         connection.execute(text("SELECT set_config('cdc.origin', :o, true)"), {"o": origin})
+        yield
+        connection.execute(text("SELECT set_config('cdc.origin', '', true)"))

@@ -47,7 +47,7 @@ def prepared(settings: Settings, ddl: str) -> Engine:
 
 
 def changelog_source(settings: Settings, engine: Engine) -> ChangeLogSource:
-    return ChangeLogSource(engine, state_tables("postgresql", settings.state_schema),
+    return ChangeLogSource(engine, state_tables(engine.dialect.name, settings.state_schema),
                            settings.default_schema)
 
 
