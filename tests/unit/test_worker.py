@@ -55,7 +55,8 @@ class FakeSource:
 
 
 class FakePublisher:
-    def __init__(self, source: FakeSource, reject_keys: set[int] = set(), interrupt: bool = False):
+    def __init__(self, source: FakeSource, reject_keys: frozenset[int] = frozenset(),
+                 interrupt: bool = False) -> None:
         self.source = source
         self.reject_keys = reject_keys
         self.interrupt = interrupt
