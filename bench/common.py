@@ -84,7 +84,6 @@ def capture_settings(url: URL, **extra: str) -> Settings:
     env = {
         "CDC_DATABASE_URL": url.render_as_string(hide_password=False),
         "CDC_TABLES": LEGACY_TABLE,
-        "CDC_POLL_INTERVAL": "0.05",
         "CDC_LOG_LEVEL": "WARNING",
     }
     env.update({f"CDC_{key.upper()}": value for key, value in extra.items()})
@@ -134,8 +133,7 @@ def fill_changelog(url: URL, changes: int) -> None:
         # Transactions of 1,000 rows, so txids vary as they do under a real application.
         for start in range(1, inserts + 1, 1000):
             stop = min(start + 999, inserts)
-            conn.execute(f"INSERT INTO public.accounts SELECT {_ROW_VALUES} "
-                         f"FROM generate_series({start}, {stop}) AS g")
+            conn.execute(_insert_rows(start, stop))
         for start in range(1, updates + 1, 1000):
             stop = min(start + 999, updates)
             conn.execute("UPDATE public.accounts SET balance = balance + 10.5, "
@@ -143,6 +141,20 @@ def fill_changelog(url: URL, changes: int) -> None:
                          f"WHERE id BETWEEN {start} AND {stop}")
         conn.execute("VACUUM ANALYZE cdc.changelog")
         conn.execute("VACUUM ANALYZE public.accounts")
+
+
+def seed_legacy(url: URL, rows: int) -> None:
+    """Fill the legacy table with ``rows`` rows, silently (no change-log rows)."""
+    with psycopg.connect(libpq(url), autocommit=True) as conn:
+        with conn.transaction():
+            conn.execute("SET LOCAL session_replication_role = replica")
+            conn.execute(_insert_rows(1, rows))
+        conn.execute("VACUUM ANALYZE public.accounts")
+
+
+def _insert_rows(start: int, stop: int) -> str:
+    return (f"INSERT INTO public.accounts SELECT {_ROW_VALUES} "
+            f"FROM generate_series({start:d}, {stop:d}) AS g")
 
 
 def changelog_count(url: URL) -> int:

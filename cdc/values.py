@@ -29,7 +29,10 @@ def _identity(value: Any) -> Any:
 
 def _exact_number(value: Any) -> Any:
     # numeric/decimal: a string keeps every digit and the scale ("5.00"); NaN arrives as text.
-    return str(value) if isinstance(value, Decimal | int) else value
+    # format(..., "f"), not str(): str(Decimal("0.00000001")) is "1E-8".
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    return str(value) if isinstance(value, int) else value
 
 
 def _float(value: Any) -> Any:
@@ -42,7 +45,7 @@ def _timestamp_tz(value: Any) -> Any:
         return value  # 'infinity', '-infinity'
     try:
         return datetime.fromisoformat(value).astimezone(UTC).isoformat().replace("+00:00", "Z")
-    except ValueError:
+    except (ValueError, OverflowError):
         return value  # BC dates and other forms Python cannot hold: pass PostgreSQL's text
 
 

@@ -67,3 +67,9 @@ def test_sqlite_blobs_and_numerics() -> None:
     parsed = json_object('{"b": ["0102FF"], "n": 4.99, "t": "x", "other": ["00"]}')
     assert parsed is not None
     assert convert(parsed) == {"b": "AQL/", "n": "4.99", "t": "x", "other": "AA=="}
+
+
+def test_small_numerics_keep_plain_notation_and_odd_timestamps_pass_through() -> None:
+    out = convert_pg('{"price": 0.00000001, "at": "0001-01-01T00:30:00+01:00"}')
+    assert out["price"] == "0.00000001"
+    assert out["at"] == "0001-01-01T00:30:00+01:00"
