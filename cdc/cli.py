@@ -12,12 +12,14 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Engine
 
-from cdc import database, deadletters, demo, logs, triggers
+from cdc import database, deadletters, demo, logs, slots, triggers
 from cdc.catalog import read_table
 from cdc.errors import CdcError, ConfigError, PermanentError
+from cdc.events import parse_iso
 from cdc.publishers import Publisher
 from cdc.publishers.file import FilePublisher, NullPublisher
 from cdc.settings import Settings, load_settings
+from cdc.sources import Source
 from cdc.sources.changelog import ChangeLogSource
 from cdc.state import state_tables
 from cdc.worker import Worker, failpoint_hook, install_signal_handlers
@@ -38,11 +40,23 @@ def open_publisher(settings: Settings, stop: threading.Event) -> Publisher:
     )
 
 
-def open_source(settings: Settings, engine: Engine) -> ChangeLogSource:
-    if settings.capture != "changelog":
-        raise ConfigError("CDC_CAPTURE", "only 'changelog' is available in this version")
-    return ChangeLogSource(engine, state_tables(engine.dialect.name, settings.state_schema),
-                           settings.default_schema)
+def open_source(settings: Settings, engine: Engine) -> Source:
+    tables = state_tables(engine.dialect.name, settings.state_schema)
+    if settings.capture == "changelog":
+        return ChangeLogSource(engine, tables, settings.default_schema)
+    require_postgres(settings)
+    from cdc.sources.logical import LogicalSource, conninfo_of
+
+    return LogicalSource(
+        engine, tables, conninfo_of(settings.url), settings.slot_name, settings.publication_name,
+        settings.default_schema, poll_interval=settings.poll_interval,
+        heartbeat_seconds=settings.heartbeat_interval,
+    )
+
+
+def require_postgres(settings: Settings) -> None:
+    if settings.dialect != "postgresql":
+        raise ConfigError("CDC_CAPTURE", "the 'logical' mode needs PostgreSQL; use 'changelog'")
 
 
 def prepare_embedded(settings: Settings, engine: Engine) -> None:
@@ -72,13 +86,26 @@ def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> int:
 
 def cmd_setup(settings: Settings, args: argparse.Namespace) -> int:
     engine = database.connect(settings)
+    if args.drop and settings.capture == "logical":
+        slots.drop(engine, settings.slot_name, settings.publication_name)
+        print(f"replication slot {settings.slot_name} and publication "
+              f"{settings.publication_name} removed")
+        return 0
     if args.drop:
         triggers.drop(engine, settings.table_refs, settings.state_schema)
         print("capture triggers removed from " + ", ".join(t.qualified for t in settings.table_refs))
         return 0
     check_migrated(settings, engine)
-    triggers.install(engine, [read_table(engine, t) for t in settings.table_refs], settings.state_schema)
-    print("capture triggers installed on " + ", ".join(t.qualified for t in settings.table_refs))
+    infos = [read_table(engine, t) for t in settings.table_refs]
+    names = ", ".join(t.qualified for t in settings.table_refs)
+    if settings.capture == "logical":
+        require_postgres(settings)
+        slots.install(engine, infos, settings.slot_name, settings.publication_name)
+        print(f"publication {settings.publication_name} covers {names}; "
+              f"replication slot {settings.slot_name} is ready")
+        return 0
+    triggers.install(engine, infos, settings.state_schema)
+    print("capture triggers installed on " + names)
     return 0
 
 
@@ -104,16 +131,30 @@ def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
 def cmd_status(settings: Settings, _args: argparse.Namespace) -> int:
     engine = database.connect(settings)
     check_migrated(settings, engine)
-    source = open_source(settings, engine)
-    tables = source.state
-    pending, oldest = source.pending()
+    tables = state_tables(engine.dialect.name, settings.state_schema)
     with engine.connect() as connection:
-        row = connection.execute(tables.checkpoints.select()).mappings().first()
-    lag = (datetime.now(UTC) - oldest).total_seconds() if oldest else 0.0
+        row = connection.execute(
+            tables.checkpoints.select().where(tables.checkpoints.c.stream == settings.capture)
+        ).mappings().first()
     print(f"database:        {settings.display_url}")
     print(f"capture:         {settings.capture} ({', '.join(t.qualified for t in settings.table_refs)})")
-    print(f"pending changes: {pending}")
-    print(f"lag:             {lag:.1f}s (oldest unpublished change)")
+    if settings.capture == "logical":
+        from cdc.sources.logical import slot_status
+
+        slot = slot_status(engine, settings.slot_name)
+        if not slot.exists:
+            print(f"slot:            {settings.slot_name} does not exist (run `cdc setup`)")
+        else:
+            lag = _seconds_since(row["updated_at"]) if row and slot.lag_bytes else 0.0
+            print(f"slot:            {settings.slot_name} (wal_status {slot.wal_status}, "
+                  f"{'active' if slot.active else 'inactive'}, confirmed {slot.confirmed_flush_lsn})")
+            print(f"lag:             {slot.lag_bytes} bytes of WAL retained, "
+                  f"{lag:.1f}s since the last acknowledgement")
+    else:
+        pending, oldest = ChangeLogSource(engine, tables, settings.default_schema).pending()
+        lag = (datetime.now(UTC) - oldest).total_seconds() if oldest else 0.0
+        print(f"pending changes: {pending}")
+        print(f"lag:             {lag:.1f}s (oldest unpublished change)")
     if row:
         print(f"last position:   {row['position']} ({row['published']} changes published, "
               f"last at {row['updated_at']})")
@@ -121,6 +162,12 @@ def cmd_status(settings: Settings, _args: argparse.Namespace) -> int:
         print("last position:   none yet")
     print(f"dead letters:    {deadletters.count(engine, tables)}")
     return 0
+
+
+def _seconds_since(moment: datetime | str) -> float:
+    if isinstance(moment, str):
+        moment = parse_iso(moment)
+    return max(0.0, (datetime.now(UTC) - moment).total_seconds())
 
 
 def cmd_dead_letters(settings: Settings, args: argparse.Namespace) -> int:

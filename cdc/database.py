@@ -69,14 +69,19 @@ def current_revision(engine: Engine, settings: Settings) -> str | None:
 def is_transient_db_error(exc: BaseException) -> bool:
     """A failure that a new connection may cure: the server restarted, the connection was
     terminated or timed out. Wrong credentials or a missing database are not retried."""
+    import psycopg
     from sqlalchemy import exc as sa_exc
 
     if isinstance(exc, sa_exc.DBAPIError):
         if exc.connection_invalidated:
             return True
-        if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError):
-            message = str(exc.orig).lower()
-            permanent = ("password authentication failed", "does not exist", "no pg_hba.conf entry",
-                         "permission denied", "role ", "no such table")
-            return not any(word in message for word in permanent) or "terminating" in message
-    return False
+        if not isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError):
+            return False
+        message = str(exc.orig).lower()
+    elif isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        message = str(exc).lower()  # the replication stream uses psycopg directly
+    else:
+        return False
+    permanent = ("password authentication failed", "does not exist", "no pg_hba.conf entry",
+                 "permission denied", "role ", "no such table")
+    return not any(word in message for word in permanent) or "terminating" in message

@@ -3,8 +3,7 @@
 pgoutput sends each value as its type's output function writes it (``'t'``, ``'2026-11-28
 18:45:52.5+01'``, ``'{1,NULL}'``). The trigger mode publishes what ``row_to_json`` writes after
 ``cdc.values`` converts it; this module yields the same JSON value from the text form, so a
-consumer cannot tell the two modes apart (two known exceptions: oid is an int here, and
-numeric is the text as sent where ``str(Decimal)`` would write '1E-8'). The conversion is chosen once per relation column by
+consumer cannot tell the two modes apart. The conversion is chosen once per relation column by
 type OID (``text_converter``); each call then costs one small function.
 
 It assumes the replication session's defaults, as the writers' sessions have them: DateStyle

@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     max_entry_bytes: int = Field(262_144, ge=1024, le=1_048_576)
     skip_origins: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["sync_back"])
     state_schema: str = Field("cdc", pattern=r"^[a-z_][a-z0-9_]*$")
+    # logical mode: the slot and publication (created by `cdc setup`, or a DBA's existing ones)
+    slot_name: str = Field("cdc_slot", pattern=r"^[a-z0-9_]{1,63}$")
+    publication_name: str = Field("cdc_pub", min_length=1, max_length=63)
+    heartbeat_interval: float = Field(10.0, gt=0, le=3600)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "text"] = "auto"
     table_options: dict[str, TableOptions] = Field(default_factory=dict)

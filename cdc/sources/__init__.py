@@ -23,6 +23,8 @@ class Batch:
     # The source's handle on what to acknowledge (change-log ids, or an LSN).
     ack_ids: Sequence[int] = field(default_factory=tuple)
     last_position: str = ""
+    # logical mode: the LSN that may be confirmed to PostgreSQL once this batch is acknowledged
+    flush_lsn: int = 0
 
 
 class Source(Protocol):

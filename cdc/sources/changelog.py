@@ -11,15 +11,12 @@ and the first's row is visible to any read that sees the second's.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from datetime import UTC, datetime
-from typing import Any
+from collections.abc import Sequence
+from datetime import datetime
 
-from sqlalchemy import Connection, Engine, func, select, text
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Engine, func, select
 
-from cdc import deadletters
+from cdc import checkpoints, deadletters
 from cdc.catalog import TableInfo, read_table
 from cdc.events import Change, Op, TableRef, json_object, parse_iso
 from cdc.publishers import Rejection
@@ -110,29 +107,7 @@ class ChangeLogSource:
                 cursor.executemany(self._delete, [(i,) for i in batch.ack_ids])
             else:
                 cursor.execute(self._delete, (list(batch.ack_ids),))
-            self._checkpoint(connection, batch)
-
-    def _checkpoint(self, connection: Connection, batch: Batch) -> None:
-        # Late commits make a batch's highest position lower than an earlier batch's; the
-        # checkpoint keeps the highest, so it never moves back.
-        table = self.state.checkpoints
-        now: Any = datetime.now(UTC)
-        if connection.dialect.name == "sqlite":
-            now = now.isoformat()
-        insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
-        statement = insert(table).values(
-            stream=STREAM, position=batch.last_position, published=len(batch.changes), updated_at=now
-        )
-        greatest = func.max if connection.dialect.name == "sqlite" else func.greatest
-        statement = statement.on_conflict_do_update(
-            index_elements=[table.c.stream],
-            set_={
-                "position": greatest(table.c.position, statement.excluded.position),
-                "published": table.c.published + statement.excluded.published,
-                "updated_at": statement.excluded.updated_at,
-            },
-        )
-        connection.execute(statement)
+            checkpoints.store(connection, self.state, STREAM, batch.last_position, len(batch.changes))
 
     def pending(self) -> tuple[int, datetime | None]:
         table = self.state.changelog
@@ -146,21 +121,3 @@ class ChangeLogSource:
 
     def close(self) -> None:
         self.engine.dispose()
-
-
-@contextmanager
-def origin_tag(connection: Connection, origin: str) -> Iterator[None]:
-    """Tag the writes made inside this block, in the connection's current transaction, with
-    ``origin``: the triggers record it and the worker skips origins in CDC_SKIP_ORIGINS."""
-    if connection.dialect.name == "sqlite":
-        # SQLite has one writer at a time, so a row in cdc_origin, present only inside this
-        # transaction, tags exactly this transaction's writes.
-        connection.execute(text("DELETE FROM cdc_origin"))
-        connection.execute(text("INSERT INTO cdc_origin (origin) VALUES (:o)"), {"o": origin})
-        yield
-        connection.execute(text("DELETE FROM cdc_origin"))
-    else:
-        # is_local: the setting ends with the transaction, whatever happens to the block.
-        connection.execute(text("SELECT set_config('cdc.origin', :o, true)"), {"o": origin})
-        yield
-        connection.execute(text("SELECT set_config('cdc.origin', '', true)"))

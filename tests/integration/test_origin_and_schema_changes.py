@@ -8,9 +8,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
 
+from cdc.origin import origin_tag
 from cdc.publishers.file import NullPublisher
 from cdc.settings import load_settings
-from cdc.sources.changelog import origin_tag
 from cdc.worker import Worker
 from tests.integration.helpers import changelog_source, prepared, settings_for
 

@@ -1,0 +1,441 @@
+"""The ``logical`` source: PostgreSQL's own change stream (logical decoding, ``pgoutput``).
+
+psycopg 3 has no replication API, but its low-level connection speaks the protocol: a
+``replication=database`` connection, ``START_REPLICATION ... LOGICAL``, then CopyBoth frames
+read with ``get_copy_data`` and standby status updates written with ``put_copy_data``.
+
+What may be confirmed to PostgreSQL (the flush LSN, after which the slot's WAL can go) is
+only ever a position whose changes the bus accepted: the end of the last transaction whose
+every change sits in an acknowledged batch, or a keepalive's WAL end seen between transactions.
+A large transaction is published in batches as it streams; PostgreSQL re-sends it whole after
+a crash, and its events get the same ids (commit LSN and index within the transaction).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import logging
+import select
+import struct
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from psycopg import pq
+from sqlalchemy import Engine, text
+
+from cdc import checkpoints, deadletters
+from cdc.catalog import TableInfo, read_table
+from cdc.errors import PermanentError
+from cdc.events import Change, Op, Row, TableRef
+from cdc.origin import ORIGIN_MESSAGE_PREFIX
+from cdc.pgoutput import (
+    UNCHANGED,
+    Begin,
+    Commit,
+    Delete,
+    Insert,
+    Message,
+    Origin,
+    PgOutputMessage,
+    Relation,
+    Truncate,
+    TupleData,
+    Update,
+    decode,
+    format_lsn,
+)
+from cdc.pgtypes import TextConvert, text_converter
+from cdc.publishers import Rejection
+from cdc.sources import Batch
+from cdc.state import StateTables
+
+log = logging.getLogger(__name__)
+
+STREAM = "logical"
+HEARTBEAT_PREFIX = "cdc.heartbeat"
+FEEDBACK_SECONDS = 10.0
+
+_XLOG = struct.Struct("!QQq")  # after 'w': WAL start, WAL end, send time
+_XLOG_HEADER = 1 + _XLOG.size
+_KEEPALIVE = struct.Struct("!QqB")  # after 'k': WAL end, send time, reply requested
+_FEEDBACK = struct.Struct("!cQQQqB")  # 'r', written, flushed, applied, clock, reply requested
+_PG_EPOCH_MICROS = 946_684_800_000_000
+
+
+def _pg_now() -> int:
+    return int(time.time() * 1_000_000) - _PG_EPOCH_MICROS
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+class ReplicationStream:
+    """One ``replication=database`` connection in CopyBoth mode."""
+
+    def __init__(self, conninfo: str) -> None:
+        self.connection = psycopg.connect(conninfo, replication="database", autocommit=True)
+        self.pg = self.connection.pgconn
+
+    def start(self, slot: str, publication: str, start_lsn: int = 0) -> None:
+        command = (
+            f"START_REPLICATION SLOT {_quote_ident(slot)} LOGICAL {format_lsn(start_lsn)} "
+            f"(proto_version '1', publication_names '{_quote_ident(publication)}', "
+            "messages 'true')"
+        )
+        self.pg.send_query(command.encode())
+        while True:
+            self.pg.consume_input()
+            if not self.pg.is_busy():
+                break
+            select.select([self.pg.socket], [], [], 1.0)
+        result = self.pg.get_result()
+        if result is None or result.status != pq.ExecStatus.COPY_BOTH:
+            message = (result.error_message if result else b"").decode(errors="replace").strip()
+            if "invalidated" in message or "can no longer get changes" in message:
+                raise PermanentError(slot_lost_message(slot))
+            raise psycopg.OperationalError(f"START_REPLICATION failed: {message}")
+
+    def frame(self, timeout: float) -> memoryview | None:
+        """The next CopyData frame, or None when none came within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            size, data = self.pg.get_copy_data(1)
+            if size > 0:
+                return data
+            if size == -1:
+                result = self.pg.get_result()
+                message = (result.error_message if result else b"").decode(errors="replace")
+                raise psycopg.OperationalError(f"replication stream ended: {message.strip()}")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            readable, _, _ = select.select([self.pg.socket], [], [], remaining)
+            if not readable:
+                return None
+            self.pg.consume_input()
+
+    def feedback(self, flushed_lsn: int) -> None:
+        self.pg.put_copy_data(
+            _FEEDBACK.pack(b"r", flushed_lsn, flushed_lsn, flushed_lsn, _pg_now(), 0)
+        )
+        self.pg.flush()
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def slot_lost_message(slot: str) -> str:
+    return (
+        f"replication slot {slot!r} was invalidated by PostgreSQL (wal_status = lost): WAL it "
+        "still needed was removed (max_slot_wal_keep_size), so changes were lost before they "
+        "could be read. Recreate the slot with `cdc setup --drop` and `cdc setup`, then "
+        "backfill the tracked tables to repair the gap."
+    )
+
+
+@dataclass
+class _Relation:
+    ref: TableRef
+    names: tuple[str, ...]
+    converters: tuple[TextConvert, ...]
+    key_flags: tuple[bool, ...]
+
+
+@dataclass
+class _Transaction:
+    commit_lsn: int
+    xid: int
+    committed_at: datetime
+    origin: str = "legacy"
+    index: int = 0
+
+
+@dataclass
+class LogicalSource:
+    engine: Engine
+    state: StateTables
+    conninfo: str
+    slot: str
+    publication: str
+    default_schema: str
+    poll_interval: float = 0.2
+    heartbeat_seconds: float = 10.0
+    _stream: ReplicationStream | None = None
+    _relations: dict[int, _Relation] = field(default_factory=dict)
+    _tables: dict[str, TableInfo] = field(default_factory=dict)
+    _txn: _Transaction | None = None
+    _safe_lsn: int = 0  # may be confirmed once what was read so far is acknowledged
+    _flushed_lsn: int = 0  # confirmed to PostgreSQL
+    _last_feedback: float = 0.0
+    _last_message: float = field(default_factory=time.monotonic)
+    _heartbeat_ok: bool = True
+
+    # -- Source protocol ----------------------------------------------------------------
+
+    def table(self, name: str) -> TableInfo:
+        info = self._tables.get(name)
+        if info is None:
+            info = self._tables[name] = read_table(self.engine, TableRef.parse(name, self.default_schema))
+        return info
+
+    def read(self, limit: int) -> Batch:
+        stream = self._connected()
+        changes: list[Change] = []
+        deadline = time.monotonic() + self.poll_interval
+        try:
+            while len(changes) < limit:
+                # Once something is in hand, take only what is already buffered: latency.
+                wait = 0.0 if changes else max(0.0, deadline - time.monotonic())
+                frame = stream.frame(wait)
+                if frame is None:
+                    break
+                self._on_frame(frame, changes)
+            self._keep_alive(stream)
+        except Exception:
+            self._disconnect()
+            raise
+        if not changes and self._safe_lsn > self._flushed_lsn:
+            # Nothing in flight: everything up to the safe LSN is acknowledged already.
+            self._confirm(self._safe_lsn)
+        last = changes[-1].position if changes else ""
+        return Batch(changes, (), last, self._safe_lsn)
+
+    def ack(self, batch: Batch, rejections: Sequence[Rejection]) -> None:
+        if batch.flush_lsn < self._flushed_lsn:
+            raise RuntimeError(
+                f"acknowledgement behind the confirmed position: {format_lsn(batch.flush_lsn)} "
+                f"< {format_lsn(self._flushed_lsn)}"
+            )
+        if batch.changes or rejections:
+            with self.engine.begin() as connection:
+                deadletters.store(connection, self.state, rejections)
+                checkpoints.store(connection, self.state, STREAM, batch.last_position,
+                                  len(batch.changes))
+        if batch.flush_lsn > self._flushed_lsn:
+            self._confirm(batch.flush_lsn)
+
+    def close(self) -> None:
+        self._disconnect()
+        self.engine.dispose()
+
+    # -- connection ---------------------------------------------------------------------
+
+    def _connected(self) -> ReplicationStream:
+        if self._stream is not None:
+            return self._stream
+        confirmed = check_slot(self.engine, self.slot)
+        stream = ReplicationStream(self.conninfo)
+        try:
+            # LSN 0: resume at the slot's confirmed flush position.
+            stream.start(self.slot, self.publication, 0)
+        except Exception:
+            stream.close()
+            raise
+        # PostgreSQL re-sends Relation messages and restarts from the confirmed position: what
+        # was read and not acknowledged comes again, so nothing beyond it counts as safe.
+        self._relations.clear()
+        self._txn = None
+        self._flushed_lsn = self._safe_lsn = confirmed
+        self._stream = stream
+        self._last_feedback = time.monotonic()
+        log.info("streaming from slot %s, publication %s", self.slot, self.publication)
+        return stream
+
+    def _disconnect(self) -> None:
+        if self._stream is not None:
+            with contextlib.suppress(Exception):  # usually broken already
+                self._stream.close()
+            self._stream = None
+        self._txn = None
+
+    def _confirm(self, lsn: int) -> None:
+        if self._stream is None:
+            return  # the next connection resumes from the slot's own position
+        self._stream.feedback(lsn)
+        self._flushed_lsn = lsn
+        self._last_feedback = time.monotonic()
+
+    def _keep_alive(self, stream: ReplicationStream) -> None:
+        now = time.monotonic()
+        if now - self._last_feedback >= FEEDBACK_SECONDS:
+            stream.feedback(self._flushed_lsn)
+            self._last_feedback = now
+        if self._heartbeat_ok and now - self._last_message >= self.heartbeat_seconds:
+            self._last_message = now
+            self._heartbeat()
+
+    def _heartbeat(self) -> None:
+        """A non-transactional logical message: when the tracked tables are quiet and the rest
+        of the database is busy, it reaches us between transactions so the slot can advance."""
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(
+                    text("SELECT pg_logical_emit_message(false, :prefix, :now)"),
+                    {"prefix": HEARTBEAT_PREFIX, "now": datetime.now(UTC).isoformat()},
+                )
+        except Exception as exc:
+            self._heartbeat_ok = False
+            log.warning("heartbeat disabled: pg_logical_emit_message failed (%s)", exc)
+
+    # -- decoding -------------------------------------------------------------------------
+
+    def _on_frame(self, frame: memoryview, changes: list[Change]) -> None:
+        kind = frame[0]
+        if kind == 0x77:  # 'w' XLogData
+            self._last_message = time.monotonic()
+            self._on_message(decode(frame[_XLOG_HEADER:]), changes)
+        elif kind == 0x6B:  # 'k' keepalive
+            wal_end, _, reply = _KEEPALIVE.unpack_from(frame, 1)
+            if self._txn is None:
+                # Between transactions, everything before the WAL end has been received.
+                self._safe_lsn = max(self._safe_lsn, wal_end)
+            if reply and self._stream is not None:
+                self._stream.feedback(self._flushed_lsn)
+                self._last_feedback = time.monotonic()
+
+    def _on_message(self, message: PgOutputMessage, changes: list[Change]) -> None:
+        txn = self._txn
+        if isinstance(message, Insert | Update | Delete):
+            assert txn is not None, "row change outside a transaction"
+            changes.append(self._change(txn, message))
+        elif isinstance(message, Begin):
+            self._txn = _Transaction(message.final_lsn, message.xid, message.commit_time)
+        elif isinstance(message, Commit):
+            self._txn = None
+            self._safe_lsn = max(self._safe_lsn, message.end_lsn)
+        elif isinstance(message, Relation):
+            self._relations[message.oid] = self._relation(message)
+        elif isinstance(message, Truncate):
+            assert txn is not None, "truncate outside a transaction"
+            for oid in message.relation_oids:
+                changes.append(self._make(txn, self._relations[oid].ref, "truncate", None, None, ()))
+        elif isinstance(message, Message):
+            if message.transactional and message.prefix == ORIGIN_MESSAGE_PREFIX and txn is not None:
+                txn.origin = message.content.decode() or "legacy"
+            elif not message.transactional and txn is None:
+                self._safe_lsn = max(self._safe_lsn, message.lsn)
+        elif isinstance(message, Origin) and txn is not None:
+            txn.origin = message.name
+
+    def _relation(self, message: Relation) -> _Relation:
+        ref = TableRef(message.namespace or "pg_catalog", message.name)
+        # A Relation message follows every schema change: the catalog is read again.
+        self._tables.pop(ref.qualified, None)
+        return _Relation(
+            ref,
+            tuple(c.name for c in message.columns),
+            tuple(text_converter(c.type_oid, c.type_modifier) for c in message.columns),
+            tuple(c.is_key for c in message.columns),
+        )
+
+    def _change(self, txn: _Transaction, message: Insert | Update | Delete) -> Change:
+        rel = self._relations[message.relation_oid]
+        if isinstance(message, Insert):
+            after, unchanged = self._row(rel, message.new)
+            return self._make(txn, rel.ref, "insert", None, after, unchanged)
+        if isinstance(message, Update):
+            after, unchanged = self._row(rel, message.new)
+            before = None
+            if message.old is not None:
+                before = self._old(rel, message.old, message.old_kind == "K")
+            return self._make(txn, rel.ref, "update", before, after, unchanged)
+        before = self._old(rel, message.old, message.old_kind == "K")
+        return self._make(txn, rel.ref, "delete", before, None, ())
+
+    def _make(self, txn: _Transaction, ref: TableRef, op: Op, before: Row | None,
+              after: Row | None, unchanged: tuple[str, ...]) -> Change:
+        index = txn.index
+        txn.index += 1
+        return Change(
+            table=ref, op=op, before=before, after=after,
+            position=f"{txn.commit_lsn:016X}.{index:08d}",
+            txid=txn.xid, committed_at=txn.committed_at, origin=txn.origin,
+            unchanged=unchanged, identity=f"logical:{txn.commit_lsn}:{index}",
+        )
+
+    @staticmethod
+    def _row(rel: _Relation, values: TupleData) -> tuple[dict[str, Any], tuple[str, ...]]:
+        row: dict[str, Any] = {}
+        unchanged: list[str] = []
+        for name, convert, value in zip(rel.names, rel.converters, values, strict=False):
+            if value is None:
+                row[name] = None
+            elif value is UNCHANGED:
+                # An unchanged TOASTed value is not sent: say so, never publish it as null.
+                unchanged.append(name)
+            elif isinstance(value, str):
+                row[name] = convert(value)
+            else:
+                row[name] = base64.b64encode(value).decode("ascii")
+        return row, tuple(unchanged)
+
+    @classmethod
+    def _old(cls, rel: _Relation, values: TupleData, key_only: bool) -> dict[str, Any]:
+        row, _ = cls._row(rel, values)
+        if key_only:
+            # A 'K' tuple carries the replica identity columns; the others are absent, not NULL.
+            return {n: row.get(n) for n, is_key in zip(rel.names, rel.key_flags, strict=False) if is_key}
+        return row
+
+    # -- status -------------------------------------------------------------------------
+
+    def pending(self) -> tuple[int, datetime | None]:
+        return 0, None
+
+
+def check_slot(engine: Engine, slot: str) -> int:
+    """The slot's confirmed flush LSN, after checking that the slot can be streamed."""
+    with engine.connect() as connection:
+        row = connection.execute(
+            text("SELECT plugin, wal_status, "
+                 "pg_wal_lsn_diff(confirmed_flush_lsn, '0/0')::bigint AS confirmed "
+                 "FROM pg_replication_slots WHERE slot_name = :s"),
+            {"s": slot},
+        ).first()
+    if row is None:
+        raise PermanentError(f"replication slot {slot!r} does not exist; run `cdc setup` "
+                             "(or name the DBA's slot in CDC_SLOT_NAME)")
+    if row.plugin != "pgoutput":
+        raise PermanentError(f"replication slot {slot!r} uses the {row.plugin!r} plugin; "
+                             "the logical mode needs a pgoutput slot")
+    if row.wal_status == "lost":
+        raise PermanentError(slot_lost_message(slot))
+    return int(row.confirmed or 0)
+
+
+@dataclass(frozen=True)
+class SlotStatus:
+    exists: bool
+    wal_status: str | None = None
+    active: bool = False
+    lag_bytes: int | None = None
+    confirmed_flush_lsn: str | None = None
+
+
+def slot_status(engine: Engine, slot: str) -> SlotStatus:
+    with engine.connect() as connection:
+        row = connection.execute(text(
+            "SELECT wal_status, active, confirmed_flush_lsn::text AS flushed, "
+            "pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint AS lag "
+            "FROM pg_replication_slots WHERE slot_name = :s"), {"s": slot}).first()
+    if row is None:
+        return SlotStatus(False)
+    return SlotStatus(True, row.wal_status, row.active, row.lag, row.flushed)
+
+
+def conninfo_of(url: Any) -> str:
+    """libpq connection string of a SQLAlchemy URL (query parameters such as sslmode included)."""
+    from psycopg.conninfo import make_conninfo
+
+    params: dict[str, Any] = {
+        "host": url.host, "port": url.port, "dbname": url.database,
+        "user": url.username, "password": url.password, "application_name": "cdc-logical",
+    }
+    params.update({k: v for k, v in url.query.items() if isinstance(v, str)})
+    return make_conninfo("", **{k: v for k, v in params.items() if v is not None})
