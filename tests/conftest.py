@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -55,6 +56,19 @@ def pg_url(postgres_server: URL) -> Iterator[URL]:
         yield postgres_server.set(database=name)
     finally:
         with admin.connect() as connection:
+            # Replication slots block DROP DATABASE; their walsenders must go first.
+            connection.execute(text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d "
+                "AND pid <> pg_backend_pid()"), {"d": name})
+            for _ in range(50):
+                slots = connection.execute(text(
+                    "SELECT slot_name, active FROM pg_replication_slots WHERE database = :d"),
+                    {"d": name}).all()
+                if not any(active for _, active in slots):
+                    break
+                time.sleep(0.1)
+            for slot, _ in slots:
+                connection.execute(text("SELECT pg_drop_replication_slot(:s)"), {"s": slot})
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
 

@@ -16,9 +16,11 @@ import boto3
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import URL
 
-from cdc import database, triggers
+from cdc import database, slots, triggers
 from cdc.catalog import read_table
+from cdc.cli import open_source
 from cdc.settings import Settings, load_settings
+from cdc.sources import Source
 from cdc.sources.changelog import ChangeLogSource
 from cdc.state import state_tables
 
@@ -34,21 +36,42 @@ def settings_for(url: URL, tables: str, **extra: str) -> Settings:
 
 
 def prepared(settings: Settings, ddl: str) -> Engine:
-    """Create the legacy table(s), migrate the state schema and install the triggers."""
+    """Create the legacy table(s), migrate the state schema and set capture up (triggers, or
+    publication and slot)."""
     engine = database.connect(settings)
     with engine.begin() as connection:
         for statement in ddl.split(";"):
             if statement.strip():
                 connection.execute(text(statement))
     database.migrate(engine, settings)
-    triggers.install(engine, [read_table(engine, t) for t in settings.table_refs],
-                     settings.state_schema)
+    infos = [read_table(engine, t) for t in settings.table_refs]
+    if settings.capture == "logical":
+        slots.install(engine, infos, settings.slot_name, settings.publication_name)
+    else:
+        triggers.install(engine, infos, settings.state_schema)
     return engine
+
+
+def source_for(settings: Settings, engine: Engine) -> Source:
+    return open_source(settings, engine)
 
 
 def changelog_source(settings: Settings, engine: Engine) -> ChangeLogSource:
     return ChangeLogSource(engine, state_tables(engine.dialect.name, settings.state_schema),
                            settings.default_schema)
+
+
+def settings_for_mode(url: URL, capture: str, tables: str, **extra: str) -> Settings:
+    """Settings of one capture mode; logical mode gets a slot of its own per test database."""
+    if capture == "logical":
+        extra.setdefault("slot_name", f"cdc_{url.database}"[:63])
+    return settings_for(url, tables, capture=capture, **extra)
+
+
+def drop_slot(engine: Engine, settings: Settings) -> None:
+    """Slots outlive their database's connections and block DROP DATABASE: remove them."""
+    if settings.capture == "logical":
+        slots.drop(engine, settings.slot_name, settings.publication_name)
 
 
 def raw_engine(url: URL) -> Engine:

@@ -12,14 +12,15 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL
 
 from cdc.publishers.eventbridge import EventBridgePublisher
+from cdc.publishers.file import NullPublisher
 from cdc.worker import Worker
 from tests.integration.helpers import (
     by_key,
-    changelog_source,
     prepared,
     raw_engine,
     running,
-    settings_for,
+    settings_for_mode,
+    source_for,
     wire_bus,
 )
 
@@ -28,14 +29,17 @@ pytestmark = pytest.mark.integration
 ACCOUNTS = "CREATE TABLE accounts (id int PRIMARY KEY, version int NOT NULL, note text)"
 
 
-def test_concurrent_transactions_arrive_complete_and_in_key_order(pg_url: URL, moto_endpoint: str) -> None:
+@pytest.mark.parametrize("capture", ["changelog", "logical"])
+def test_concurrent_transactions_arrive_complete_and_in_key_order(
+    pg_url: URL, moto_endpoint: str, capture: str
+) -> None:
     # Given: a capture worker publishing to an EventBridge bus whose rule feeds an SQS queue
-    settings = settings_for(pg_url, "accounts", batch_size="40")
+    settings = settings_for_mode(pg_url, capture, "accounts", batch_size="40")
     engine = prepared(settings, ACCOUNTS)
     wiring = wire_bus(settings.event_source)
     stop = threading.Event()
     publisher = EventBridgePublisher.from_environment(wiring.bus_name, stop=stop)
-    worker = Worker(settings, changelog_source(settings, engine), publisher, stop)
+    worker = Worker(settings, source_for(settings, engine), publisher, stop)
     legacy = raw_engine(pg_url)
     keys = list(range(1, 41))
     with legacy.begin() as connection:
@@ -107,10 +111,15 @@ def test_concurrent_transactions_arrive_complete_and_in_key_order(pg_url: URL, m
     assert first["source"] == settings.event_source
     assert first["detail-type"].startswith("public.accounts.")
     assert first["detail"]["table"] == "public.accounts"
-    # ... the long transaction's change too, although later ids were published before it
+    # ... the long transaction's change too
     arrival = [d["position"] for d in details]
     long_position = next(d["position"] for d in details if d["key"] == {"id": 1000})
-    assert any(p > long_position for p in arrival[: arrival.index(long_position)])
+    if capture == "changelog":
+        # ... although changes with higher change-log ids were published before it
+        assert any(p > long_position for p in arrival[: arrival.index(long_position)])
+    else:
+        # ... and in logical mode positions follow commit order: it committed last
+        assert long_position == max(arrival)
     # ... and per key, position order is commit order: versions 1, 2, 3, ... without a gap
     for key, events in by_key(details).items():
         versions = [e["after"]["version"] for e in events]
@@ -119,13 +128,12 @@ def test_concurrent_transactions_arrive_complete_and_in_key_order(pg_url: URL, m
         assert connection.execute(text("SELECT count(*) FROM cdc.changelog")).scalar() == 0
 
 
-def test_terminated_connection_is_retried_not_fatal(pg_url: URL, moto_endpoint: str) -> None:
-    settings = settings_for(pg_url, "accounts", batch_size="10", bus="null")
+@pytest.mark.parametrize("capture", ["changelog", "logical"])
+def test_terminated_connection_is_retried_not_fatal(pg_url: URL, capture: str) -> None:
+    settings = settings_for_mode(pg_url, capture, "accounts", batch_size="10", bus="null")
     engine = prepared(settings, ACCOUNTS)
-    from cdc.publishers.file import NullPublisher
-
     publisher = NullPublisher()
-    worker = Worker(settings, changelog_source(settings, engine), publisher)
+    worker = Worker(settings, source_for(settings, engine), publisher)
     legacy = raw_engine(pg_url)
     admin = raw_engine(pg_url)
     with running(worker.run) as thread:
@@ -136,7 +144,7 @@ def test_terminated_connection_is_retried_not_fatal(pg_url: URL, moto_endpoint: 
                 with admin.begin() as connection:
                     connection.execute(text(
                         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE application_name = 'cdc' AND pid <> pg_backend_pid()"
+                        "WHERE application_name LIKE 'cdc%' AND pid <> pg_backend_pid()"
                     ))
         deadline = time.monotonic() + 30
         while publisher.accepted < 200 and time.monotonic() < deadline:
@@ -144,4 +152,7 @@ def test_terminated_connection_is_retried_not_fatal(pg_url: URL, moto_endpoint: 
         worker.stop.set()
         thread.join(10)
     assert not thread.is_alive()
-    assert publisher.accepted == 200
+    # At least once: a stream cut before its acknowledgement is read again (same ids)
+    assert publisher.accepted >= 200
+    if capture == "changelog":
+        assert publisher.accepted == 200
