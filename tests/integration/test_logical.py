@@ -1,0 +1,175 @@
+"""What only the logical mode has: TOAST, replica identity, truncate, key changes, schema
+changes, big transactions in bounded batches, origin messages, and an invalidated slot."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, text
+from sqlalchemy.engine import URL
+
+from cdc import database, slots
+from cdc.catalog import read_table
+from cdc.errors import PermanentError, SetupError
+from cdc.events import BusEntry
+from cdc.origin import origin_tag
+from cdc.publishers import Rejection
+from cdc.settings import Settings
+from cdc.sources.logical import LogicalSource
+from cdc.worker import Worker
+from tests.integration.helpers import prepared, settings_for_mode, source_for
+
+pytestmark = pytest.mark.integration
+
+DOCS = "CREATE TABLE docs (id int PRIMARY KEY, title text, body text, n numeric(6,2))"
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.entries: list[BusEntry] = []
+
+    def publish(self, entries: list[BusEntry]) -> list[Rejection]:
+        self.entries.extend(entries)
+        return []
+
+    def close(self) -> None:
+        pass
+
+    @property
+    def details(self) -> list[dict[str, Any]]:
+        return [json.loads(e.detail) for e in self.entries]
+
+
+def drain(settings: Settings, source: Any, recorder: Recorder, rounds: int = 3) -> list[dict[str, Any]]:
+    worker = Worker(settings, source, recorder)
+    idle = 0
+    while idle < rounds:
+        idle = 0 if worker.step() else idle + 1
+    return recorder.details
+
+
+def logical(pg_url: URL, ddl: str = DOCS, tables: str = "docs", **extra: str) -> tuple[Settings, Engine, Any]:
+    settings = settings_for_mode(pg_url, "logical", tables, **extra)
+    engine = prepared(settings, ddl)
+    return settings, engine, source_for(settings, engine)
+
+
+def write(engine: Engine, *statements: str) -> None:
+    with engine.begin() as connection:
+        for statement in statements:
+            connection.execute(text(statement))
+
+
+def test_toast_truncate_key_change_and_added_column(pg_url: URL) -> None:
+    settings, engine, source = logical(pg_url)
+    big = "lorem ipsum " * 50_000  # TOASTed (compressed out of line)
+    write(engine, f"INSERT INTO docs VALUES (1, 'a', '{big}', 1.5)")
+    write(engine, "UPDATE docs SET title = 'b' WHERE id = 1")  # body left unchanged
+    write(engine, "UPDATE docs SET id = 2 WHERE id = 1")
+    write(engine, "ALTER TABLE docs ADD COLUMN tags text[]",
+          "INSERT INTO docs (id, title, tags) VALUES (3, 'c', '{x,\"y z\"}')")
+    write(engine, "TRUNCATE docs")
+    recorder = Recorder()
+    details = drain(settings, source, recorder, rounds=5)
+    ops = [(d["op"], d["key"]) for d in details]
+    assert ops == [("insert", {"id": 1}), ("update", {"id": 1}), ("delete", {"id": 1}),
+                   ("insert", {"id": 2}), ("insert", {"id": 3}), ("truncate", None)]
+    inserted, updated, deleted, moved, added, truncated = details
+    assert inserted["after"]["body"] == big and inserted["after"]["n"] == "1.50"
+    # An unchanged TOASTed column is listed, never published as null
+    assert updated["unchanged"] == ["body"] and "body" not in updated["after"]
+    assert updated["before"] is None  # default replica identity sends no old row
+    assert deleted["before"] == {"id": 1}  # the old key only
+    assert added["after"]["tags"] == ["x", "y z"]
+    assert truncated["table"] == "public.docs"
+    positions = [d["position"] for d in details]
+    assert positions == sorted(positions)
+
+
+def test_replica_identity_full_gives_whole_before_images(pg_url: URL) -> None:
+    settings, engine, source = logical(
+        pg_url, DOCS + "; ALTER TABLE docs REPLICA IDENTITY FULL")
+    write(engine, "INSERT INTO docs VALUES (1, 'a', 'body', 2)")
+    write(engine, "UPDATE docs SET n = 3 WHERE id = 1")
+    write(engine, "DELETE FROM docs WHERE id = 1")
+    details = drain(settings, source, Recorder())
+    assert details[1]["before"] == {"id": 1, "title": "a", "body": "body", "n": "2.00"}
+    assert details[1]["after"]["n"] == "3.00"
+    assert details[2]["before"] == {"id": 1, "title": "a", "body": "body", "n": "3.00"}
+
+
+def test_a_big_transaction_is_published_in_bounded_batches(pg_url: URL) -> None:
+    settings, engine, source = logical(pg_url, batch_size="100")
+    write(engine, "INSERT INTO docs (id, title) SELECT g, 't' FROM generate_series(1, 2000) g")
+    sizes: list[int] = []
+    flushes: list[int] = []
+    while True:
+        batch = source.read(100)
+        if not batch.changes:
+            break
+        sizes.append(len(batch.changes))
+        flushes.append(batch.flush_lsn)
+        source.ack(batch, [])
+    assert sum(sizes) == 2000 and max(sizes) <= 100
+    # Nothing of the transaction may be confirmed before its last change was read
+    assert len(set(flushes[:-1])) == 1 and flushes[-1] > flushes[0]
+    source.close()
+
+
+def test_sync_back_transactions_are_recognised_by_their_origin_message(pg_url: URL) -> None:
+    settings, engine, source = logical(pg_url)
+    with engine.begin() as connection, origin_tag(connection, "sync_back", logical=True):
+        connection.execute(text("INSERT INTO docs (id, title) VALUES (1, 'from the new system')"))
+    write(engine, "INSERT INTO docs (id, title) VALUES (2, 'legacy edit')")
+    details = drain(settings, source, Recorder())
+    assert [d["key"] for d in details] == [{"id": 2}]
+    with engine.begin() as connection, origin_tag(connection, "sync_back", logical=True):
+        connection.execute(text("UPDATE docs SET title = 'again' WHERE id = 1"))
+    noisy = settings.model_copy(update={"skip_origins": []})
+    [echo] = drain(noisy, source, Recorder())
+    assert echo["origin"] == "sync_back"
+
+
+def test_setup_explains_what_is_missing(pg_url: URL) -> None:
+    settings = settings_for_mode(pg_url, "logical", "logbook")
+    engine = database.connect(settings)
+    write(engine, "CREATE TABLE logbook (line text)")
+    database.migrate(engine, settings)
+    with pytest.raises(SetupError, match="REPLICA IDENTITY USING INDEX"):
+        slots.install(engine, [read_table(engine, t) for t in settings.table_refs],
+                      settings.slot_name, settings.publication_name)
+    # A unique index as replica identity is enough: its columns key the events
+    write(engine, "ALTER TABLE logbook ALTER COLUMN line SET NOT NULL",
+          "CREATE UNIQUE INDEX logbook_line ON logbook (line)",
+          "ALTER TABLE logbook REPLICA IDENTITY USING INDEX logbook_line")
+    slots.install(engine, [read_table(engine, t) for t in settings.table_refs],
+                  settings.slot_name, settings.publication_name)
+
+
+def test_an_invalidated_slot_stops_the_worker_with_a_clear_message(pg_url: URL) -> None:
+    settings, engine, source = logical(pg_url)
+    admin = database.connect(settings).execution_options(isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'"))
+        connection.execute(text("SELECT pg_reload_conf()"))
+    try:
+        with admin.connect() as connection:
+            for _ in range(6):
+                connection.execute(text(
+                    "CREATE TEMP TABLE IF NOT EXISTS filler (x text); "
+                    "INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 2000)"))
+                connection.execute(text("SELECT pg_switch_wal()"))
+            connection.execute(text("CHECKPOINT"))
+            status = connection.execute(text(
+                "SELECT wal_status FROM pg_replication_slots WHERE slot_name = :s"),
+                {"s": settings.slot_name}).scalar_one()
+        assert status == "lost"
+        with pytest.raises(PermanentError, match="invalidated by PostgreSQL"):
+            source.read(10)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text("ALTER SYSTEM RESET max_slot_wal_keep_size"))
+            connection.execute(text("SELECT pg_reload_conf()"))
+    assert isinstance(source, LogicalSource)
