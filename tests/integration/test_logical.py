@@ -76,7 +76,7 @@ def test_toast_truncate_key_change_and_added_column(pg_url: URL) -> None:
     ops = [(d["op"], d["key"]) for d in details]
     assert ops == [("insert", {"id": 1}), ("update", {"id": 1}), ("delete", {"id": 1}),
                    ("insert", {"id": 2}), ("insert", {"id": 3}), ("truncate", None)]
-    inserted, updated, deleted, moved, added, truncated = details
+    inserted, updated, deleted, _moved, added, truncated = details
     assert inserted["after"]["body"] == big and inserted["after"]["n"] == "1.50"
     # An unchanged TOASTed column is listed, never published as null
     assert updated["unchanged"] == ["body"] and "body" not in updated["after"]
@@ -101,7 +101,7 @@ def test_replica_identity_full_gives_whole_before_images(pg_url: URL) -> None:
 
 
 def test_a_big_transaction_is_published_in_bounded_batches(pg_url: URL) -> None:
-    settings, engine, source = logical(pg_url, batch_size="100")
+    _settings, engine, source = logical(pg_url, batch_size="100")
     write(engine, "INSERT INTO docs (id, title) SELECT g, 't' FROM generate_series(1, 2000) g")
     sizes: list[int] = []
     flushes: list[int] = []
@@ -149,7 +149,7 @@ def test_setup_explains_what_is_missing(pg_url: URL) -> None:
 
 
 def test_an_invalidated_slot_stops_the_worker_with_a_clear_message(pg_url: URL) -> None:
-    settings, engine, source = logical(pg_url)
+    settings, _engine, source = logical(pg_url)
     admin = database.connect(settings).execution_options(isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         connection.execute(text("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'"))
