@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import URL
 
 from cdc import database, slots
@@ -173,3 +173,41 @@ def test_an_invalidated_slot_stops_the_worker_with_a_clear_message(pg_url: URL) 
             connection.execute(text("ALTER SYSTEM RESET max_slot_wal_keep_size"))
             connection.execute(text("SELECT pg_reload_conf()"))
     assert isinstance(source, LogicalSource)
+
+
+@pytest.mark.parametrize("busy", ["same database", "another database"])
+def test_quiet_tables_on_a_busy_server_still_advance_the_slot(
+    pg_url: URL, postgres_server: URL, busy: str
+) -> None:
+    settings, engine, source = logical(
+        pg_url, DOCS + "; CREATE TABLE other (id serial PRIMARY KEY, x text)",
+        heartbeat_interval="0.2")
+    # In another database, WAL that this slot's decoder skips: non-transactional messages
+    noise = (
+        "INSERT INTO other (x) SELECT repeat('y', 500) FROM generate_series(1, 50)"
+        if busy == "same database"
+        else "SELECT pg_logical_emit_message(false, 'noise', repeat('y', 20000))"
+    )
+    elsewhere = engine if busy == "same database" else create_engine(postgres_server)
+
+    def confirmed() -> int:
+        with engine.connect() as connection:
+            return int(connection.execute(text(
+                "SELECT pg_wal_lsn_diff(confirmed_flush_lsn, '0/0') FROM pg_replication_slots "
+                "WHERE slot_name = :s"), {"s": settings.slot_name}).scalar_one())
+
+    source.read(10)  # connect
+    start = confirmed()
+    # Only an untracked table changes: no row of the publication ever reaches the stream
+    for _ in range(20):
+        write(elsewhere, noise)
+    with engine.connect() as connection:
+        written = int(connection.execute(text(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')")).scalar_one())
+    import time
+
+    deadline = time.monotonic() + 15
+    while confirmed() < written and time.monotonic() < deadline:
+        assert not source.read(10).changes
+    assert confirmed() >= written > start
+    source.close()
