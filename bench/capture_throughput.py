@@ -115,20 +115,32 @@ def main() -> None:
         for batch_size in batch_sizes:
             bare: list[float] = []
             captured: list[float] = []
-            for _ in range(args.rounds):
-                # Alternate the sides so drift on a noisy machine hits both alike.
-                fill_changelog(url, args.changes)
-                bare.append(args.changes / bare_loop(url, batch_size, args.changes))
-                fill_changelog(url, args.changes)
-                captured.append(args.changes / worker_loop(url, batch_size, args.changes, profile))
-                if changelog_count(url):
-                    raise SystemExit("the change log is not empty after the worker's run")
+            for round_number in range(args.rounds):
+                # Each side gets its own identical fill; which goes first alternates by round,
+                # so drift on a noisy machine hits both alike.
+                for side in (("bare", "worker") if round_number % 2 == 0 else
+                             ("worker", "bare")):
+                    fill_changelog(url, args.changes)
+                    if side == "bare":
+                        seconds = bare_loop(url, batch_size, args.changes)
+                        bare.append(args.changes / seconds)
+                    else:
+                        seconds = worker_loop(url, batch_size, args.changes, profile)
+                        captured.append(args.changes / seconds)
+                    if changelog_count(url):
+                        raise SystemExit(f"the change log is not empty after the {side} run")
             print(f"  batch {batch_size}: bare " + ", ".join(f"{r:,.0f}" for r in bare)
-                  + " /s; worker " + ", ".join(f"{r:,.0f}" for r in captured) + " /s")
+                  + " /s; worker " + ", ".join(f"{r:,.0f}" for r in captured) + " /s; ratios "
+                  + ", ".join(f"{w / b:.2f}" for w, b in zip(captured, bare, strict=True)))
             figures.append(Figure(f"worker, batch {batch_size}", median(captured), median(bare),
                                   "changes/s", TARGET_RATE, TARGET_RATIO))
     print_table("changes/s, Worker.step() -> NullPublisher vs bare SELECT+DELETE loop "
                 "(median of rounds)", figures)
+    for figure in figures:
+        assert figure.baseline is not None
+        worker_us, bare_us = 1e6 / figure.value, 1e6 / figure.baseline
+        print(f"{figure.name}: {worker_us:.1f} us per change against {bare_us:.1f} us bare, "
+              f"so the pipeline adds {worker_us - bare_us:.1f} us per change")
     if profile is not None:
         print("\nworker side, cProfile, top 25 by own time:")
         pstats.Stats(profile).sort_stats("tottime").print_stats(25)

@@ -221,7 +221,7 @@ def print_table(title: str, figures: Sequence[Figure]) -> None:
             f.name,
             f"{f.value:,.0f} {f.unit}".strip(),
             "" if f.baseline is None else f"{f.baseline:,.0f} {f.unit}".strip(),
-            "" if f.ratio is None else f"{f.ratio:.2f}",
+            "" if f.ratio is None else f"{f.ratio:.3f}",
             f.target,
             f.verdict,
         ))

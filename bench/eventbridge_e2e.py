@@ -164,9 +164,9 @@ def main() -> None:
                         help="change-log rows per run (default 5000)")
     parser.add_argument("--batch-size", type=int, default=500,
                         help="the worker's batch size, CDC_BATCH_SIZE (default 500)")
-    parser.add_argument("--rounds", type=int, default=2,
+    parser.add_argument("--rounds", type=int, default=3,
                         help="bare/worker pairs, in alternating order; medians are reported "
-                             "(default 2)")
+                             "(default 3)")
     args = parser.parse_args()
 
     bare: list[float] = []
@@ -187,7 +187,7 @@ def main() -> None:
                 bare.append(b)
                 captured.append(c)
                 print(f"  round {round_number + 1}: bare put_events {b:,.0f} /s, "
-                      f"worker {c:,.0f} /s")
+                      f"worker {c:,.0f} /s, ratio {c / b:.2f}")
         finally:
             engine.dispose()
     print_table("changes/s into EventBridge (moto), worker vs bare put_events of the same "

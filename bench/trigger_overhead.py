@@ -190,7 +190,8 @@ def main() -> None:
                                       args.drain_timeout)
                 captures.append(capture)
                 line = (f"  round {round_number}: baseline {base.tps:,.0f} tps, "
-                        f"triggers + worker {capture.tps:,.0f} tps")
+                        f"triggers + worker {capture.tps:,.0f} tps "
+                        f"(ratio {capture.tps / base.tps:.2f})")
                 if not args.no_triggers_only:
                     alone = triggers_only_run(url, settings, engine, script, args.rows,
                                               args.seconds)

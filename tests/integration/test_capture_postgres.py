@@ -144,7 +144,8 @@ def test_terminated_connection_is_retried_not_fatal(pg_url: URL, capture: str) -
                 with admin.begin() as connection:
                     connection.execute(text(
                         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE application_name LIKE 'cdc%' AND pid <> pg_backend_pid()"
+                        "WHERE application_name LIKE 'cdc%' AND datname = current_database() "
+                        "AND pid <> pg_backend_pid()"
                     ))
         deadline = time.monotonic() + 30
         while publisher.accepted < 200 and time.monotonic() < deadline:
