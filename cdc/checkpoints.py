@@ -2,35 +2,39 @@
 
 For ``cdc status`` and for operators; the source of truth for where to resume is the source's
 own (the change log's remaining rows, the slot's confirmed flush LSN). The stored position
-never moves back, even when a late commit acknowledges a lower change-log id.
+never moves back, even when a late commit acknowledges a lower change-log id. Written once per
+batch, so the statement is plain SQL built once, not an ORM upsert built every time.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, func
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection
 
 from cdc.state import StateTables
 
 
-def store(connection: Connection, tables: StateTables, stream: str, position: str, count: int) -> None:
-    table = tables.checkpoints
-    now: Any = datetime.now(UTC)
-    is_sqlite = connection.dialect.name == "sqlite"
-    if is_sqlite:
-        now = now.isoformat()
-    insert = sqlite.insert if is_sqlite else postgresql.insert
-    statement = insert(table).values(stream=stream, position=position, published=count, updated_at=now)
-    greatest = func.max if is_sqlite else func.greatest
-    statement = statement.on_conflict_do_update(
-        index_elements=[table.c.stream],
-        set_={
-            "position": greatest(table.c.position, statement.excluded.position),
-            "published": table.c.published + statement.excluded.published,
-            "updated_at": statement.excluded.updated_at,
-        },
+@cache
+def _upsert(dialect: str, table: str) -> str:
+    if dialect == "sqlite":
+        return (
+            f"INSERT INTO {table} (stream, position, published, updated_at) "
+            "VALUES (?, ?, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')) "
+            "ON CONFLICT (stream) DO UPDATE SET position = max(position, excluded.position), "
+            "published = published + excluded.published, updated_at = excluded.updated_at"
+        )
+    return (
+        f"INSERT INTO {table} AS c (stream, position, published, updated_at) "
+        "VALUES (%s, %s, %s, now()) "
+        "ON CONFLICT (stream) DO UPDATE SET position = greatest(c.position, excluded.position), "
+        "published = c.published + excluded.published, updated_at = excluded.updated_at"
     )
-    connection.execute(statement)
+
+
+def store(connection: Connection, tables: StateTables, stream: str, position: str, count: int) -> None:
+    """Record an acknowledged batch, inside the caller's transaction."""
+    sql = _upsert(connection.dialect.name, tables.qualified(tables.checkpoints))
+    raw: Any = connection.connection.driver_connection
+    raw.cursor().execute(sql, (stream, position, count))

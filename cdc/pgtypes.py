@@ -75,12 +75,12 @@ _HOURS_ONLY_ZONE = re.compile(r"([+-]\d\d)((?: BC)?)$")
 
 def _timestamp_tz(value: str) -> str:
     # Exactly cdc.values._timestamp_tz applied to row_to_json's form, so both modes agree
-    # (isoformat() drops the fraction when it is zero: '...T17:45:52Z').
+    # (always six digits of fraction: '...T17:45:52.000000Z').
     if not value[:1].isdigit():
         return value  # 'infinity', '-infinity'
     try:
         moment = datetime.fromisoformat(value)  # Python 3.11 reads '2026-11-28 18:45:52.5+01'
-        return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
     except (ValueError, OverflowError):
         # BC, past year 9999, or out of range once in UTC: PostgreSQL's text in row_to_json's
         # form, as the trigger mode passes it.

@@ -20,7 +20,7 @@ from sqlalchemy import types as sqltypes
 from sqlalchemy.dialects import postgresql
 
 Convert = Callable[[Any], Any]
-RowConvert = Callable[[Mapping[str, Any]], dict[str, Any]]
+RowConvert = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 def _identity(value: Any) -> Any:
@@ -44,7 +44,8 @@ def _timestamp_tz(value: Any) -> Any:
     if not isinstance(value, str) or not value[:1].isdigit():
         return value  # 'infinity', '-infinity'
     try:
-        return datetime.fromisoformat(value).astimezone(UTC).isoformat().replace("+00:00", "Z")
+        moment = datetime.fromisoformat(value).astimezone(UTC)
+        return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
     except (ValueError, OverflowError):
         return value  # BC dates and other forms Python cannot hold: pass PostgreSQL's text
 
@@ -133,22 +134,23 @@ def converter(column_type: sqltypes.TypeEngine[Any], dialect: str) -> Convert:
 
 
 def row_converter(column_types: Mapping[str, sqltypes.TypeEngine[Any]], dialect: str) -> RowConvert:
-    """A function converting a whole row image; only columns that need work cost anything."""
-    work = {name: conv for name, t in column_types.items()
-            if (conv := converter(t, dialect)) is not _identity}
+    """A function converting a parsed row image in place; only columns that need work cost
+    anything, which matters at tens of thousands of rows a second."""
+    work = tuple((name, conv) for name, t in column_types.items()
+                 if (conv := converter(t, dialect)) is not _identity)
+    known = column_types.keys()
     fallback = _sqlite_blob if dialect == "sqlite" else plain_json
 
-    def convert(row: Mapping[str, Any]) -> dict[str, Any]:
-        out = dict(row)
-        for name, value in out.items():
-            if value is None:
-                continue
-            conv = work.get(name)
-            if conv is not None:
-                out[name] = conv(value)
-            elif name not in column_types:
-                # A column added since the catalog was read: safe generic conversion.
-                out[name] = fallback(value)
-        return out
+    def convert(row: dict[str, Any]) -> dict[str, Any]:
+        if not row.keys() <= known:
+            # A column added since the catalog was read: safe generic conversion.
+            for name in row.keys() - known:
+                if row[name] is not None:
+                    row[name] = fallback(row[name])
+        for name, conv in work:
+            value = row.get(name)
+            if value is not None:
+                row[name] = conv(value)
+        return row
 
     return convert

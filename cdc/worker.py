@@ -20,7 +20,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, wait_random_e
 
 from cdc.database import is_transient_db_error
 from cdc.errors import Interrupted
-from cdc.events import BusEntry, build, render_detail_type, to_entry
+from cdc.events import BusEntry, EventRenderer
 from cdc.publishers import Publisher, Rejection
 from cdc.settings import Settings
 from cdc.sources import Batch, Source
@@ -47,26 +47,32 @@ class Worker:
     stop: threading.Event = field(default_factory=threading.Event)
     stats: WorkerStats = field(default_factory=WorkerStats)
     on_published: Callable[[int], None] | None = None  # failpoint hook (tests)
+    renderer: EventRenderer = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.renderer = EventRenderer(self.settings.event_source, self.settings.detail_type_for)
 
     def run(self) -> None:
         log.info("capturing from %s to the %s bus", self.settings.display_url, self.settings.bus)
         while not self.stop.is_set():
-            if not self.step():
+            # A full batch means more may be waiting; anything less means the source is
+            # drained for now, and waiting a little makes the next batch worth its fixed cost.
+            if self.step() < self.settings.batch_size:
                 self.stop.wait(self.settings.poll_interval)
         log.info("stopped after %d changes in %d batches", self.stats.changes, self.stats.batches)
 
-    def step(self) -> bool:
-        """One read-publish-ack round; False when there was nothing to read."""
+    def step(self) -> int:
+        """One read-publish-ack round; how many changes it acknowledged (0: none to read)."""
         batch = self._with_db_retry(lambda: self.source.read(self.settings.batch_size))
         if batch is None or not batch.changes:
-            return False
+            return 0
         entries = self.entries(batch)
         try:
             rejections = self.publisher.publish(entries) if entries else []
         except Interrupted:
             log.warning("stop requested while the bus was failing; %d changes stay unacknowledged "
                         "and will be published again", len(batch.changes))
-            return False
+            return 0
         self.stats.batches += 1
         if self.on_published is not None:
             self.on_published(self.stats.batches)
@@ -75,30 +81,27 @@ class Worker:
                       rejection.entry.table, rejection.reason)
         acked = self._with_db_retry(lambda: self._ack(batch, rejections))
         if acked is None:
-            return False
+            return 0
         self.stats.changes += len(batch.changes)
         self.stats.published += len(entries) - len(rejections)
         self.stats.dead_letters += len(rejections)
-        return True
+        return len(batch.changes)
 
     def _ack(self, batch: Batch, rejections: Sequence[Rejection]) -> bool:
         self.source.ack(batch, rejections)
         return True
 
     def entries(self, batch: Batch) -> list[BusEntry]:
-        settings = self.settings
-        source = settings.event_source
-        skip = settings.skip_origins
+        skip = self.settings.skip_origins
+        table = self.source.table
+        render = self.renderer.entries
         out: list[BusEntry] = []
         for change in batch.changes:
             if change.origin in skip:
                 # Written by sync back: publishing it would echo the new system's own event.
                 self.stats.skipped += 1
                 continue
-            info = self.source.table(change.table.qualified)
-            template = settings.detail_type_for(change.table)
-            for event in build(change, info.key, source):
-                out.append(to_entry(event, source, render_detail_type(template, event.table, event.op)))
+            out.extend(render(change, table(change.table.qualified).key))
         return out
 
     def _with_db_retry(self, action: Callable[[], T]) -> T | None:

@@ -6,15 +6,20 @@ took a low id early and commits late is simply read on a later pass, so no commi
 skipped. Per-key order holds because two transactions cannot change one key at once: the
 second waits for the first's row lock, so its trigger takes its id after the first committed,
 and the first's row is visible to any read that sees the second's.
+
+The source holds one connection for reads and acknowledgements (a checkout per batch, with its
+liveness ping, cost more than the batch itself); a failed connection is dropped and the next
+call opens a new one.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, func, select
 
 from cdc import checkpoints, deadletters
 from cdc.catalog import TableInfo, read_table
@@ -25,7 +30,10 @@ from cdc.state import StateTables
 
 log = logging.getLogger(__name__)
 STREAM = "changelog"
-_OPS: dict[str, Op] = {"insert": "insert", "update": "update", "delete": "delete", "truncate": "truncate"}
+_OPS: dict[str, Op] = {"insert": "insert", "update": "update", "delete": "delete",
+                       "truncate": "truncate"}
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 def position_of(log_id: int) -> str:
@@ -39,8 +47,10 @@ class ChangeLogSource:
         self.state = tables
         self.default_schema = default_schema
         self._tables: dict[str, TableInfo] = {}
+        self._connection: Connection | None = None
+        self._sqlite = engine.dialect.name == "sqlite"
         log_table = tables.qualified(tables.changelog)
-        if engine.dialect.name == "sqlite":
+        if self._sqlite:
             self._select = (
                 f"SELECT id, table_name, op, before, after, txid, origin, captured_at "
                 f"FROM {log_table} ORDER BY id LIMIT ?"
@@ -64,50 +74,70 @@ class ChangeLogSource:
         self._tables.pop(name, None)
         return self.table(name)
 
+    def _connected(self) -> Connection:
+        if self._connection is None or self._connection.closed or self._connection.invalidated:
+            self._connection = self.engine.connect()
+        return self._connection
+
+    def _drop_connection(self) -> None:
+        if self._connection is not None:
+            try:
+                self._connection.invalidate()
+                self._connection.close()
+            finally:
+                self._connection = None
+
     def read(self, limit: int) -> Batch:
-        with self.engine.connect() as connection:
+        try:
+            connection = self._connected()
             rows = connection.exec_driver_sql(self._select, (limit,)).all()
-            connection.rollback()
-        changes = [self._change(*row) for row in rows]
-        ids = [row[0] for row in rows]
-        return Batch(changes, ids, max((c.position for c in changes), default=""))
+            connection.rollback()  # end the snapshot: later commits must become visible
+        except Exception:
+            self._drop_connection()
+            raise
+        change = self._change
+        changes = [change(*row) for row in rows]
+        return Batch(changes, [row[0] for row in rows], changes[-1].position if changes else "")
 
     def _change(self, log_id: int, table_name: str, op: str, before_text: str | None,
                 after_text: str | None, txid: int | None, origin: str | None,
                 captured_at: datetime | str) -> Change:
-        info = self.table(table_name)
+        info = self._tables.get(table_name) or self.table(table_name)
         before, after = json_object(before_text), json_object(after_text)
         image = after if after is not None else before
         if image is not None and not image.keys() <= info.columns.keys():
             info = self._refresh(table_name)
         moment = parse_iso(captured_at) if isinstance(captured_at, str) else captured_at
+        # The change-log id alone could repeat if the state schema were rebuilt; the
+        # transaction id and capture time (in microseconds, whatever the session's TimeZone)
+        # make the identity unique for good.
+        micros = (moment - _EPOCH) // _MICROSECOND
         return Change(
-            table=info.ref,
-            op=_OPS[op],
-            before=None if before is None else info.convert(before),
-            after=None if after is None else info.convert(after),
-            position=position_of(log_id),
-            txid=txid,
-            committed_at=moment,
-            origin=origin or "legacy",
-            # The change-log id alone could repeat if the state schema were rebuilt; the
-            # transaction id and capture time make the identity unique for good.
-            identity=f"changelog:{log_id}:{txid}:{moment.isoformat()}",
+            info.ref, _OPS[op],
+            None if before is None else info.convert(before),
+            None if after is None else info.convert(after),
+            f"{log_id:020d}", txid, moment, origin or "legacy", (),
+            f"changelog:{log_id}:{txid}:{micros}",
         )
 
     def ack(self, batch: Batch, rejections: Sequence[Rejection]) -> None:
         if not batch.ack_ids:
             return
-        with self.engine.begin() as connection:
-            deadletters.store(connection, self.state, rejections)
-            raw = connection.connection.driver_connection
-            assert raw is not None
-            cursor = raw.cursor()
-            if self.engine.dialect.name == "sqlite":
-                cursor.executemany(self._delete, [(i,) for i in batch.ack_ids])
-            else:
-                cursor.execute(self._delete, (list(batch.ack_ids),))
-            checkpoints.store(connection, self.state, STREAM, batch.last_position, len(batch.changes))
+        try:
+            connection = self._connected()
+            with connection.begin():
+                deadletters.store(connection, self.state, rejections)
+                raw: Any = connection.connection.driver_connection
+                cursor = raw.cursor()
+                if self._sqlite:
+                    cursor.executemany(self._delete, [(i,) for i in batch.ack_ids])
+                else:
+                    cursor.execute(self._delete, (list(batch.ack_ids),))
+                checkpoints.store(connection, self.state, STREAM, batch.last_position,
+                                  len(batch.changes))
+        except Exception:
+            self._drop_connection()
+            raise
 
     def pending(self) -> tuple[int, datetime | None]:
         table = self.state.changelog
@@ -120,4 +150,5 @@ class ChangeLogSource:
         return int(count), oldest
 
     def close(self) -> None:
+        self._drop_connection()
         self.engine.dispose()

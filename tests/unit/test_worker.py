@@ -82,7 +82,7 @@ def test_ack_follows_publish_and_carries_the_dead_letters() -> None:
     source = FakeSource([[change(1), change(2), change(3)]])
     publisher = FakePublisher(source, reject_keys={2})
     worker = Worker(SETTINGS, source, publisher)
-    assert worker.step() is True
+    assert worker.step() == 3
     assert source.events == ["read", "publish", "ack"]
     [(positions, rejected)] = source.acked
     assert positions == [f"{n:020d}" for n in (1, 2, 3)]
@@ -94,7 +94,7 @@ def test_ack_follows_publish_and_carries_the_dead_letters() -> None:
 def test_interrupted_publish_is_not_acknowledged() -> None:
     source = FakeSource([[change(1)]])
     worker = Worker(SETTINGS, source, FakePublisher(source, interrupt=True))
-    assert worker.step() is False
+    assert worker.step() == 0
     assert source.acked == []
 
 
@@ -111,7 +111,7 @@ def test_lost_database_connection_is_retried() -> None:
     source = FakeSource([[change(1)]], fail_reads=2)
     publisher = FakePublisher(source)
     worker = Worker(SETTINGS, source, publisher)
-    assert worker.step() is True
+    assert worker.step() == 1
     assert worker.stats.db_retries == 2 and len(publisher.published) == 1
 
 
