@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from sqlalchemy import Engine, inspect
 from sqlalchemy import types as sqltypes
 from sqlalchemy.exc import NoSuchTableError
 
 from cdc.errors import SetupError
-from cdc.events import TableRef
-from cdc.values import RowConvert, row_converter
+from cdc.events import TableRef, json_object
+from cdc.values import RowConvert, exact_in_doubles, row_converter
 
 
 @dataclass(frozen=True)
@@ -20,6 +22,18 @@ class TableInfo:
     columns: dict[str, sqltypes.TypeEngine[Any]]
     key: tuple[str, ...]
     convert: RowConvert
+    # Parses a row image as the triggers wrote it (JSON text) for ``convert``.
+    parse: Callable[[str], dict[str, Any]] = json_object
+
+
+def _fast_parse(text: str) -> dict[str, Any]:
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:  # an integer past 64 bits, for one: the exact parser
+        return json_object(text)
+    if not isinstance(value, dict):
+        raise ValueError("row image is not a JSON object")
+    return value
 
 
 def read_table(engine: Engine, ref: TableRef) -> TableInfo:
@@ -35,4 +49,9 @@ def read_table(engine: Engine, ref: TableRef) -> TableInfo:
         raise SetupError(f"table {ref.qualified} does not exist; check CDC_TABLES")
     key = tuple(inspector.get_pk_constraint(ref.name, schema=schema).get("constrained_columns") or ())
     types = {column["name"]: column["type"] for column in columns}
-    return TableInfo(ref, types, key, row_converter(types, engine.dialect.name))
+    dialect = engine.dialect.name
+    # orjson parses an image about four times faster than the json module, but into doubles:
+    # taken only where every exact numeric column fits a double (see cdc.values).
+    fast = dialect == "postgresql" and exact_in_doubles(types)
+    return TableInfo(ref, types, key, row_converter(types, dialect, numerics_as_doubles=fast),
+                     _fast_parse if fast else json_object)

@@ -36,7 +36,7 @@ def open_publisher(settings: Settings, stop: threading.Event) -> Publisher:
 
     check_bus(settings.event_bus_name)
     return EventBridgePublisher.from_environment(
-        settings.event_bus_name, settings.max_entry_bytes, stop
+        settings.event_bus_name, settings.max_entry_bytes, stop, settings.publish_concurrency
     )
 
 

@@ -98,11 +98,12 @@ def entry_size(source: str, detail_type: str, detail: str, resources: Sequence[s
 
 def iso_utc(moment: datetime) -> str:
     """ISO 8601 in UTC with microseconds and 'Z': one form whatever the session's TimeZone."""
+    text = moment.isoformat(timespec="microseconds")
+    if text.endswith("+00:00"):  # the common case, kept cheap: this runs for every event
+        return text[:-6] + "Z"
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    elif moment.utcoffset():
-        moment = moment.astimezone(UTC)
-    return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+        return text + "Z"
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 _NAMESPACE_BYTES = EVENT_ID_NAMESPACE.bytes
@@ -138,12 +139,15 @@ class EventRenderer:
     def __init__(self, source: str, template_for: Callable[[TableRef], str]) -> None:
         self.source = source
         self._template_for = template_for
-        self._detail_types: dict[tuple[TableRef, str], str] = {}
+        self._source_bytes = len(source.encode())
+        # (table, op) -> (DetailType, the bytes an entry has besides its Detail)
+        self._detail_types: dict[tuple[TableRef, str], tuple[str, int]] = {}
 
-    def detail_type(self, table: TableRef, op: Op) -> str:
+    def detail_type(self, table: TableRef, op: Op) -> tuple[str, int]:
         found = self._detail_types.get((table, op))
         if found is None:
-            found = render_detail_type(self._template_for(table), table, op)
+            name = render_detail_type(self._template_for(table), table, op)
+            found = (name, TIME_FIELD_BYTES + self._source_bytes + len(name.encode()))
             self._detail_types[(table, op)] = found
         return found
 
@@ -164,10 +168,11 @@ class EventRenderer:
     def _entry(self, change: Change, part: int, op: Op, key: Row | None, before: Row | None,
                after: Row | None, position: str) -> BusEntry:
         identifier = event_id(self.source, change.identity, part)
+        table = change.table.qualified
         detail = orjson.dumps({
             "id": identifier,
             "op": op,
-            "table": change.table.qualified,
+            "table": table,
             "key": key,
             "before": before,
             "after": after,
@@ -178,10 +183,9 @@ class EventRenderer:
             "unchanged": change.unchanged,
             "schema_version": SCHEMA_VERSION,
         }, default=_json_default)
-        detail_type = self.detail_type(change.table, op)
-        size = TIME_FIELD_BYTES + len(self.source.encode()) + len(detail_type.encode()) + len(detail)
-        return BusEntry(identifier, change.table.qualified, self.source, detail_type,
-                        change.committed_at, detail.decode(), size)
+        detail_type, fixed_bytes = self.detail_type(change.table, op)
+        return BusEntry(identifier, table, self.source, detail_type, change.committed_at,
+                        detail.decode(), fixed_bytes + len(detail))
 
 
 def parse_iso(text: str) -> datetime:
@@ -194,9 +198,7 @@ def parse_iso(text: str) -> datetime:
 _DECODER = json.JSONDecoder(parse_float=Decimal)
 
 
-def json_object(text: str | None) -> dict[str, JsonValue] | None:
-    if text is None:
-        return None
+def json_object(text: str) -> dict[str, JsonValue]:
     value = _DECODER.decode(text)
     if not isinstance(value, dict):
         raise ValueError("row image is not a JSON object")

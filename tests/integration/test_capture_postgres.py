@@ -157,3 +157,21 @@ def test_terminated_connection_is_retried_not_fatal(pg_url: URL, capture: str) -
     assert publisher.accepted >= 200
     if capture == "changelog":
         assert publisher.accepted == 200
+
+
+def test_the_worker_holds_no_transaction_between_batches(pg_url: URL) -> None:
+    # An idle-in-transaction reader would block DDL on the change log and hold back vacuum.
+    settings = settings_for_mode(pg_url, "changelog", "accounts", bus="null")
+    engine = prepared(settings, ACCOUNTS)
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO accounts VALUES (1, 1, '')"))
+    worker = Worker(settings, source_for(settings, engine), NullPublisher())
+    assert worker.step() == 1
+    assert worker.step() == 0
+    with raw_engine(pg_url).connect() as connection:
+        states = connection.execute(text(
+            "SELECT state FROM pg_stat_activity WHERE datname = current_database() "
+            "AND application_name = 'cdc'")).scalars().all()
+        assert states and "idle in transaction" not in states
+        connection.execute(text("SET lock_timeout = '2s'"))
+        connection.execute(text("LOCK TABLE cdc.changelog IN ACCESS EXCLUSIVE MODE"))
