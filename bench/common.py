@@ -152,6 +152,11 @@ def seed_legacy(url: URL, rows: int) -> None:
         conn.execute("VACUUM ANALYZE public.accounts")
 
 
+def insert_rows_sql(start: int, stop: int) -> str:
+    """The INSERT of legacy rows ``start``..``stop`` with the values every fill uses."""
+    return _insert_rows(start, stop)
+
+
 def _insert_rows(start: int, stop: int) -> str:
     return (f"INSERT INTO public.accounts SELECT {_ROW_VALUES} "
             f"FROM generate_series({start:d}, {stop:d}) AS g")

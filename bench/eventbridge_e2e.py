@@ -2,7 +2,7 @@
 with no rules) through the worker and EventBridgePublisher, divided by bare ``put_events``
 calls (10 entries each) of the very same entries, ready-made, against the same server.
 
-moto's server runs in this process (ThreadedMotoServer on a free 127.0.0.1 port); boto3 finds
+moto's server runs in its own process (moto_server on a free 127.0.0.1 port); boto3 finds
 it through AWS_ENDPOINT_URL, with dummy credentials, as in tests/conftest.py. Target: the
 worker reaches at least 0.9 of the bare calls' rate.
 """
@@ -10,12 +10,15 @@ worker reaches at least 0.9 of the bare calls' rate.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -39,6 +42,7 @@ from cdc.events import BusEntry
 from cdc.publishers.eventbridge import MAX_ENTRIES_PER_CALL, EventBridgePublisher
 from cdc.publishers.file import NullPublisher
 from cdc.settings import Settings
+from cdc.worker import tune_garbage_collector
 
 TARGET_RATIO = 0.9
 AWS_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION",
@@ -53,15 +57,22 @@ def free_port() -> int:
 
 @contextmanager
 def moto_server() -> Iterator[str]:
-    """moto's server on 127.0.0.1, with the AWS_* variables pointing boto3 at it."""
-    from moto.server import ThreadedMotoServer
-
-    # werkzeug logs every request at INFO to stderr unless told otherwise; writing 500 lines a
-    # second would be timed too.
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    """moto's server on 127.0.0.1 in a process of its own (in this process it would share the
+    interpreter lock with the worker it serves), with the AWS_* variables pointing boto3 at it."""
     port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        if time.monotonic() > deadline or server.poll() is not None:
+            server.kill()
+            raise SystemExit("moto_server did not start")
+        time.sleep(0.1)
     endpoint = f"http://127.0.0.1:{port}"
     saved = {name: os.environ.get(name) for name in AWS_VARIABLES}
     os.environ.update({
@@ -72,7 +83,8 @@ def moto_server() -> Iterator[str]:
     try:
         yield endpoint
     finally:
-        server.stop()
+        server.terminate()
+        server.wait(10)
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
@@ -123,10 +135,12 @@ def bare_put_events(entries: Sequence[BusEntry], bus: str) -> float:
 
 def worker_drain(settings: Settings, engine: Engine, warm: BusEntry, expected: int) -> float:
     """Seconds for ``Worker.step()`` to publish the whole change log to the bus."""
-    publisher = EventBridgePublisher.from_environment(settings.event_bus_name,
-                                                      settings.max_entry_bytes)
+    publisher = EventBridgePublisher.from_environment(
+        settings.event_bus_name, settings.max_entry_bytes,
+        concurrency=settings.publish_concurrency)
     worker = new_worker(settings, engine, publisher)
     publisher.publish([warm])  # connect outside the timing
+    tune_garbage_collector()  # as Worker.run() does
     accepted_before = publisher.stats.entries_accepted
 
     def drain() -> None:
