@@ -56,11 +56,13 @@ class Worker:
     def run(self) -> None:
         log.info("capturing from %s to the %s bus", self.settings.display_url, self.settings.bus)
         tune_garbage_collector()
+        pause = 0.0 if self.source.waits_for_changes else self.settings.poll_interval
         while not self.stop.is_set():
             # A full batch means more may be waiting; anything less means the source is
-            # drained for now, and waiting a little makes the next batch worth its fixed cost.
-            if self.step() < self.settings.batch_size:
-                self.stop.wait(self.settings.poll_interval)
+            # drained for now, and waiting a little makes the next batch worth its fixed cost
+            # (a stream waits inside ``read`` instead, and returns as soon as changes come).
+            if self.step() < self.settings.batch_size and pause:
+                self.stop.wait(pause)
         log.info("stopped after %d changes in %d batches", self.stats.changes, self.stats.batches)
 
     def step(self) -> int:

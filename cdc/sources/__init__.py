@@ -28,6 +28,10 @@ class Batch:
 
 
 class Source(Protocol):
+    # True when ``read`` itself waits (up to the poll interval) for changes to arrive, as a
+    # stream does; the worker then reads again at once instead of sleeping between batches.
+    waits_for_changes: bool
+
     def read(self, limit: int) -> Batch: ...
 
     def ack(self, batch: Batch, rejections: Sequence[Rejection]) -> None: ...

@@ -42,6 +42,8 @@ def position_of(log_id: int) -> str:
 
 
 class ChangeLogSource:
+    waits_for_changes = False
+
     def __init__(self, engine: Engine, tables: StateTables, default_schema: str) -> None:
         self.engine = engine
         self.state = tables

@@ -166,6 +166,7 @@ class LogicalSource:
     default_schema: str
     poll_interval: float = 0.2
     heartbeat_seconds: float = 10.0
+    waits_for_changes: bool = True
     _stream: ReplicationStream | None = None
     _relations: dict[int, _Relation] = field(default_factory=dict)
     _tables: dict[str, TableInfo] = field(default_factory=dict)

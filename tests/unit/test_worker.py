@@ -28,6 +28,8 @@ def change(n: int, origin: str = "legacy") -> Change:
 
 
 class FakeSource:
+    waits_for_changes = False
+
     def __init__(self, batches: list[list[Change]], fail_reads: int = 0) -> None:
         self.batches = batches
         self.fail_reads = fail_reads
