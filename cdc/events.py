@@ -140,6 +140,9 @@ class EventRenderer:
         self.source = source
         self._template_for = template_for
         self._source_bytes = len(source.encode())
+        # The changes of one transaction share one commit time: render it once.
+        self._last_moment: datetime | None = None
+        self._last_iso = ""
         # (table, op) -> (DetailType, the bytes an entry has besides its Detail)
         self._detail_types: dict[tuple[TableRef, str], tuple[str, int]] = {}
 
@@ -150,6 +153,11 @@ class EventRenderer:
             found = (name, TIME_FIELD_BYTES + self._source_bytes + len(name.encode()))
             self._detail_types[(table, op)] = found
         return found
+
+    def _iso(self, moment: datetime) -> str:
+        if moment is not self._last_moment:
+            self._last_moment, self._last_iso = moment, iso_utc(moment)
+        return self._last_iso
 
     def entries(self, change: Change, key_columns: Sequence[str]) -> list[BusEntry]:
         before, after = change.before, change.after
@@ -178,7 +186,7 @@ class EventRenderer:
             "after": after,
             "position": position,
             "txid": change.txid,
-            "committed_at": iso_utc(change.committed_at),
+            "committed_at": self._iso(change.committed_at),
             "origin": change.origin,
             "unchanged": change.unchanged,
             "schema_version": SCHEMA_VERSION,

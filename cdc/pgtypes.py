@@ -78,6 +78,12 @@ def _timestamp_tz(value: str) -> str:
     # (always six digits of fraction: '...T17:45:52.000000Z').
     if not value[:1].isdigit():
         return value  # 'infinity', '-infinity'
+    if value.endswith("+00") and len(value) >= 22 and value[10] == " ":
+        # UTC already (the replication session's TimeZone): only the form changes.
+        if len(value) == 22:
+            return f"{value[:10]}T{value[11:19]}.000000Z"
+        if value[19] == ".":
+            return f"{value[:10]}T{value[11:20]}{value[20:-3].ljust(6, '0')}Z"
     try:
         moment = datetime.fromisoformat(value)  # Python 3.11 reads '2026-11-28 18:45:52.5+01'
         return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"

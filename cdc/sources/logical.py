@@ -26,7 +26,7 @@ from typing import Any
 
 import psycopg
 from psycopg import pq
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 
 from cdc import checkpoints, deadletters
 from cdc.catalog import TableInfo, read_table
@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 STREAM = "logical"
 HEARTBEAT_PREFIX = "cdc.heartbeat"
 FEEDBACK_SECONDS = 10.0
+CHECKPOINT_SECONDS = 1.0
 
 _XLOG = struct.Struct("!QQq")  # after 'w': WAL start, WAL end, send time
 _XLOG_HEADER = 1 + _XLOG.size
@@ -104,6 +105,7 @@ class ReplicationStream:
     def frame(self, timeout: float) -> memoryview | None:
         """The next CopyData frame, or None when none came within ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
+        consumed = False
         while True:
             size, data = self.pg.get_copy_data(1)
             if size > 0:
@@ -112,6 +114,13 @@ class ReplicationStream:
                 result = self.pg.get_result()
                 message = (result.error_message if result else b"").decode(errors="replace")
                 raise psycopg.OperationalError(f"replication stream ended: {message.strip()}")
+            if not consumed:
+                # Take in what the socket already holds (this does not block) before deciding
+                # nothing came: without it a batch ends at libpq's buffer, a tenth of its size.
+                self.pg.consume_input()
+                consumed = True
+                continue
+            consumed = False
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
@@ -154,6 +163,12 @@ class _Transaction:
     committed_at: datetime
     origin: str = "legacy"
     index: int = 0
+    position_prefix: str = ""
+    identity_prefix: str = ""
+
+    def __post_init__(self) -> None:
+        self.position_prefix = f"{self.commit_lsn:016X}."
+        self.identity_prefix = f"logical:{self.commit_lsn}:"
 
 
 @dataclass
@@ -176,6 +191,10 @@ class LogicalSource:
     _last_feedback: float = 0.0
     _last_message: float = field(default_factory=time.monotonic)
     _heartbeat_ok: bool = True
+    _connection: Connection | None = None  # for state writes (checkpoint, dead letters)
+    _unrecorded: int = 0  # acknowledged changes not yet counted in the checkpoint
+    _last_position: str = ""
+    _recorded_at: float = 0.0
 
     # -- Source protocol ----------------------------------------------------------------
 
@@ -213,16 +232,53 @@ class LogicalSource:
                 f"acknowledgement behind the confirmed position: {format_lsn(batch.flush_lsn)} "
                 f"< {format_lsn(self._flushed_lsn)}"
             )
-        if batch.changes or rejections:
-            with self.engine.begin() as connection:
-                deadletters.store(connection, self.state, rejections)
-                checkpoints.store(connection, self.state, STREAM, batch.last_position,
-                                  len(batch.changes))
+        self._unrecorded += len(batch.changes)
+        if batch.last_position:
+            self._last_position = batch.last_position
+        now = time.monotonic()
+        if rejections or (self._unrecorded and now - self._recorded_at >= CHECKPOINT_SECONDS):
+            self._record(rejections)
+            self._recorded_at = now
         if batch.flush_lsn > self._flushed_lsn:
             self._confirm(batch.flush_lsn)
 
+    def _record(self, rejections: Sequence[Rejection]) -> None:
+        """Dead letters (durably: the slot moves past their events next) and the checkpoint,
+        which is for ``cdc status`` only (the slot is where streaming resumes): written at most
+        once a second, without waiting for its commit to reach the disk."""
+        try:
+            connection = self._state_connection()
+            with connection.begin():
+                if rejections:
+                    deadletters.store(connection, self.state, rejections)
+                else:
+                    connection.exec_driver_sql("SET LOCAL synchronous_commit = off")
+                checkpoints.store(connection, self.state, STREAM, self._last_position,
+                                  self._unrecorded)
+        except Exception:
+            self._drop_state_connection()
+            raise
+        self._unrecorded = 0
+
+    def _state_connection(self) -> Connection:
+        connection = self._connection
+        if connection is None or connection.closed or connection.invalidated:
+            connection = self._connection = self.engine.connect()
+        return connection
+
+    def _drop_state_connection(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                self._connection.invalidate()
+                self._connection.close()
+            self._connection = None
+
     def close(self) -> None:
+        if self._unrecorded:
+            with contextlib.suppress(Exception):
+                self._record(())
         self._disconnect()
+        self._drop_state_connection()
         self.engine.dispose()
 
     # -- connection ---------------------------------------------------------------------
@@ -258,7 +314,13 @@ class LogicalSource:
     def _confirm(self, lsn: int) -> None:
         if self._stream is None:
             return  # the next connection resumes from the slot's own position
-        self._stream.feedback(lsn)
+        try:
+            self._stream.feedback(lsn)
+        except Exception:
+            # The stream broke: the next read reconnects at the slot's confirmed position and
+            # whatever was not confirmed comes again, with the same ids.
+            self._disconnect()
+            raise
         self._flushed_lsn = lsn
         self._last_feedback = time.monotonic()
 
@@ -355,9 +417,9 @@ class LogicalSource:
         txn.index += 1
         return Change(
             table=ref, op=op, before=before, after=after,
-            position=f"{txn.commit_lsn:016X}.{index:08d}",
+            position=f"{txn.position_prefix}{index:08d}",
             txid=txn.xid, committed_at=txn.committed_at, origin=txn.origin,
-            unchanged=unchanged, identity=f"logical:{txn.commit_lsn}:{index}",
+            unchanged=unchanged, identity=f"{txn.identity_prefix}{index}",
         )
 
     @staticmethod
@@ -365,14 +427,14 @@ class LogicalSource:
         row: dict[str, Any] = {}
         unchanged: list[str] = []
         for name, convert, value in zip(rel.names, rel.converters, values, strict=False):
-            if value is None:
+            if value.__class__ is str:  # text format: nearly every value
+                row[name] = convert(value)
+            elif value is None:
                 row[name] = None
             elif value is UNCHANGED:
                 # An unchanged TOASTed value is not sent: say so, never publish it as null.
                 unchanged.append(name)
-            elif isinstance(value, str):
-                row[name] = convert(value)
-            else:
+            elif isinstance(value, bytes):
                 row[name] = base64.b64encode(value).decode("ascii")
         return row, tuple(unchanged)
 
@@ -437,6 +499,8 @@ def conninfo_of(url: Any) -> str:
     params: dict[str, Any] = {
         "host": url.host, "port": url.port, "dbname": url.database,
         "user": url.username, "password": url.password, "application_name": "cdc-logical",
+        # The text forms pgtypes reads: ISO dates, and timestamptz in UTC (its fast path).
+        "options": "-c DateStyle=ISO -c IntervalStyle=postgres -c TimeZone=UTC",
     }
     params.update({k: v for k, v in url.query.items() if isinstance(v, str)})
     return make_conninfo("", **{k: v for k, v in params.items() if v is not None})

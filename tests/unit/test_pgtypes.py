@@ -248,3 +248,13 @@ def test_same_json_value_as_the_trigger_mode(oid: int, text: str, row_to_json: s
     logical_value = convert(oid, text)
     # Compared as published (JSON text), so True vs 1 or "1" vs 1 cannot pass unnoticed.
     assert json.dumps(logical_value) == json.dumps(trigger_value)
+
+
+def test_utc_timestamptz_fast_path_matches_the_general_one() -> None:
+    for text, expected in [
+        ("2026-11-28 17:45:52.5+00", "2026-11-28T17:45:52.500000Z"),
+        ("2026-11-28 17:45:52+00", "2026-11-28T17:45:52.000000Z"),
+        ("2026-11-28 17:45:52.123456+00", "2026-11-28T17:45:52.123456Z"),
+    ]:
+        assert convert(1184, text) == expected
+        assert convert(1184, text.replace("+00", "+01")) != expected  # the general path ran
