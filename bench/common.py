@@ -237,3 +237,39 @@ def print_table(title: str, figures: Sequence[Figure]) -> None:
         if i == 0:
             print("  ".join("-" * w for w in widths))
     sys.stdout.flush()
+
+
+def drop_database_slots(url: URL, timeout: float = 30.0) -> list[str]:
+    """Drop every replication slot of the scratch database ``url``, terminating the walsenders
+    that still stream them first (an active slot cannot be dropped, and any slot blocks DROP
+    DATABASE). The names of the slots dropped."""
+    deadline = time.monotonic() + timeout
+    dropped: list[str] = []
+    with psycopg.connect(libpq(url), autocommit=True) as conn:
+        while True:
+            rows = conn.execute("SELECT slot_name, active_pid FROM pg_replication_slots "
+                                "WHERE database = current_database()").fetchall()
+            if not rows:
+                return dropped
+            for name, pid in rows:
+                if pid is not None:
+                    conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                    continue
+                try:
+                    conn.execute("SELECT pg_drop_replication_slot(%s)", (name,))
+                    dropped.append(name)
+                except (psycopg.errors.ObjectInUse, psycopg.errors.UndefinedObject):
+                    pass  # taken by a walsender meanwhile (terminated on the next pass), or gone
+            if time.monotonic() > deadline:
+                raise SystemExit(f"could not drop the replication slots {[r[0] for r in rows]}")
+            time.sleep(0.1)
+
+
+@contextmanager
+def database_slots_dropped(url: URL) -> Iterator[None]:
+    """Drops the scratch database's replication slots on the way out, whatever happened: put it
+    inside ``scratch_database()``, whose DROP DATABASE a leftover slot would make fail."""
+    try:
+        yield
+    finally:
+        drop_database_slots(url)

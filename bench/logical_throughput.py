@@ -79,6 +79,8 @@ class WorkerRun:
     cpu_seconds: float
     batches: int
     rss_growth_kb: int  # peak RSS while streaming, less the RSS before
+    peak_rss_kb: int = 0  # the process's VmHWM after streaming (absolute; the run's own peak
+    # when clear_refs reset it, the process's lifetime peak otherwise)
 
 
 @dataclass(frozen=True)
@@ -257,14 +259,15 @@ def worker_side(url: URL, batch_size: int, expected: int,
             profile.disable()
         cpu = time.process_time() - cpu_started
         source.close()  # the replication connection, and the engine
+    peak = _status_kb("VmHWM")
     if hwm_reset:
-        growth = _status_kb("VmHWM") - rss_before
+        growth = peak - rss_before
     else:  # no clear_refs: ru_maxrss only shows growth past the process's earlier peak
         growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - maxrss_before
     if worker.stats.changes != expected or publisher.accepted != expected:
         raise SystemExit(f"worker acknowledged {worker.stats.changes} changes and published "
                          f"{publisher.accepted}, expected {expected}")
-    return WorkerRun(seconds, cpu, worker.stats.batches, growth)
+    return WorkerRun(seconds, cpu, worker.stats.batches, growth, peak)
 
 
 def _status_kb(field: str) -> int:
@@ -350,7 +353,8 @@ def main() -> None:
                       f"{b.cpu_seconds:.2f} s); worker {args.changes / w.seconds:,.0f} /s "
                       f"({w.seconds:.2f} s, cpu {w.cpu_seconds:.2f} s, {w.batches} batches); "
                       f"ratio {b.seconds / w.seconds:.2f}; peak RSS +{w.rss_growth_kb / 1024:.1f}"
-                      f" MB; WAL {written[-1].wal_bytes / 2**20:.0f} MB", flush=True)
+                      f" MB (VmHWM {w.peak_rss_kb / 1024:.1f} MB); WAL "
+                      f"{written[-1].wal_bytes / 2**20:.0f} MB", flush=True)
             worker_rate = median([args.changes / r.seconds for r in captured])
             baseline_rate = median([args.changes / r.seconds for r in baseline])
             figures.append(Figure(f"worker, {workload.name}", worker_rate, baseline_rate,
@@ -362,7 +366,8 @@ def main() -> None:
                 f"pg_recvlogical; the worker's own CPU {cpu_us:.1f} us per change; "
                 f"{args.changes / median([r.batches for r in captured]):,.0f} changes per batch; "
                 f"peak RSS growth {max(r.rss_growth_kb for r in captured) / 1024:.1f} MB "
-                f"(largest of the rounds) while streaming "
+                f"(largest of the rounds; the process's VmHWM "
+                f"{max(r.peak_rss_kb for r in captured) / 1024:.1f} MB) while streaming "
                 f"{median([x.wal_bytes for x in written]) / 2**20:.0f} MB of WAL"
             )
     print_table("changes/s, Worker.step() on the logical source -> NullPublisher vs "

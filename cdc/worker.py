@@ -70,7 +70,10 @@ class Worker:
         batch = self._with_db_retry(lambda: self.source.read(self.settings.batch_size))
         if batch is None or not batch.changes:
             return 0
-        entries = self.entries(batch)
+        # Rendering may read a table's catalog (first sight, or after a schema change).
+        entries = self._with_db_retry(lambda: self.entries(batch))
+        if entries is None:
+            return 0
         try:
             rejections = self.publisher.publish(entries) if entries else []
         except Interrupted:
