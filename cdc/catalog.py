@@ -55,3 +55,23 @@ def read_table(engine: Engine, ref: TableRef) -> TableInfo:
     fast = dialect == "postgresql" and exact_in_doubles(types)
     return TableInfo(ref, types, key, row_converter(types, dialect, numerics_as_doubles=fast),
                      _fast_parse if fast else json_object)
+
+
+class Catalog:
+    """The tables a source has met, read from the database once each and again on demand
+    (a schema change): both sources keep one."""
+
+    def __init__(self, engine: Engine, default_schema: str) -> None:
+        self.engine = engine
+        self.default_schema = default_schema
+        self._tables: dict[str, TableInfo] = {}
+
+    def table(self, name: str) -> TableInfo:
+        info = self._tables.get(name)
+        if info is None:
+            info = read_table(self.engine, TableRef.parse(name, self.default_schema))
+            self._tables[name] = info
+        return info
+
+    def forget(self, name: str) -> None:
+        self._tables.pop(name, None)

@@ -22,8 +22,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, func, select
 
 from cdc import checkpoints, deadletters
-from cdc.catalog import TableInfo, read_table
-from cdc.events import Change, Op, TableRef, parse_iso
+from cdc.catalog import Catalog, TableInfo
+from cdc.events import Change, Op, parse_iso
 from cdc.publishers import Rejection
 from cdc.sources import Batch
 from cdc.state import StateTables
@@ -48,7 +48,7 @@ class ChangeLogSource:
         self.engine = engine
         self.state = tables
         self.default_schema = default_schema
-        self._tables: dict[str, TableInfo] = {}
+        self.catalog = Catalog(engine, default_schema)
         self._connection: Connection | None = None
         self._sqlite = engine.dialect.name == "sqlite"
         log_table = tables.qualified(tables.changelog)
@@ -66,15 +66,12 @@ class ChangeLogSource:
             self._delete = f"DELETE FROM {log_table} WHERE id = ANY(%s)"
 
     def table(self, name: str) -> TableInfo:
-        info = self._tables.get(name)
-        if info is None:
-            info = self._tables[name] = read_table(self.engine, TableRef.parse(name, self.default_schema))
-        return info
+        return self.catalog.table(name)
 
     def _refresh(self, name: str) -> TableInfo:
         log.info("columns of %s changed; reading its catalog again", name)
-        self._tables.pop(name, None)
-        return self.table(name)
+        self.catalog.forget(name)
+        return self.catalog.table(name)
 
     def _connected(self) -> Connection:
         if self._connection is None or self._connection.closed or self._connection.invalidated:
@@ -110,7 +107,7 @@ class ChangeLogSource:
     def _change(self, log_id: int, table_name: str, op: str, before_text: str | None,
                 after_text: str | None, txid: int | None, origin: str | None,
                 captured_at: datetime | str) -> Change:
-        info = self._tables.get(table_name) or self.table(table_name)
+        info = self.catalog.table(table_name)
         parse = info.parse
         before = None if before_text is None else parse(before_text)
         after = None if after_text is None else parse(after_text)

@@ -29,7 +29,7 @@ from psycopg import pq
 from sqlalchemy import Connection, Engine, text
 
 from cdc import checkpoints, deadletters
-from cdc.catalog import TableInfo, read_table
+from cdc.catalog import Catalog, TableInfo
 from cdc.errors import PermanentError
 from cdc.events import Change, Op, Row, TableRef
 from cdc.origin import ORIGIN_MESSAGE_PREFIX
@@ -184,7 +184,6 @@ class LogicalSource:
     waits_for_changes: bool = True
     _stream: ReplicationStream | None = None
     _relations: dict[int, _Relation] = field(default_factory=dict)
-    _tables: dict[str, TableInfo] = field(default_factory=dict)
     _txn: _Transaction | None = None
     _safe_lsn: int = 0  # may be confirmed once what was read so far is acknowledged
     _flushed_lsn: int = 0  # confirmed to PostgreSQL
@@ -198,11 +197,11 @@ class LogicalSource:
 
     # -- Source protocol ----------------------------------------------------------------
 
+    def __post_init__(self) -> None:
+        self.catalog = Catalog(self.engine, self.default_schema)
+
     def table(self, name: str) -> TableInfo:
-        info = self._tables.get(name)
-        if info is None:
-            info = self._tables[name] = read_table(self.engine, TableRef.parse(name, self.default_schema))
-        return info
+        return self.catalog.table(name)
 
     def read(self, limit: int) -> Batch:
         stream = self._connected()
@@ -389,7 +388,7 @@ class LogicalSource:
     def _relation(self, message: Relation) -> _Relation:
         ref = TableRef(message.namespace or "pg_catalog", message.name)
         # A Relation message follows every schema change: the catalog is read again.
-        self._tables.pop(ref.qualified, None)
+        self.catalog.forget(ref.qualified)
         return _Relation(
             ref,
             tuple(c.name for c in message.columns),
