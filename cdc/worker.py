@@ -49,9 +49,18 @@ class Worker:
     stats: WorkerStats = field(default_factory=WorkerStats)
     on_published: Callable[[int], None] | None = None  # failpoint hook (tests)
     renderer: EventRenderer = field(init=False)
+    _db_retrying: Retrying = field(init=False)
 
     def __post_init__(self) -> None:
         self.renderer = EventRenderer(self.settings.event_source, self.settings.detail_type_for)
+        # Built once: a Retrying costs more to make than a small batch costs to acknowledge.
+        self._db_retrying = Retrying(
+            retry=retry_if_exception(is_transient_db_error),
+            wait=wait_random_exponential(multiplier=0.2, max=10),
+            sleep=self._sleep,
+            before_sleep=self._log_db_retry,
+            reraise=True,
+        )
 
     def run(self) -> None:
         log.info("capturing from %s to the %s bus", self.settings.display_url, self.settings.bus)
@@ -113,15 +122,8 @@ class Worker:
 
     def _with_db_retry(self, action: Callable[[], T]) -> T | None:
         """Run ``action``, retrying lost connections with backoff; None when stopped meanwhile."""
-        retrying = Retrying(
-            retry=retry_if_exception(is_transient_db_error),
-            wait=wait_random_exponential(multiplier=0.2, max=10),
-            sleep=self._sleep,
-            before_sleep=self._log_db_retry,
-            reraise=True,
-        )
         try:
-            return retrying(action)
+            return self._db_retrying(action)
         except Interrupted:
             return None
 
