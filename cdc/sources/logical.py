@@ -184,7 +184,7 @@ class LogicalSource:
     default_schema: str
     poll_interval: float = 0.2
     heartbeat_seconds: float = 10.0
-    linger: float = 0.005
+    linger: float = 0.002
     waits_for_changes: bool = True
     _stream: ReplicationStream | None = None
     _relations: dict[int, _Relation] = field(default_factory=dict)
