@@ -69,6 +69,13 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "text"] = "auto"
     table_options: dict[str, TableOptions] = Field(default_factory=dict)
+    # sync back: the SQS queue an EventBridge rule feeds with the new system's events, and the
+    # mappings (TOML only: [[sync_back.mappings]], see sync_back/mapping.py)
+    sync_queue_url: str | None = None
+    sync_wait_seconds: int = Field(5, ge=0, le=20)
+    sync_visibility_timeout: int = Field(60, ge=5, le=43_200)
+    sync_max_body_bytes: int = Field(262_144, ge=1024, le=1_048_576)
+    sync_back: dict[str, Any] = Field(default_factory=dict)
     # Test hook: "kill_after_publish:N" sends SIGKILL to the worker itself after the N-th
     # published batch, before it is acknowledged (the crash tests use it).
     failpoint: str | None = None

@@ -30,6 +30,10 @@ class StateTables:
     checkpoints: Table
     dead_letters: Table
     origin: Table | None  # SQLite only: the writer's origin for the current transaction
+    inbox: Table
+    sync_dead_letters: Table
+    conflicts: Table
+    synced_rows: Table
 
     def qualified(self, table: Table) -> str:
         """The SQL name, for DDL written by hand (triggers)."""
@@ -73,4 +77,40 @@ def state_tables(dialect: str, schema: str = "cdc") -> StateTables:
         Column("attempts", Integer, nullable=False, default=1),
     )
     origin = Table(f"{prefix}origin", metadata, Column("origin", Text, nullable=False)) if sqlite else None
-    return StateTables(metadata, table_schema, prefix, changelog, checkpoints, dead_letters, origin)
+    inbox = Table(
+        f"{prefix}inbox", metadata,
+        Column("event_id", Text, primary_key=True),
+        Column("detail_type", Text, nullable=False),
+        Column("table_name", Text, nullable=False),
+        Column("outcome", Text, nullable=False),
+        Column("applied_at", moment, nullable=False),
+    )
+    sync_dead_letters = Table(
+        f"{prefix}sync_dead_letters", metadata,
+        Column("id", id_type, primary_key=True, autoincrement=True),
+        Column("message_id", Text, nullable=False, unique=True),
+        Column("detail_type", Text),
+        Column("reason", Text, nullable=False),
+        Column("body", Text, nullable=False),
+        Column("created_at", moment, nullable=False),
+        Column("attempts", Integer, nullable=False, default=1),
+    )
+    conflicts = Table(
+        f"{prefix}conflicts", metadata,
+        Column("id", id_type, primary_key=True, autoincrement=True),
+        Column("event_id", Text, nullable=False, unique=True),
+        Column("table_name", Text, nullable=False),
+        Column("row_key", Text, nullable=False),
+        Column("reason", Text, nullable=False),
+        Column("body", Text, nullable=False),
+        Column("created_at", moment, nullable=False),
+    )
+    synced_rows = Table(
+        f"{prefix}synced_rows", metadata,
+        Column("table_name", Text, primary_key=True),
+        Column("row_key", Text, primary_key=True),
+        Column("version", Text),
+        Column("event_id", Text, nullable=False),
+    )
+    return StateTables(metadata, table_schema, prefix, changelog, checkpoints, dead_letters, origin,
+                       inbox, sync_dead_letters, conflicts, synced_rows)

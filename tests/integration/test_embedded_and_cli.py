@@ -138,6 +138,7 @@ def test_wheel_ships_the_migrations_and_migrate_works_from_it(tmp_path: Path) ->
     names = zipfile.ZipFile(wheel).namelist()
     assert "cdc/migrations/env.py" in names
     assert any(n.startswith("cdc/migrations/versions/0001") for n in names)
+    assert any(n.startswith("cdc/migrations/versions/0002") for n in names)
     assert not any(n.startswith(("tests/", "bench/", "migrations/")) for n in names)
     # Installed alone (dependencies from this environment), from a folder away from the repo
     target = tmp_path / "site"
@@ -148,7 +149,7 @@ def test_wheel_ships_the_migrations_and_migrate_works_from_it(tmp_path: Path) ->
                              "from cdc.cli import main; sys.exit(main(['migrate']))"],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert str(target) in result.stdout and "revision 0001" in result.stdout
+    assert str(target) in result.stdout and "revision 0002" in result.stdout
 
 
 def test_a_missing_event_bus_or_region_stops_start_up(tmp_path: Path, moto_endpoint: str) -> None:

@@ -1,0 +1,202 @@
+"""Sync back end to end: new-system events on EventBridge -> rule -> SQS -> legacy rows, with
+the capture worker running beside it and not echoing those writes."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from sqlalchemy import Engine, text
+from sqlalchemy.engine import URL
+
+from cdc.publishers.file import NullPublisher
+from cdc.settings import Settings
+from cdc.state import state_tables
+from cdc.worker import Worker
+from sync_back.consumer import Consumer
+from sync_back.mapping import load_mappings
+from tests.integration.helpers import prepared, running, settings_for_mode, source_for
+
+pytestmark = pytest.mark.integration
+
+ORDERS = ("CREATE TABLE orders (id int PRIMARY KEY, total numeric(10,2) NOT NULL, "
+          "customer text, updated_at timestamptz NOT NULL, note text)")
+MAPPING = """
+[[sync_back.mappings]]
+detail_type = "OrderPlaced"
+source = "shop.orders"
+table = "orders"
+op = "upsert"
+key = ["id"]
+version_column = "updated_at"
+conflict = "{policy}"
+root = "order"
+[sync_back.mappings.columns]
+id = {{ path = "id", type = "int" }}
+total = {{ path = "total", type = "numeric" }}
+customer = {{ path = "customer.name", type = "text", max_length = 200 }}
+updated_at = {{ path = "updated_at", type = "timestamptz" }}
+note = {{ path = "note", type = "text", required = false }}
+
+[[sync_back.mappings]]
+detail_type = "OrderCancelled"
+source = "shop.orders"
+table = "orders"
+op = "delete"
+key = ["id"]
+version_column = "updated_at"
+root = "order"
+[sync_back.mappings.columns]
+id = {{ path = "id", type = "int" }}
+updated_at = {{ path = "updated_at", type = "timestamptz" }}
+"""
+
+
+def config(tmp_path: Path, policy: str = "newer_wins") -> str:
+    path = tmp_path / f"cdc-{policy}.toml"
+    path.write_text(MAPPING.format(policy=policy))
+    return str(path)
+
+
+def order_detail(order_id: int, total: str, hour: int, name: str = "Ada", event_id: str | None = None
+                 ) -> dict[str, Any]:
+    return {"id": event_id or str(uuid.uuid4()),
+            "order": {"id": order_id, "total": total, "customer": {"name": name},
+                      "updated_at": f"2026-11-28T{hour:02d}:00:00Z"}}
+
+
+def envelope(detail: dict[str, Any], detail_type: str = "OrderPlaced",
+             source: str = "shop.orders") -> str:
+    return json.dumps({"version": "0", "id": str(uuid.uuid4()), "detail-type": detail_type,
+                       "source": source, "account": "123456789012",
+                       "time": "2026-11-28T12:00:00Z", "region": "us-east-1", "resources": [],
+                       "detail": detail})
+
+
+def make_consumer(settings: Settings, engine: Engine, sqs: Any = None) -> Consumer:
+    return Consumer(settings, engine, state_tables("postgresql", settings.state_schema),
+                    load_mappings(settings.sync_back, settings.default_schema), sqs)
+
+
+def rows(engine: Engine) -> dict[int, tuple[Any, ...]]:
+    with engine.connect() as connection:
+        return {r[0]: tuple(r[1:]) for r in connection.execute(
+            text("SELECT id, total::text, customer, to_char(updated_at AT TIME ZONE 'UTC', "
+                 "'HH24'), note FROM orders ORDER BY id"))}
+
+
+@pytest.mark.parametrize("capture", ["changelog", "logical"])
+def test_new_system_events_reach_legacy_rows_and_are_not_echoed(
+    pg_url: URL, moto_endpoint: str, tmp_path: Path, capture: str
+) -> None:
+    # Given: the new system's bus with a rule feeding a queue, a capture worker running
+    suffix = uuid.uuid4().hex[:8]
+    events, sqs = boto3.client("events"), boto3.client("sqs")
+    bus = f"new-system-{suffix}"
+    events.create_event_bus(Name=bus)
+    queue = sqs.create_queue(QueueName=f"sync-{suffix}")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    events.put_rule(Name=f"sync-{suffix}", EventBusName=bus,
+                    EventPattern=json.dumps({"source": ["shop.orders"]}))
+    events.put_targets(Rule=f"sync-{suffix}", EventBusName=bus, Targets=[{"Id": "q", "Arn": arn}])
+    settings = settings_for_mode(pg_url, capture, "orders", config=config(tmp_path),
+                                 sync_queue_url=queue, sync_wait_seconds="0")
+    engine = prepared(settings, ORDERS)
+    captured = NullPublisher()
+    published: list[dict[str, Any]] = []
+
+    class Recorder(NullPublisher):
+        def publish(self, entries):  # type: ignore[no-untyped-def]
+            published.extend(json.loads(e.detail) for e in entries)
+            return captured.publish(entries)
+
+    worker = Worker(settings, source_for(settings, engine), Recorder())
+    consumer = make_consumer(settings, engine, sqs)
+
+    # When: the new system publishes orders (one of them twice) and a cancellation
+    details = [order_detail(1, "10.50", 9), order_detail(2, "99.00", 9, name="O'Brien; DROP TABLE orders;--")]
+    entries = [{"Source": "shop.orders", "DetailType": "OrderPlaced", "Detail": json.dumps(d),
+                "EventBusName": bus} for d in details]
+    entries.append(entries[0])
+    cancel = order_detail(2, "99.00", 10)
+    entries.append({"Source": "shop.orders", "DetailType": "OrderCancelled",
+                    "Detail": json.dumps(cancel), "EventBusName": bus})
+    with running(worker.run) as thread:
+        assert events.put_events(Entries=entries)["FailedEntryCount"] == 0
+        deadline = time.monotonic() + 30
+        while consumer.stats.received < 4 and time.monotonic() < deadline:
+            consumer.poll_once()
+        # ... and somebody edits the legacy table directly, as the old screens do
+        with engine.begin() as connection:
+            connection.execute(text("INSERT INTO orders VALUES (7, 1.00, 'legacy', now(), 'x')"))
+        deadline = time.monotonic() + 20
+        while not published and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)  # anything the sync-back writes would have produced has come by now
+        worker.stop.set()
+        thread.join(10)
+    worker.source.close()
+
+    # Then: the legacy rows are right, the duplicate was applied once
+    assert rows(engine) == {1: ("10.50", "Ada", "09", None), 7: ("1.00", "legacy", rows(engine)[7][2], "x")}
+    assert consumer.stats.applied == 3 and consumer.stats.duplicates == 1
+    # ... and capture published the legacy edit only, none of the sync-back writes
+    assert [(d["op"], d["key"]) for d in published] == [("insert", {"id": 7})]
+    assert sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=0).get("Messages") is None
+
+
+def test_duplicates_out_of_order_apply_as_once_in_version_order(pg_url: URL, tmp_path: Path) -> None:
+    settings = settings_for_mode(pg_url, "changelog", "orders", config=config(tmp_path))
+    engine = prepared(settings, ORDERS)
+    consumer = make_consumer(settings, engine)
+    versions = [order_detail(1, f"{hour}.00", hour) for hour in (8, 9, 10, 11)]
+    # Every event twice, newest first, then oldest first
+    for detail in [*reversed(versions), *versions]:
+        consumer.handle(envelope(detail), str(uuid.uuid4()))
+    assert rows(engine) == {1: ("11.00", "Ada", "11", None)}
+    assert consumer.stats.applied == 1 and consumer.stats.duplicates == 4
+    assert consumer.stats.skipped == 3  # the older ones, stale on first sight
+
+
+def test_events_of_our_own_capture_are_ignored(pg_url: URL, tmp_path: Path) -> None:
+    settings = settings_for_mode(pg_url, "changelog", "orders", config=config(tmp_path))
+    engine = prepared(settings, ORDERS)
+    consumer = make_consumer(settings, engine)
+    own = envelope(order_detail(1, "1.00", 9), source=settings.event_source)
+    assert consumer.handle(own, "m1") == "own_event"
+    assert rows(engine) == {}
+
+
+@pytest.mark.parametrize(("policy", "expected_total", "outcome"), [
+    ("newer_wins", "30.00", "applied"),       # the event is newer than the legacy edit
+    ("new_system_wins", "30.00", "applied"),
+    ("legacy_wins", "20.00", "skip_conflict"),  # the legacy edited the row since we wrote it
+    ("park", "20.00", "parked"),
+])
+def test_conflict_policies(pg_url: URL, tmp_path: Path, policy: str, expected_total: str,
+                           outcome: str) -> None:
+    settings = settings_for_mode(pg_url, "changelog", "orders", config=config(tmp_path, policy))
+    engine = prepared(settings, ORDERS)
+    consumer = make_consumer(settings, engine)
+    # Sync back writes version 09:00, the legacy application edits the row at 10:00 ...
+    assert consumer.handle(envelope(order_detail(1, "10.00", 9)), "m1") == "applied"
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE orders SET total = 20, updated_at = "
+                                "'2026-11-28T10:00:00Z' WHERE id = 1"))
+    # ... then the new system sends version 11:00 of the same order
+    assert consumer.handle(envelope(order_detail(1, "30.00", 11)), "m2") == outcome
+    assert rows(engine)[1][0] == expected_total
+    # A stale event (08:00) never overwrites newer data under newer_wins
+    stale = consumer.handle(envelope(order_detail(1, "1.00", 8)), "m3")
+    if policy == "newer_wins":
+        assert stale == "skip_stale" and rows(engine)[1][0] == expected_total
+    if policy == "park":
+        with engine.connect() as connection:
+            parked = connection.execute(text("SELECT count(*) FROM cdc.conflicts")).scalar()
+        assert parked == 2
