@@ -4,7 +4,6 @@ the capture worker running beside it and not echoing those writes."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 import uuid
 from pathlib import Path
