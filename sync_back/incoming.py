@@ -11,6 +11,7 @@ refused.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -115,6 +116,12 @@ def parse_message(body: str, max_bytes: int = DEFAULT_MAX_BYTES) -> Envelope:
     except RecursionError:
         raise Invalid("body is not JSON this service can read: nested too deeply") from None
     except ValueError as exc:
+        if "integer string conversion" in str(exc):
+            # Python refuses to parse longer integers (a denial-of-service guard).
+            raise Invalid(
+                "body is not JSON this service can read: an integer has more than "
+                f"{sys.get_int_max_str_digits()} digits"
+            ) from None
         raise Invalid(f"body is not JSON: {exc}") from None
     if not isinstance(document, dict):
         raise Invalid(f"body is {_kind(document)}, not a JSON object (an EventBridge envelope)")

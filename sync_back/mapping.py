@@ -212,12 +212,6 @@ class Mapping(BaseModel):
         """The column's path from Detail, as reasons show it (``order.customer.name``)."""
         return f"{self.root}.{spec.path}" if self.root else spec.path
 
-    @property
-    def label(self) -> str:
-        return f"detail_type {self.detail_type!r}" + (
-            f", source {self.source!r}" if self.source else ""
-        )
-
 
 class Mappings:
     """All mappings, looked up by (DetailType, Source); built by ``load_mappings``."""

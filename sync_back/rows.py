@@ -70,6 +70,7 @@ class _Blocked:
 
     parts: tuple[str, ...]
     value: Any
+    next_part: str
 
 
 class _Refused(Exception):
@@ -153,13 +154,13 @@ def _lookup(node: Any, parts: tuple[str, ...]) -> Any:
             node = node.get(part, _MISSING)
         elif isinstance(node, list):
             if not (part.isascii() and part.isdigit()):
-                return _Blocked(parts[:depth], node)
+                return _Blocked(parts[:depth], node, part)
             index = int(part)
             node = node[index] if index < len(node) else _MISSING
         elif node is None:
             return _MISSING
         else:
-            return _Blocked(parts[:depth], node)
+            return _Blocked(parts[:depth], node, part)
         if node is _MISSING:
             return _MISSING
     return node
@@ -168,8 +169,8 @@ def _lookup(node: Any, parts: tuple[str, ...]) -> Any:
 def _blocked(blocked: _Blocked, root: tuple[str, ...]) -> str:
     where = ".".join(root + blocked.parts)
     if isinstance(blocked.value, list):
-        return f"{where} is a list; index it with a number"
-    return f"{where} is {describe(blocked.value)}, not an object"
+        return f"{where} is a list, which has no field {blocked.next_part!r}"
+    return f"{where} is {describe(blocked.value)}, which has no field {blocked.next_part!r}"
 
 
 def _first_unused(scope: dict[str, Any], mapping: Mapping) -> str | None:
