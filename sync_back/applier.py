@@ -14,7 +14,8 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
-from sqlalchemy import Engine, MetaData, Table, and_, delete, select, update
+from sqlalchemy import Engine, MetaData, Table, Text, and_, cast, delete, literal, select, update
+from sqlalchemy import types as sqltypes
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import NoSuchTableError
 
@@ -114,7 +115,15 @@ class Applier:
         if write.op == "delete":
             connection.execute(delete(table).where(where))
             return
-        statement = self._insert(table).values(**write.values)
+        values = {
+            # json columns arrive as JSON text (every digit kept): cast by the database, not
+            # serialised again by SQLAlchemy's JSON type, which would store a JSON string.
+            column: cast(literal(value, Text()), table.c[column].type)
+            if isinstance(value, str) and isinstance(table.c[column].type, sqltypes.JSON)
+            else value
+            for column, value in write.values.items()
+        }
+        statement = self._insert(table).values(**values)
         others = {c: statement.excluded[c] for c in write.values if c not in write.key}
         key_columns = [table.c[c] for c in write.key]
         if others:

@@ -199,3 +199,38 @@ def test_conflict_policies(pg_url: URL, tmp_path: Path, policy: str, expected_to
         with engine.connect() as connection:
             parked = connection.execute(text("SELECT count(*) FROM cdc.conflicts")).scalar()
         assert parked == 2
+
+
+CORPUS_TABLE = (
+    "CREATE TABLE orders (id int PRIMARY KEY, total numeric(14,2), customer text, "
+    "updated_at timestamptz NOT NULL, placed_local timestamp, ship_date date, ref uuid, "
+    "paid boolean, weight double precision, meta jsonb, note text, first_sku text)"
+)
+
+
+def test_malformed_and_hostile_events_against_the_real_database(pg_url: URL, tmp_path: Path) -> None:
+    from tests.unit.test_sync_back_rows import HOSTILE_BUT_VALID, MALFORMED, MAPPINGS, body
+
+    settings = settings_for_mode(pg_url, "changelog", "orders")
+    engine = prepared(settings, CORPUS_TABLE)
+    consumer = Consumer(settings, engine, state_tables("postgresql", settings.state_schema),
+                        MAPPINGS, None)
+    # Every malformed event: a dead letter naming the field, nothing written, no crash
+    for number, (name, text_, needle) in enumerate(MALFORMED):
+        assert consumer.handle(text_, f"bad-{number}") == "dead_letter", name
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM orders")).scalar() == 0
+    letters = {letter.message_id: letter for letter in consumer.dead_letters(limit=1000)}
+    assert len(letters) == len(MALFORMED) >= 40
+    for number, (name, _, needle) in enumerate(MALFORMED):
+        assert needle in letters[f"bad-{number}"].reason, name
+    # Hostile but valid text is stored exactly as sent, bound as parameters
+    for number, (name, value) in enumerate(HOSTILE_BUT_VALID):
+        event = body({"id": f"hostile-{number}", "order.id": 1000 + number,
+                      "order.customer.name": value, "order.note": value,
+                      "order.meta": {value: [value]}})
+        assert consumer.handle(event, f"ok-{number}") == "applied", name
+        with engine.connect() as connection:
+            stored = connection.execute(text("SELECT customer, note, meta FROM orders WHERE id = :i"),
+                                        {"i": 1000 + number}).one()
+        assert stored == (value, value, {value: [value]}), name
