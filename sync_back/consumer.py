@@ -96,9 +96,9 @@ class Consumer:
         messages = reply.get("Messages", [])
         started = time.monotonic()
         handled: list[dict[str, Any]] = []
+        # A stop request lets the batch in hand finish (ten messages at most); only a database
+        # outage that outlasts the request leaves the rest to come back from the queue.
         for index, message in enumerate(messages):
-            if self.stop.is_set():
-                break  # the rest go back to the queue when their visibility ends
             if time.monotonic() - started > self.settings.sync_visibility_timeout / 2:
                 self._extend_visibility(messages[index:])
                 started = time.monotonic()

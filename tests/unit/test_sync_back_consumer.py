@@ -1,0 +1,89 @@
+"""The consumer loop with a fake queue: deletion after handling, visibility extension, stop."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine
+from sqlalchemy.exc import OperationalError
+
+from cdc.errors import Interrupted
+from cdc.settings import load_settings
+from cdc.state import state_tables
+from sync_back import consumer as consumer_module
+from sync_back.consumer import Consumer
+from sync_back.mapping import Mappings
+
+
+class FakeSqs:
+    def __init__(self, count: int) -> None:
+        self.messages = [{"MessageId": f"m{i}", "ReceiptHandle": f"r{i}", "Body": f"b{i}"}
+                         for i in range(count)]
+        self.deleted: list[str] = []
+        self.extended: list[list[str]] = []
+
+    def receive_message(self, **_: Any) -> dict[str, Any]:
+        batch, self.messages = self.messages[:10], self.messages[10:]
+        return {"Messages": batch}
+
+    def delete_message_batch(self, QueueUrl: str, Entries: list[dict[str, str]]) -> None:
+        self.deleted.extend(e["ReceiptHandle"] for e in Entries)
+
+    def change_message_visibility_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> None:
+        self.extended.append([e["ReceiptHandle"] for e in Entries])
+
+
+def make(sqs: FakeSqs) -> Consumer:
+    settings = load_settings({"CDC_DATABASE_URL": "sqlite://", "CDC_TABLES": "t",
+                              "CDC_SYNC_QUEUE_URL": "q", "CDC_SYNC_VISIBILITY_TIMEOUT": "10"})
+    return Consumer(settings, create_engine("sqlite://"), state_tables("sqlite"), Mappings(), sqs)
+
+
+def test_messages_are_deleted_after_they_were_handled() -> None:
+    sqs = FakeSqs(3)
+    consumer = make(sqs)
+    handled: list[str] = []
+    consumer.handle = lambda body, message_id: handled.append(message_id) or "applied"  # type: ignore[method-assign]
+    assert consumer.poll_once() == 3
+    assert handled == ["m0", "m1", "m2"] and sqs.deleted == ["r0", "r1", "r2"]
+
+
+def test_a_slow_batch_extends_the_visibility_of_what_is_left(monkeypatch: pytest.MonkeyPatch) -> None:
+    sqs = FakeSqs(4)
+    consumer = make(sqs)
+    clock = iter(range(0, 1000, 3))  # each handled message takes 3 of the 10 seconds
+    monkeypatch.setattr(consumer_module.time, "monotonic", lambda: next(clock))
+    consumer.handle = lambda body, message_id: "applied"  # type: ignore[method-assign]
+    consumer.poll_once()
+    assert sqs.extended and sqs.extended[0][-1] == "r3"
+    assert sqs.deleted == ["r0", "r1", "r2", "r3"]
+
+
+def test_a_stop_during_a_database_outage_deletes_only_what_was_applied() -> None:
+    sqs = FakeSqs(3)
+    consumer = make(sqs)
+
+    def handle(body: str, message_id: str) -> str:
+        if message_id == "m1":
+            raise Interrupted("stop requested while the legacy database was unavailable")
+        return "applied"
+
+    consumer.handle = handle  # type: ignore[method-assign]
+    consumer.poll_once()
+    assert sqs.deleted == ["r0"]  # m1 and m2 return to the queue
+
+
+def test_lost_database_connections_are_retried() -> None:
+    consumer = make(FakeSqs(0))
+    calls = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise OperationalError("INSERT", {}, Exception("server closed the connection unexpectedly"))
+        return "applied"
+
+    consumer._retrying.wait = lambda state: 0.0  # type: ignore[method-assign,assignment]
+    assert consumer._with_retry(flaky) == "applied"
+    assert len(calls) == 3 and consumer.stats.db_retries == 2
