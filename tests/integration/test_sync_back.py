@@ -216,7 +216,7 @@ def test_malformed_and_hostile_events_against_the_real_database(pg_url: URL, tmp
     consumer = Consumer(settings, engine, state_tables("postgresql", settings.state_schema),
                         MAPPINGS, None)
     # Every malformed event: a dead letter naming the field, nothing written, no crash
-    for number, (name, text_, needle) in enumerate(MALFORMED):
+    for number, (name, text_, _needle) in enumerate(MALFORMED):
         assert consumer.handle(text_, f"bad-{number}") == "dead_letter", name
     with engine.connect() as connection:
         assert connection.execute(text("SELECT count(*) FROM orders")).scalar() == 0
