@@ -4,7 +4,9 @@ the capture worker running beside it and not echoing those writes."""
 from __future__ import annotations
 
 import json
+import threading
 import time
+import tomllib
 import uuid
 from pathlib import Path
 from typing import Any
@@ -234,3 +236,40 @@ def test_malformed_and_hostile_events_against_the_real_database(pg_url: URL, tmp
             stored = connection.execute(text("SELECT customer, note, meta FROM orders WHERE id = :i"),
                                         {"i": 1000 + number}).one()
         assert stored == (value, value, {value: [value]}), name
+
+
+def test_two_consumers_on_the_same_events_apply_each_once(pg_url: URL, tmp_path: Path) -> None:
+    settings = settings_for_mode(pg_url, "changelog", "orders", config=config(tmp_path))
+    engine = prepared(settings, ORDERS)
+    bodies = [envelope(order_detail(n, f"{n}.00", 9)) for n in range(1, 41)]
+    consumers = [make_consumer(settings, engine) for _ in range(2)]
+
+    def work(consumer: Consumer) -> None:
+        for number, body in enumerate(bodies):
+            consumer.handle(body, f"m{number}")
+
+    threads = [threading.Thread(target=work, args=(c,)) for c in consumers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sum(c.stats.applied for c in consumers) == 40
+    assert sum(c.stats.duplicates for c in consumers) == 40
+    assert len(rows(engine)) == 40
+
+
+def test_dead_letters_are_replayed_once_the_mapping_is_fixed(pg_url: URL, tmp_path: Path) -> None:
+    settings = settings_for_mode(pg_url, "changelog", "orders", config=config(tmp_path))
+    engine = prepared(settings, ORDERS)
+    consumer = make_consumer(settings, engine)
+    renamed = envelope(order_detail(5, "5.00", 9), detail_type="OrderSubmitted")
+    assert consumer.handle(renamed, "m-renamed") == "dead_letter"
+    [letter] = consumer.dead_letters()
+    assert "no mapping for detail-type 'OrderSubmitted'" in letter.reason
+    # The mapping learns the new name; the replay applies the stored body and clears it
+    fixed = tmp_path / "fixed.toml"
+    fixed.write_text(MAPPING.format(policy="newer_wins").replace('"OrderPlaced"', '"OrderSubmitted"'))
+    settings = settings.model_copy(update={"sync_back": tomllib.loads(fixed.read_text())["sync_back"]})
+    replaying = make_consumer(settings, engine)
+    assert replaying.replay(replaying.dead_letters()) == {"m-renamed": "applied"}
+    assert replaying.dead_letters() == [] and rows(engine)[5][0] == "5.00"
