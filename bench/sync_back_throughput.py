@@ -3,10 +3,14 @@ consumer, ``Consumer.poll_once()`` driven until every event was applied, divided
 receive-and-delete loop on the same queue (``receive_message`` of 10, ``WaitTimeSeconds=0``,
 then ``delete_message_batch``): the ceiling the queue itself sets.
 
-Before each side the queue is filled with the very same ready-made EventBridge-envelope bodies
-(OrderPlaced upserts of distinct order ids) with ``send_message_batch``, and the legacy table,
-the inbox and the synced-rows table are emptied. moto's server runs in its own process on a
-free 127.0.0.1 port. Target: the consumer reaches at least 0.7 of the bare loop's rate.
+Both sides take the very same ready-made EventBridge-envelope bodies (OrderPlaced upserts of
+distinct order ids) off the queue, put there with ``send_message_batch``; before each side the
+legacy table, the inbox, the synced rows and the change log are emptied. moto's server runs in
+its own process on a free 127.0.0.1 port. moto's ReceiveMessage costs grow with the number of
+messages on the queue (it recomputes the queue's attributes, a scan of every message, for each
+message it returns), so by default the events go through in slices of ``--depth`` messages, each
+slice filled outside the timing once the previous one is drained; ``--depth 0`` fills the queue
+with all of them at once. Target: the consumer reaches at least 0.7 of the bare loop's rate.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from sync_back.consumer import Consumer
 from sync_back.mapping import load_mappings
 
 TARGET_RATIO = 0.7
+DEFAULT_DEPTH = 10
 SIDE_TIMEOUT = 60.0  # seconds; either side draining N events slower than this is a failure
 
 # The legacy table and mapping of tests/integration/test_sync_back.py (newer_wins upserts).
@@ -140,12 +145,12 @@ def queue_depth(sqs: Any, queue: str) -> int:
             + int(attributes["ApproximateNumberOfMessagesNotVisible"]))
 
 
-# -- the consumer's breakdown --------------------------------------------------------------
+# -- the breakdown -------------------------------------------------------------------------
 
 
 @dataclass
 class Clock:
-    """Seconds and calls per part of the consumer's work."""
+    """Seconds and calls per part of a side's work, summed over its runs."""
 
     seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     calls: dict[str, int] = field(default_factory=lambda: defaultdict(int))
@@ -160,14 +165,9 @@ class Clock:
                 self.calls[name] += 1
         return timed_call
 
-    def add(self, other: Clock) -> None:
-        for name, seconds in other.seconds.items():
-            self.seconds[name] += seconds
-            self.calls[name] += other.calls[name]
-
 
 class TimedSqs:
-    """The consumer's boto3 client with each call's duration noted under ``sqs <operation>``."""
+    """A boto3 client with each call's duration noted under ``sqs <operation>``."""
 
     def __init__(self, client: Any, clock: Clock) -> None:
         self._client = client
@@ -201,67 +201,63 @@ def statement_clock(engine: Engine, clock: Clock) -> Iterator[None]:
 # -- the two sides -------------------------------------------------------------------------
 
 
-def consumer_drain(settings: Settings, engine: Engine, queue: str, events: int,
-                   clock: Clock | None) -> float:
-    """Seconds for ``Consumer.poll_once()`` to apply ``events`` events from the queue."""
-    sqs: Any = boto3.client("sqs")  # as sync_back.cli builds it
-    sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])  # warm, untimed
-    if clock is not None:
-        sqs = TimedSqs(sqs, clock)
-    # Reflects the legacy table (check_columns), so the pool holds a connection already.
-    consumer = Consumer(settings, engine, state_tables("postgresql", settings.state_schema),
-                        load_mappings(settings.sync_back, settings.default_schema), sqs)
-    if clock is not None:
-        consumer.applier.apply = clock.wrap("Applier.apply", consumer.applier.apply)  # type: ignore[method-assign]
-    deadline = time.monotonic() + SIDE_TIMEOUT
+class ConsumerSide:
+    """The real consumer, built as ``sync_back.cli`` builds it, driven by ``poll_once()``."""
 
-    def drain() -> None:
-        while consumer.stats.applied < events:
-            if consumer.stats.received > events or time.monotonic() > deadline:
-                break
-            consumer.poll_once()
+    def __init__(self, settings: Settings, engine: Engine, queue: str, clock: Clock) -> None:
+        sqs: Any = boto3.client("sqs")  # as sync_back.cli builds it
+        sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])  # warm, untimed
+        # Reflects the legacy table (check_columns), so the pool holds a connection already.
+        self.consumer = Consumer(settings, engine,
+                                 state_tables("postgresql", settings.state_schema),
+                                 load_mappings(settings.sync_back, settings.default_schema),
+                                 TimedSqs(sqs, clock))
+        applier = self.consumer.applier
+        applier.apply = clock.wrap("Applier.apply", applier.apply)  # type: ignore[method-assign]
 
-    with statement_clock(engine, clock) if clock is not None else _nothing():
-        started = time.perf_counter()
-        drain()
-        seconds = time.perf_counter() - started
-    stats = consumer.stats
-    if stats.applied != events or stats.received != events:
-        raise SystemExit(f"the consumer applied {stats.applied} of {events} events "
-                         f"({stats})")
-    return seconds
+    def drain(self, events: int, deadline: float) -> None:
+        """Poll until ``events`` more events were applied."""
+        stats = self.consumer.stats
+        target = stats.applied + events
+        while stats.applied < target and stats.received <= target:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the consumer applied {stats.applied} of {target} events "
+                                 f"in {SIDE_TIMEOUT:.0f} s ({stats})")
+            self.consumer.poll_once()
 
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
+    def check(self, events: int) -> None:
+        stats = self.consumer.stats
+        if stats.applied != events or stats.received != events:
+            raise SystemExit(f"the consumer applied {stats.applied} of {events} events ({stats})")
 
 
-def bare_drain(queue: str, events: int) -> float:
-    """Seconds for a plain receive (10, no wait) and delete_message_batch loop over ``events``
-    messages."""
-    sqs = boto3.client("sqs")
-    sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])  # warm, untimed
-    received = 0
-    deadline = time.monotonic() + SIDE_TIMEOUT
+class BareSide:
+    """receive_message (10, no wait) then delete_message_batch, nothing else."""
 
-    def drain() -> None:
-        nonlocal received
-        while received < events and time.monotonic() < deadline:
-            messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10,
-                                           WaitTimeSeconds=0).get("Messages", [])
+    def __init__(self, queue: str, clock: Clock) -> None:
+        sqs = boto3.client("sqs")
+        sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])  # warm, untimed
+        self.sqs: Any = TimedSqs(sqs, clock)
+        self.queue = queue
+        self.received = 0
+
+    def drain(self, events: int, deadline: float) -> None:
+        target = self.received + events
+        while self.received < target:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the bare loop received {self.received} of {target} "
+                                 f"messages in {SIDE_TIMEOUT:.0f} s")
+            messages = self.sqs.receive_message(QueueUrl=self.queue, MaxNumberOfMessages=10,
+                                                WaitTimeSeconds=0).get("Messages", [])
             if messages:
-                sqs.delete_message_batch(QueueUrl=queue, Entries=[
+                self.sqs.delete_message_batch(QueueUrl=self.queue, Entries=[
                     {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
                     for i, m in enumerate(messages)])
-                received += len(messages)
+                self.received += len(messages)
 
-    started = time.perf_counter()
-    drain()
-    seconds = time.perf_counter() - started
-    if received != events:
-        raise SystemExit(f"the bare loop received {received} of {events} messages")
-    return seconds
+    def check(self, events: int) -> None:
+        if self.received != events:
+            raise SystemExit(f"the bare loop received {self.received} of {events} messages")
 
 
 @dataclass
@@ -272,22 +268,37 @@ class Run:
     queue: str
     sqs: Any
     messages: list[str]
+    depth: int
+    changelog: int = 0  # change-log rows after the last consumer side
 
-    def side(self, which: str, clock: Clock | None) -> float:
+    def side(self, which: str, clock: Clock) -> float:
+        """Seconds the side took to take every message off the queue (fills not counted)."""
         events = len(self.messages)
         schema = self.settings.state_schema
         reset_database(self.url, schema)
         if queue_depth(self.sqs, self.queue):
             raise SystemExit("the queue is not empty before a run")
-        fill_queue(self.sqs, self.queue, self.messages)
+        side: ConsumerSide | BareSide
         if which == "consumer":
-            seconds = consumer_drain(self.settings, self.engine, self.queue, events, clock)
-            legacy, inbox, applied, _ = database_counts(self.url, schema)
+            side = ConsumerSide(self.settings, self.engine, self.queue, clock)
+        else:
+            side = BareSide(self.queue, clock)
+        deadline = time.monotonic() + SIDE_TIMEOUT
+        seconds = 0.0
+        with statement_clock(self.engine, clock):
+            for start in range(0, events, self.depth):
+                chunk = self.messages[start:start + self.depth]
+                fill_queue(self.sqs, self.queue, chunk)  # untimed
+                started = time.perf_counter()
+                side.drain(len(chunk), deadline)
+                seconds += time.perf_counter() - started
+        clock.seconds["total"] += seconds
+        side.check(events)
+        if which == "consumer":
+            legacy, inbox, applied, self.changelog = database_counts(self.url, schema)
             if (legacy, inbox, applied) != (events, events, events):
                 raise SystemExit(f"after the consumer: {legacy} legacy rows, {inbox} inbox "
                                  f"entries ({applied} applied), expected {events}")
-        else:
-            seconds = bare_drain(self.queue, events)
         depth = queue_depth(self.sqs, self.queue)
         if depth:
             raise SystemExit(f"{depth} messages left on the queue after the {which} side")
@@ -298,19 +309,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=2_000,
-                        help="events (SQS messages) per run (default 2000; moto slows down as "
-                             "a queue fills, so keep it modest)")
+                        help="events (SQS messages) per run (default 2000)")
+    parser.add_argument("--depth", type=int, default=DEFAULT_DEPTH,
+                        help="messages put on the queue at a time: the events go through in "
+                             "slices of this many, each filled (untimed) once the previous one "
+                             f"is drained; 0 fills all of them at once (default {DEFAULT_DEPTH}; "
+                             "moto's receive costs grow with the queue's depth)")
     parser.add_argument("--rounds", type=int, default=2,
                         help="bare/consumer pairs, in alternating order; medians are reported "
                              "(default 2)")
-    parser.add_argument("--no-breakdown", action="store_true",
-                        help="do not time the consumer's SQS calls and statements")
     args = parser.parse_args()
+    if args.events < 1 or args.rounds < 1 or args.depth < 0:
+        parser.error("--events and --rounds must be positive, --depth 0 or more")
     events = args.events
+    depth = args.depth if args.depth > 0 else events
 
     bare: list[float] = []
     consumed: list[float] = []
-    clock = Clock()
+    clocks = {"consumer": Clock(), "bare": Clock()}
     with (moto_server() as endpoint, scratch_database() as url,
           tempfile.TemporaryDirectory() as scratch):
         sqs = boto3.client("sqs")
@@ -321,59 +337,69 @@ def main() -> None:
                                     sync_queue_url=queue, sync_wait_seconds="0")
         engine = prepare_orders(settings)
         try:
-            run = Run(settings, engine, url, queue, sqs, bodies(events))
-            print(f"sync back throughput: {events:,} OrderPlaced events per run from queue "
-                  f"{queue.rsplit('/', 1)[-1]} on moto at {endpoint} into {ORDERS_TABLE} "
-                  f"(capture triggers on), {args.rounds} round(s)")
+            run = Run(settings, engine, url, queue, sqs, bodies(events), depth)
+            print(f"sync back throughput: {events:,} OrderPlaced events per run, at most "
+                  f"{depth:,} on the queue at a time, from moto's SQS at {endpoint} into "
+                  f"{ORDERS_TABLE} (capture triggers on), {args.rounds} round(s)")
             for round_number in range(args.rounds):
                 order = ["consumer", "bare"] if round_number % 2 else ["bare", "consumer"]
-                seconds: dict[str, float] = {}
-                for which in order:
-                    round_clock = None if args.no_breakdown else Clock()
-                    seconds[which] = run.side(which, round_clock)
-                    if round_clock is not None:
-                        clock.add(round_clock)
+                seconds = {which: run.side(which, clocks[which]) for which in order}
                 b, c = events / seconds["bare"], events / seconds["consumer"]
                 bare.append(b)
                 consumed.append(c)
                 print(f"  round {round_number + 1} ({order[0]} first): bare receive+delete "
                       f"{b:,.0f} /s, consumer {c:,.0f} /s, ratio {c / b:.2f}")
-            changelog = database_counts(url, settings.state_schema)[3]
+            changelog = run.changelog
         finally:
             engine.dispose()
-    print(f"  checked after every consumer run: {events:,} legacy rows, {events:,} inbox "
-          f"entries (applied), queue empty; change-log rows of the last run: {changelog:,} "
-          "(sync back's writes, tagged with their origin)")
+    print(f"  after every consumer run: {events:,} legacy rows and {events:,} inbox entries "
+          f"(applied), queue empty; {changelog:,} change-log rows (sync back's writes, tagged "
+          "with their origin)")
     print_table("events/s from SQS (moto) into PostgreSQL, consumer vs bare receive+delete of "
                 "the same messages (median of rounds)", [
                     Figure("Consumer.poll_once -> legacy rows", median(consumed), median(bare),
                            "events/s", None, TARGET_RATIO),
                 ])
-    if not args.no_breakdown:
-        print_breakdown(clock, events * args.rounds, sum(events / c for c in consumed))
+    print_breakdown(clocks, events * args.rounds)
 
 
-def print_breakdown(clock: Clock, events: int, total: float) -> None:
-    """Per event, where the consumer's wall time went, over all its runs."""
-    sqs_seconds = sum(s for name, s in clock.seconds.items() if name.startswith("sqs "))
-    apply_seconds = clock.seconds["Applier.apply"]
-    statement_seconds = clock.seconds["db statements"]
-    rows = [(f"{name} ({clock.calls[name] / events * 10:.2f} calls per 10 events)", s)
-            for name, s in sorted(clock.seconds.items()) if name.startswith("sqs ")]
+def print_breakdown(clocks: dict[str, Clock], events: int) -> None:
+    """Per event, where each side's timed wall time went, over all its runs."""
+    consumer, bare = clocks["consumer"], clocks["bare"]
+
+    def sqs_seconds(clock: Clock) -> float:
+        return sum(s for name, s in clock.seconds.items() if name.startswith("sqs "))
+
+    apply_seconds = consumer.seconds["Applier.apply"]
+    statements = consumer.seconds["db statements"]
+    rows: list[tuple[str, float | None, float | None]] = []
+    for name in ("sqs receive_message", "sqs delete_message_batch"):
+        label = (f"{name} ({consumer.calls[name] / events * 10:.1f} / "
+                 f"{bare.calls[name] / events * 10:.1f} calls per 10 events)")
+        rows.append((label, consumer.seconds[name], bare.seconds[name]))
     rows += [
-        ("Applier.apply, one transaction per event", apply_seconds),
-        (f"  of which in cursor.execute ({clock.calls['db statements'] / events:.1f} "
-         "statements per event)", statement_seconds),
-        ("  of which the rest (SQLAlchemy, pool ping, BEGIN/COMMIT)",
-         apply_seconds - statement_seconds),
-        ("parsing, mapping, loop (the rest)", total - sqs_seconds - apply_seconds),
+        ("Applier.apply (one transaction per event)", apply_seconds, None),
+        (f"  in cursor.execute ({consumer.calls['db statements'] / events:.1f} statements)",
+         statements, None),
+        ("  outside it (SQLAlchemy, pool pre-ping, BEGIN, COMMIT)", apply_seconds - statements,
+         None),
+        ("the rest (parsing, mapping, loop)",
+         consumer.seconds["total"] - sqs_seconds(consumer) - apply_seconds,
+         bare.seconds["total"] - sqs_seconds(bare)),
+        ("total", consumer.seconds["total"], bare.seconds["total"]),
     ]
-    print("\nconsumer, per event (all consumer runs; wall time, microseconds)")
-    width = max(len(name) for name, _ in rows)
-    for name, seconds in rows:
-        print(f"  {name.ljust(width)}  {seconds / events * 1e6:8,.0f} us  "
-              f"{seconds / total:6.1%}")
-    print(f"  {'total'.ljust(width)}  {total / events * 1e6:8,.0f} us")
+    width = max(len(name) for name, _, _ in rows)
+    print("\nper event, microseconds of wall time (all runs; share of the side's total)")
+    print(f"  {''.ljust(width)}  {'consumer':>16}  {'bare':>16}")
+
+    def cell(seconds: float | None, total: float) -> str:
+        if seconds is None:
+            return ""
+        return f"{seconds / events * 1e6:7,.0f} ({seconds / total:4.0%})"
+
+    for name, c, b in rows:
+        print(f"  {name.ljust(width)}  {cell(c, consumer.seconds['total']):>16}  "
+              f"{cell(b, bare.seconds['total']):>16}")
 
 
 if __name__ == "__main__":
