@@ -10,11 +10,25 @@ echo them onto the bus.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
-from sqlalchemy import Engine, MetaData, Table, Text, and_, cast, delete, literal, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    MetaData,
+    Table,
+    Text,
+    and_,
+    cast,
+    delete,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy import types as sqltypes
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import NoSuchTableError
@@ -33,6 +47,16 @@ _OUTCOMES: dict[Decision, Outcome] = {
     "apply": "applied", "skip_stale": "skip_stale", "skip_conflict": "skip_conflict",
     "park": "parked",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A write to apply, with what the inbox and the policy need besides."""
+
+    write: Any  # sync_back.rows.RowWrite
+    detail_type: str
+    version_column: str | None
+    body: str
 
 
 class Applier:
@@ -64,51 +88,64 @@ class Applier:
                               f"{ref.qualified} does not have")
 
     def apply(self, write: Any, detail_type: str, version_column: str | None, body: str) -> Outcome:
-        """Apply a ``sync_back.rows.RowWrite``; what happened to it."""
-        table = self.table(write.table)
-        state = self.state
-        key_text = orjson.dumps(write.key, default=str, option=orjson.OPT_SORT_KEYS).decode()
+        """Apply one ``sync_back.rows.RowWrite`` in a transaction of its own."""
+        return self.apply_many([Pending(write, detail_type, version_column, body)])[0]
+
+    def apply_many(self, pending: Sequence[Pending]) -> list[Outcome]:
+        """Apply writes in one transaction (one commit for a received batch: the commit is the
+        cost that counts). All or nothing: on any error nothing of the batch stays, and the
+        caller may apply the writes one by one to find the one at fault."""
         now: Any = datetime.now(UTC)
         if self.engine.dialect.name == "sqlite":
             now = now.isoformat()
         with self.engine.begin() as connection, origin_tag(connection, ORIGIN, logical=self.logical):
-            claimed = connection.execute(
-                self._insert(state.inbox).values(
-                    event_id=write.event_id, detail_type=detail_type,
-                    table_name=write.table.qualified, outcome="claimed", applied_at=now,
-                ).on_conflict_do_nothing(index_elements=[state.inbox.c.event_id])
-                .returning(state.inbox.c.event_id)
-            ).first()
-            if claimed is None:
-                return "duplicate"
-            where = and_(*(table.c[column] == value for column, value in write.key.items()))
-            probe = table.c[version_column] if version_column else table.c[next(iter(write.key))]
-            current = connection.execute(select(probe).where(where).with_for_update()).first()
-            legacy_version = current[0] if current is not None and version_column else None
-            if isinstance(legacy_version, str) and isinstance(write.version, datetime):
-                legacy_version = parse_iso(legacy_version)  # SQLite keeps timestamps as text
-            synced = connection.execute(
-                select(state.synced_rows.c.version).where(
-                    state.synced_rows.c.table_name == write.table.qualified,
-                    state.synced_rows.c.row_key == key_text,
-                )
-            ).scalar()
-            decision = decide(write.policy, current is not None, legacy_version, write.version, synced)
-            if decision == "apply":
-                self._write(connection, table, write, where)
-                self._remember(connection, write, key_text)
-            elif decision == "park":
-                connection.execute(self._insert(state.conflicts).values(
-                    event_id=write.event_id, table_name=write.table.qualified, row_key=key_text,
-                    reason=(f"legacy version {version_text(legacy_version)}, event version "
-                            f"{version_text(write.version)}, policy {write.policy}"),
-                    body=body, created_at=now,
-                ).on_conflict_do_nothing(index_elements=[state.conflicts.c.event_id]))
-            outcome = _OUTCOMES[decision]
-            connection.execute(update(state.inbox).where(state.inbox.c.event_id == write.event_id)
-                               .values(outcome=outcome))
-        if outcome != "applied":
-            log.info("event %s for %s %s: %s", write.event_id, write.table.qualified, key_text, outcome)
+            outcomes = [self._apply_in(connection, item, now) for item in pending]
+        for item, outcome in zip(pending, outcomes, strict=True):
+            if outcome != "applied":
+                log.info("event %s for %s: %s", item.write.event_id, item.write.table.qualified,
+                         outcome)
+        return outcomes
+
+    def _apply_in(self, connection: Connection, item: Pending, now: Any) -> Outcome:
+        write, state = item.write, self.state
+        table = self.table(write.table)
+        key_text = orjson.dumps(write.key, default=str, option=orjson.OPT_SORT_KEYS).decode()
+        claimed = connection.execute(
+            self._insert(state.inbox).values(
+                event_id=write.event_id, detail_type=item.detail_type,
+                table_name=write.table.qualified, outcome="claimed", applied_at=now,
+            ).on_conflict_do_nothing(index_elements=[state.inbox.c.event_id])
+            .returning(state.inbox.c.event_id)
+        ).first()
+        if claimed is None:
+            return "duplicate"
+        version_column = item.version_column
+        where = and_(*(table.c[column] == value for column, value in write.key.items()))
+        probe = table.c[version_column] if version_column else table.c[next(iter(write.key))]
+        current = connection.execute(select(probe).where(where).with_for_update()).first()
+        legacy_version = current[0] if current is not None and version_column else None
+        if isinstance(legacy_version, str) and isinstance(write.version, datetime):
+            legacy_version = parse_iso(legacy_version)  # SQLite keeps timestamps as text
+        synced = connection.execute(
+            select(state.synced_rows.c.version).where(
+                state.synced_rows.c.table_name == write.table.qualified,
+                state.synced_rows.c.row_key == key_text,
+            )
+        ).scalar()
+        decision = decide(write.policy, current is not None, legacy_version, write.version, synced)
+        if decision == "apply":
+            self._write(connection, table, write, where)
+            self._remember(connection, write, key_text)
+        elif decision == "park":
+            connection.execute(self._insert(state.conflicts).values(
+                event_id=write.event_id, table_name=write.table.qualified, row_key=key_text,
+                reason=(f"legacy version {version_text(legacy_version)}, event version "
+                        f"{version_text(write.version)}, policy {write.policy}"),
+                body=item.body, created_at=now,
+            ).on_conflict_do_nothing(index_elements=[state.conflicts.c.event_id]))
+        outcome = _OUTCOMES[decision]
+        connection.execute(update(state.inbox).where(state.inbox.c.event_id == write.event_id)
+                           .values(outcome=outcome))
         return outcome
 
     def _write(self, connection: Any, table: Table, write: Any, where: Any) -> None:

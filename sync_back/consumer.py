@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -27,7 +27,7 @@ from cdc.database import is_transient_db_error
 from cdc.errors import Interrupted
 from cdc.settings import Settings
 from cdc.state import StateTables
-from sync_back.applier import Applier
+from sync_back.applier import Applier, Pending
 from sync_back.incoming import Invalid, parse_message
 from sync_back.mapping import Mappings
 from sync_back.rows import to_write
@@ -94,26 +94,28 @@ class Consumer:
             VisibilityTimeout=self.settings.sync_visibility_timeout,
         )
         messages = reply.get("Messages", [])
+        if not messages:
+            return 0
         started = time.monotonic()
-        handled: list[dict[str, Any]] = []
-        # A stop request lets the batch in hand finish (ten messages at most); only a database
-        # outage that outlasts the request leaves the rest to come back from the queue.
-        for index, message in enumerate(messages):
+
+        def tick(index: int) -> None:
+            nonlocal started
             if time.monotonic() - started > self.settings.sync_visibility_timeout / 2:
                 self._extend_visibility(messages[index:])
                 started = time.monotonic()
-            try:
-                self.handle(message["Body"], message["MessageId"])
-            except Interrupted:
-                break
-            handled.append(message)
-        if handled:
-            # Deleted only now, after each one's transaction committed: a crash before this
-            # line redelivers them, and the inbox makes the second application a no-op.
-            self.sqs.delete_message_batch(QueueUrl=queue, Entries=[
-                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(handled)
-            ])
-        return len(handled)
+
+        # A stop request lets the batch in hand finish (ten messages at most); only a database
+        # outage that outlasts the request leaves it to come back from the queue.
+        try:
+            self.handle_batch([(m["Body"], m["MessageId"]) for m in messages], tick)
+        except Interrupted:
+            return 0
+        # Deleted only now, after their transaction committed: a crash before this line
+        # redelivers them, and the inbox makes the second application a no-op.
+        self.sqs.delete_message_batch(QueueUrl=queue, Entries=[
+            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)
+        ])
+        return len(messages)
 
     def _extend_visibility(self, messages: list[dict[str, Any]]) -> None:
         self.sqs.change_message_visibility_batch(QueueUrl=self.settings.sync_queue_url, Entries=[
@@ -122,11 +124,46 @@ class Consumer:
             for i, m in enumerate(messages)
         ])
 
-    # -- one message --------------------------------------------------------------------------
+    # -- messages ---------------------------------------------------------------------------
 
     def handle(self, body: str, message_id: str) -> str:
         """Apply one message body; what became of it."""
-        self.stats.received += 1
+        return self.handle_batch([(body, message_id)])[0]
+
+    def handle_batch(self, items: Sequence[tuple[str, str]],
+                     tick: Callable[[int], None] | None = None) -> list[str]:
+        """Apply message bodies, the valid ones in one transaction; what became of each."""
+        results: list[str] = ["" for _ in items]
+        pending: list[tuple[int, Pending, str]] = []
+        for index, (body, message_id) in enumerate(items):
+            if tick is not None:
+                tick(index)
+            self.stats.received += 1
+            item = self._prepare(body, message_id)
+            if isinstance(item, str):
+                results[index] = item
+            else:
+                pending.append((index, item, message_id))
+        if pending:
+            outcomes: list[str]
+            try:
+                outcomes = list(self._with_retry(
+                    lambda: self.applier.apply_many([item for _, item, _ in pending])))
+            except DBAPIError as exc:
+                if is_transient_db_error(exc):
+                    raise
+                # The legacy database refused one of them: one by one, to find which.
+                outcomes = [self._apply_alone(item, message_id) for _, item, message_id in pending]
+            for (index, _, _), outcome in zip(pending, outcomes, strict=True):
+                results[index] = outcome
+                counter = {"applied": "applied", "duplicate": "duplicates", "parked": "parked",
+                           "dead_letter": "dead_letters"}.get(outcome, "skipped")
+                if counter != "dead_letters":  # counted where stored
+                    setattr(self.stats, counter, getattr(self.stats, counter) + 1)
+        return results
+
+    def _prepare(self, body: str, message_id: str) -> Pending | str:
+        """The write a message asks for, or what became of it when it asks for none."""
         detail_type: str | None = None
         try:
             envelope = parse_message(body, self.settings.sync_max_body_bytes)
@@ -139,23 +176,22 @@ class Consumer:
             if mapping is None:
                 raise Invalid(f"no mapping for detail-type {envelope.detail_type!r} "
                               f"(source {envelope.source!r}); add one to [sync_back]")
-            write = to_write(envelope, mapping)
-            outcome = self._with_retry(lambda: self.applier.apply(
-                write, envelope.detail_type, mapping.version_column, body))
+            return Pending(to_write(envelope, mapping), envelope.detail_type,
+                           mapping.version_column, body)
         except Invalid as exc:
             self._dead_letter(message_id, detail_type, exc.reason, body)
             return "dead_letter"
+
+    def _apply_alone(self, item: Pending, message_id: str) -> str:
+        try:
+            return self._with_retry(lambda: self.applier.apply_many([item])[0])
         except DBAPIError as exc:
             if is_transient_db_error(exc):
                 raise
-            # The legacy database refused this write (a constraint, a value it cannot hold).
+            # A constraint or a value the legacy database cannot hold.
             reason = "the legacy database refused the write: " + str(exc.orig).strip().split("\n")[0]
-            self._dead_letter(message_id, detail_type, reason, body)
+            self._dead_letter(message_id, item.detail_type, reason, item.body)
             return "dead_letter"
-        counter = {"applied": "applied", "duplicate": "duplicates", "parked": "parked"}.get(
-            outcome, "skipped")
-        setattr(self.stats, counter, getattr(self.stats, counter) + 1)
-        return outcome
 
     def _dead_letter(self, message_id: str, detail_type: str | None, reason: str, body: str) -> None:
         log.warning("dead letter: message %s (%s): %s", message_id, detail_type, reason)

@@ -273,3 +273,20 @@ def test_dead_letters_are_replayed_once_the_mapping_is_fixed(pg_url: URL, tmp_pa
     replaying = make_consumer(settings, engine)
     assert replaying.replay(replaying.dead_letters()) == {"m-renamed": "applied"}
     assert replaying.dead_letters() == [] and rows(engine)[5][0] == "5.00"
+
+
+def test_a_write_the_database_refuses_is_a_dead_letter_and_its_batch_goes_on(
+    pg_url: URL, tmp_path: Path
+) -> None:
+    settings = settings_for_mode(pg_url, "changelog", "orders", config=config(tmp_path))
+    engine = prepared(settings, ORDERS)
+    consumer = make_consumer(settings, engine)
+    batch = [
+        (envelope(order_detail(1, "1.00", 9)), "m1"),
+        (envelope(order_detail(2, "123456789012.00", 9)), "m2"),  # too large for numeric(10,2)
+        (envelope(order_detail(3, "3.00", 9)), "m3"),
+    ]
+    assert consumer.handle_batch(batch) == ["applied", "dead_letter", "applied"]
+    assert sorted(rows(engine)) == [1, 3]
+    [letter] = consumer.dead_letters()
+    assert letter.message_id == "m2" and "numeric field overflow" in letter.reason

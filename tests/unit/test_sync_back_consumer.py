@@ -44,7 +44,12 @@ def test_messages_are_deleted_after_they_were_handled() -> None:
     sqs = FakeSqs(3)
     consumer = make(sqs)
     handled: list[str] = []
-    consumer.handle = lambda body, message_id: handled.append(message_id) or "applied"  # type: ignore[method-assign]
+
+    def handle_batch(items: list[tuple[str, str]], tick: Any = None) -> list[str]:
+        handled.extend(message_id for _, message_id in items)
+        return ["applied"] * len(items)
+
+    consumer.handle_batch = handle_batch  # type: ignore[method-assign]
     assert consumer.poll_once() == 3
     assert handled == ["m0", "m1", "m2"] and sqs.deleted == ["r0", "r1", "r2"]
 
@@ -54,24 +59,22 @@ def test_a_slow_batch_extends_the_visibility_of_what_is_left(monkeypatch: pytest
     consumer = make(sqs)
     clock = iter(range(0, 1000, 3))  # each handled message takes 3 of the 10 seconds
     monkeypatch.setattr(consumer_module.time, "monotonic", lambda: next(clock))
-    consumer.handle = lambda body, message_id: "applied"  # type: ignore[method-assign]
+    consumer._prepare = lambda body, message_id: "own_event"  # type: ignore[method-assign]
     consumer.poll_once()
     assert sqs.extended and sqs.extended[0][-1] == "r3"
     assert sqs.deleted == ["r0", "r1", "r2", "r3"]
 
 
-def test_a_stop_during_a_database_outage_deletes_only_what_was_applied() -> None:
+def test_a_stop_during_a_database_outage_deletes_nothing() -> None:
     sqs = FakeSqs(3)
     consumer = make(sqs)
 
-    def handle(body: str, message_id: str) -> str:
-        if message_id == "m1":
-            raise Interrupted("stop requested while the legacy database was unavailable")
-        return "applied"
+    def handle_batch(items: list[tuple[str, str]], tick: Any = None) -> list[str]:
+        raise Interrupted("stop requested while the legacy database was unavailable")
 
-    consumer.handle = handle  # type: ignore[method-assign]
-    consumer.poll_once()
-    assert sqs.deleted == ["r0"]  # m1 and m2 return to the queue
+    consumer.handle_batch = handle_batch  # type: ignore[method-assign]
+    assert consumer.poll_once() == 0
+    assert sqs.deleted == []  # the batch's transaction never committed: all return to the queue
 
 
 def test_lost_database_connections_are_retried() -> None:
