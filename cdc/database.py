@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
+from tenacity import RetryCallState, Retrying, retry_if_exception, wait_random_exponential
 
+from cdc.errors import Interrupted
 from cdc.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def connect(settings: Settings) -> Engine:
@@ -85,3 +92,25 @@ def is_transient_db_error(exc: BaseException) -> bool:
     permanent = ("password authentication failed", "does not exist", "no pg_hba.conf entry",
                  "permission denied", "role ", "no such table")
     return not any(word in message for word in permanent) or "terminating" in message
+
+
+def db_retrying(stop: threading.Event, on_retry: Callable[[], None], what: str) -> Retrying:
+    """Retries around database I/O: transient errors only (``is_transient_db_error``), waits
+    growing exponentially with full jitter, for as long as it takes; a stop request ends a wait
+    with ``Interrupted``, so the caller can leave its work unacknowledged."""
+
+    def sleep(seconds: float) -> None:
+        if stop.wait(seconds):
+            raise Interrupted(f"stop requested while {what} was unavailable")
+
+    def before_sleep(state: RetryCallState) -> None:
+        on_retry()
+        error = state.outcome.exception() if state.outcome else None
+        log.warning("%s unavailable (%s); retry %d in %.1fs", what, error, state.attempt_number,
+                    state.upcoming_sleep)
+
+    return Retrying(
+        retry=retry_if_exception(is_transient_db_error),
+        wait=wait_random_exponential(multiplier=0.2, max=10),
+        sleep=sleep, before_sleep=before_sleep, reraise=True,
+    )

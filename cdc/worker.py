@@ -17,9 +17,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from tenacity import RetryCallState, Retrying, retry_if_exception, wait_random_exponential
+from tenacity import Retrying
 
-from cdc.database import is_transient_db_error
+from cdc.database import db_retrying
 from cdc.errors import Interrupted
 from cdc.events import BusEntry, EventRenderer
 from cdc.publishers import Publisher, Rejection
@@ -54,13 +54,7 @@ class Worker:
     def __post_init__(self) -> None:
         self.renderer = EventRenderer(self.settings.event_source, self.settings.detail_type_for)
         # Built once: a Retrying costs more to make than a small batch costs to acknowledge.
-        self._db_retrying = Retrying(
-            retry=retry_if_exception(is_transient_db_error),
-            wait=wait_random_exponential(multiplier=0.2, max=10),
-            sleep=self._sleep,
-            before_sleep=self._log_db_retry,
-            reraise=True,
-        )
+        self._db_retrying = db_retrying(self.stop, self._count_db_retry, "the database")
 
     def run(self) -> None:
         log.info("capturing from %s to the %s bus", self.settings.display_url, self.settings.bus)
@@ -127,15 +121,8 @@ class Worker:
         except Interrupted:
             return None
 
-    def _sleep(self, seconds: float) -> None:
-        if self.stop.wait(seconds):
-            raise Interrupted
-
-    def _log_db_retry(self, state: RetryCallState) -> None:
+    def _count_db_retry(self) -> None:
         self.stats.db_retries += 1
-        error = state.outcome.exception() if state.outcome else None
-        log.warning("database unavailable (%s); retry %d in %.1fs", error,
-                    state.attempt_number, state.upcoming_sleep)
 
 
 def tune_garbage_collector() -> None:

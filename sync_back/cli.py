@@ -20,7 +20,8 @@ from sync_back.consumer import Consumer
 from sync_back.mapping import load_mappings
 
 
-def consumer(settings: Settings, with_queue: bool) -> Consumer:
+def consumer(settings: Settings, with_queue: bool,
+             stop: threading.Event | None = None) -> Consumer:
     engine = database.connect(settings)
     check_migrated(settings, engine)
     mappings = load_mappings(settings.sync_back, settings.default_schema)
@@ -36,15 +37,13 @@ def consumer(settings: Settings, with_queue: bool) -> Consumer:
 
         sqs = boto3.client("sqs")
     return Consumer(settings, engine, state_tables(engine.dialect.name, settings.state_schema),
-                    mappings, sqs)
+                    mappings, sqs, stop or threading.Event())
 
 
 def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
     stop = threading.Event()
     install_signal_handlers(stop)
-    worker = consumer(settings, with_queue=True)
-    worker.stop = stop
-    worker.run()
+    consumer(settings, with_queue=True, stop=stop).run()
     return 0
 
 

@@ -21,9 +21,8 @@ from typing import Any, TypeVar
 from sqlalchemy import Engine, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
-from tenacity import RetryCallState, Retrying, retry_if_exception, wait_random_exponential
 
-from cdc.database import is_transient_db_error
+from cdc.database import db_retrying, is_transient_db_error
 from cdc.errors import Interrupted
 from cdc.settings import Settings
 from cdc.state import StateTables
@@ -74,11 +73,7 @@ class Consumer:
         self.applier = Applier(self.engine, self.state, logical=self.settings.capture == "logical")
         for mapping in self.mappings:
             self.applier.check_columns(mapping.table, list(mapping.columns))
-        self._retrying = Retrying(
-            retry=retry_if_exception(is_transient_db_error),
-            wait=wait_random_exponential(multiplier=0.2, max=10),
-            sleep=self._sleep, before_sleep=self._log_retry, reraise=True,
-        )
+        self._retrying = db_retrying(self.stop, self._count_retry, "the legacy database")
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -241,12 +236,5 @@ class Consumer:
     def _with_retry(self, action: Callable[[], T]) -> T:
         return self._retrying(action)
 
-    def _sleep(self, seconds: float) -> None:
-        if self.stop.wait(seconds):
-            raise Interrupted("stop requested while the legacy database was unavailable")
-
-    def _log_retry(self, state: RetryCallState) -> None:
+    def _count_retry(self) -> None:
         self.stats.db_retries += 1
-        error = state.outcome.exception() if state.outcome else None
-        log.warning("legacy database unavailable (%s); retry %d in %.1fs", error,
-                    state.attempt_number, state.upcoming_sleep)

@@ -160,3 +160,22 @@ def test_a_missing_event_bus_or_region_stops_start_up(tmp_path: Path, moto_endpo
     env = {k: v for k, v in env.items() if k not in ("AWS_REGION", "AWS_DEFAULT_REGION")}
     result = cdc("run", cwd=tmp_path, env={**env, "AWS_CONFIG_FILE": "/nonexistent"})
     assert result.returncode == 2 and "AWS_REGION" in result.stderr
+
+
+@pytest.mark.integration
+def test_sync_back_commands(pg_url: URL, tmp_path: Path) -> None:
+    env = clean_env(CDC_DATABASE_URL=pg_url.render_as_string(hide_password=False),
+                    CDC_TABLES="orders")
+    assert cdc("migrate", cwd=tmp_path, env=env).returncode == 0
+
+    def sync_back(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "sync_back.cli", *args], cwd=tmp_path,
+                              env={**env, **extra}, capture_output=True, text=True, timeout=60)
+
+    missing = sync_back("run")
+    assert missing.returncode == 2 and "CDC_SYNC_QUEUE_URL" in missing.stderr
+    unmapped = sync_back("run", CDC_SYNC_QUEUE_URL="http://127.0.0.1:1/q")
+    assert unmapped.returncode == 2 and "no [[sync_back.mappings]]" in unmapped.stderr
+    listed = sync_back("dead-letters")
+    assert listed.returncode == 0 and "no dead letters" in listed.stdout
+    assert "no parked conflicts" in sync_back("conflicts").stdout
