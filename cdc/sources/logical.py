@@ -464,11 +464,6 @@ class LogicalSource:
             return {n: row.get(n) for n, is_key in zip(rel.names, rel.key_flags, strict=False) if is_key}
         return row
 
-    # -- status -------------------------------------------------------------------------
-
-    def pending(self) -> tuple[int, datetime | None]:
-        return 0, None
-
 
 def check_slot(engine: Engine, slot: str) -> int:
     """The slot's confirmed flush LSN, after checking that the slot can be streamed."""
