@@ -18,6 +18,7 @@ class FilePublisher:
         self.event_bus_name = event_bus_name
         self.max_entry_bytes = max_entry_bytes
         path.parent.mkdir(parents=True, exist_ok=True)
+        _repair_torn_write(path)
         self._file = path.open("a", encoding="utf-8")
 
     def publish(self, entries: Sequence[BusEntry]) -> list[Rejection]:
@@ -46,6 +47,32 @@ class FilePublisher:
 
     def close(self) -> None:
         self._file.close()
+
+
+def _repair_torn_write(path: Path) -> None:
+    """A process killed in the middle of a write leaves a partial last line; those entries
+    were never acknowledged and will be written again whole, so the fragment is cut off."""
+    if not path.exists():
+        return
+    with path.open("rb+") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        handle.seek(size - 1)
+        if handle.read(1) == b"\n":
+            return
+        # Walk back to the last complete line.
+        position = size
+        while position > 0:
+            step = min(65536, position)
+            handle.seek(position - step)
+            chunk = handle.read(step)
+            newline = chunk.rfind(b"\n")
+            if newline >= 0:
+                handle.truncate(position - step + newline + 1)
+                return
+            position -= step
+        handle.truncate(0)
 
 
 class NullPublisher:

@@ -25,3 +25,13 @@ def test_one_entry_per_line_with_the_eventbridge_fields(tmp_path: Path) -> None:
         {"Source": "legacy.db", "DetailType": "public.t.insert", "Time": "2026-01-01T00:00:00.000000Z",
          "EventBusName": "legacy-bus", "Detail": {"n": n}} for n in (1, 3)
     ]
+
+
+def test_a_torn_last_line_from_a_killed_process_is_cut_off(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_text('{"complete": 1}\n{"torn": ')
+    FilePublisher(path, "bus").publish([entry(5)])
+    lines = path.read_text().splitlines()
+    assert json.loads(lines[0]) == {"complete": 1}
+    assert json.loads(lines[1])["Detail"] == {"n": 5}
+    assert len(lines) == 2
