@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 from sqlalchemy.engine import URL, make_url
 
 
@@ -49,7 +50,8 @@ def postgres_server() -> Iterator[URL]:
 def pg_url(postgres_server: URL) -> Iterator[URL]:
     """A fresh database for one test, dropped afterwards."""
     name = f"cdc_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(postgres_server, isolation_level="AUTOCOMMIT")
+    # NullPool: a fresh connection at teardown, even if the server restarted meanwhile
+    admin = create_engine(postgres_server, isolation_level="AUTOCOMMIT", poolclass=NullPool)
     with admin.connect() as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
     try:
