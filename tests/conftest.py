@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import create_engine, text
-from sqlalchemy.pool import NullPool
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.pool import NullPool
 
 
 def _docker_answers() -> bool:
