@@ -20,9 +20,13 @@ RUN pip install . && rm -rf /src \
 
 WORKDIR /data
 USER 10001
-# In a container: JSON logs, and EventBridge unless told otherwise.
+# In a container: JSON logs, EventBridge unless told otherwise, health and metrics on 8080.
 ENV CDC_LOG_FORMAT=json \
-    CDC_BUS=eventbridge
+    CDC_BUS=eventbridge \
+    CDC_HEALTH_PORT=8080
+EXPOSE 8080
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=3)"]
 
 ENTRYPOINT ["cdc"]
 CMD ["run"]

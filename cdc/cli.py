@@ -120,9 +120,16 @@ def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
     source = open_source(settings, engine)
     publisher = open_publisher(settings, stop)
     worker = Worker(settings, source, publisher, stop, on_published=failpoint_hook(settings.failpoint))
+    server = None
+    if settings.health_port is not None:
+        from cdc.health import serve
+
+        server = serve(worker, settings.health_port)
     try:
         worker.run()
     finally:
+        if server is not None:
+            server.shutdown()
         publisher.close()
         source.close()
     return 0

@@ -66,6 +66,7 @@ class Settings(BaseSettings):
     slot_name: str = Field("cdc_slot", pattern=r"^[a-z0-9_]{1,63}$")
     publication_name: str = Field("cdc_pub", min_length=1, max_length=63)
     heartbeat_interval: float = Field(10.0, gt=0, le=3600)
+    health_port: int | None = Field(None, ge=0, le=65535)  # /healthz, /readyz, /metrics
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "text"] = "auto"
     table_options: dict[str, TableOptions] = Field(default_factory=dict)

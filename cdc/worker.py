@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -38,6 +39,10 @@ class WorkerStats:
     skipped: int = 0
     dead_letters: int = 0
     db_retries: int = 0
+    # wall-clock seconds: the last read that reached the source, and the commit time of the
+    # newest change acknowledged (for lag); 0 until it happens
+    last_read_at: float = 0.0
+    last_committed_at: float = 0.0
 
 
 @dataclass
@@ -71,6 +76,8 @@ class Worker:
     def step(self) -> int:
         """One read-publish-ack round; how many changes it acknowledged (0: none to read)."""
         batch = self._with_db_retry(lambda: self.source.read(self.settings.batch_size))
+        if batch is not None:
+            self.stats.last_read_at = time.time()
         if batch is None or not batch.changes:
             return 0
         # Rendering may read a table's catalog (first sight, or after a schema change).
@@ -95,6 +102,8 @@ class Worker:
         self.stats.changes += len(batch.changes)
         self.stats.published += len(entries) - len(rejections)
         self.stats.dead_letters += len(rejections)
+        self.stats.last_committed_at = max(self.stats.last_committed_at,
+                                           batch.changes[-1].committed_at.timestamp())
         return len(batch.changes)
 
     def _ack(self, batch: Batch, rejections: Sequence[Rejection]) -> bool:

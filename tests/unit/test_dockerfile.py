@@ -34,3 +34,8 @@ def test_runs_as_a_non_root_user_with_valid_settings() -> None:
         field = name.removeprefix("CDC_").lower()
         assert field in Settings.model_fields, name
         Settings(**{field: value})
+
+
+def test_the_healthcheck_probes_the_health_port() -> None:
+    env = dict(re.findall(r"(CDC_[A-Z_]+)=(\S+)", DOCKERFILE))
+    assert f"127.0.0.1:{env['CDC_HEALTH_PORT']}/healthz" in instruction("    CMD")

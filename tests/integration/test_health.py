@@ -1,0 +1,77 @@
+"""A running worker's /metrics and /readyz move as changes flow."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import URL
+
+from tests.conftest import free_port
+from tests.integration.helpers import prepared, settings_for
+
+pytestmark = pytest.mark.integration
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def metric(body: str, name: str) -> float:
+    match = re.search(rf"^{name}(?:\{{[^}}]*\}})? (\S+)$", body, flags=re.MULTILINE)
+    assert match, f"{name} not in /metrics"
+    return float(match.group(1))
+
+
+def test_metrics_and_readiness_of_a_running_worker(pg_url: URL, tmp_path: Path) -> None:
+    settings = settings_for(pg_url, "items")
+    engine = prepared(settings, "CREATE TABLE items (id int PRIMARY KEY)")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CDC_")}
+    env.update({"CDC_DATABASE_URL": settings.url.render_as_string(hide_password=False),
+                "CDC_TABLES": "items", "CDC_BUS": "file", "CDC_BUS_FILE": str(tmp_path / "b.jsonl"),
+                "CDC_POLL_INTERVAL": "0.05", "CDC_HEALTH_PORT": str(port)})
+    worker = subprocess.Popen([sys.executable, "-m", "cdc", "run"], env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                status, _ = get(f"{base}/healthz")
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the health endpoint never answered"
+                time.sleep(0.1)
+        assert status == 200
+        deadline = time.monotonic() + 10
+        while get(f"{base}/readyz")[0] != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        before = metric(get(f"{base}/metrics")[1], "cdc_events_published_total")
+        with engine.begin() as connection:
+            for key in range(25):
+                connection.execute(text("INSERT INTO items VALUES (:k)"), {"k": key})
+        deadline = time.monotonic() + 20
+        while metric(get(f"{base}/metrics")[1], "cdc_events_published_total") < before + 25:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        body = get(f"{base}/metrics")[1]
+        assert metric(body, "cdc_changes_captured_total") >= 25
+        assert 0 <= metric(body, "cdc_lag_seconds") < 60
+        assert metric(body, "cdc_dead_letters_total") == 0
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
