@@ -16,6 +16,7 @@ from cdc import database, deadletters, demo, logs, slots, triggers
 from cdc.catalog import read_table
 from cdc.errors import CdcError, ConfigError, PermanentError
 from cdc.events import parse_iso
+from cdc.lease import Lease
 from cdc.publishers import Publisher
 from cdc.publishers.file import FilePublisher, NullPublisher
 from cdc.settings import Settings, load_settings
@@ -119,7 +120,11 @@ def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
     install_signal_handlers(stop)
     source = open_source(settings, engine)
     publisher = open_publisher(settings, stop)
-    worker = Worker(settings, source, publisher, stop, on_published=failpoint_hook(settings.failpoint))
+    lease = None
+    if settings.dialect == "postgresql":
+        lease = Lease(engine, f"cdc:{settings.state_schema}:{settings.capture}:{settings.slot_name}")
+    worker = Worker(settings, source, publisher, stop, on_published=failpoint_hook(settings.failpoint),
+                    lease=lease)
     server = None
     if settings.health_port is not None:
         from cdc.health import serve
@@ -130,6 +135,8 @@ def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
     finally:
         if server is not None:
             server.shutdown()
+        if lease is not None:
+            lease.release()
         publisher.close()
         source.close()
     return 0

@@ -21,8 +21,9 @@ from typing import TypeVar
 from tenacity import Retrying
 
 from cdc.database import db_retrying
-from cdc.errors import Interrupted
+from cdc.errors import CdcError, Interrupted
 from cdc.events import BusEntry, EventRenderer
+from cdc.lease import Lease
 from cdc.publishers import Publisher, Rejection
 from cdc.settings import Settings
 from cdc.sources import Batch, Source
@@ -53,6 +54,7 @@ class Worker:
     stop: threading.Event = field(default_factory=threading.Event)
     stats: WorkerStats = field(default_factory=WorkerStats)
     on_published: Callable[[int], None] | None = None  # failpoint hook (tests)
+    lease: Lease | None = None  # one worker per source: the others wait as standbys
     renderer: EventRenderer = field(init=False)
     _db_retrying: Retrying = field(init=False)
 
@@ -64,8 +66,13 @@ class Worker:
     def run(self) -> None:
         log.info("capturing from %s to the %s bus", self.settings.display_url, self.settings.bus)
         tune_garbage_collector()
+        if self.lease is not None and not self.lease.acquire(self.stop):
+            return
         pause = 0.0 if self.source.waits_for_changes else self.settings.poll_interval
         while not self.stop.is_set():
+            if self.lease is not None and not self.lease.still_held():
+                raise CdcError(f"lost the lease {self.lease.name} (its database session ended); "
+                               "stopping, so that two workers never capture at once")
             # A full batch means more may be waiting; anything less means the source is
             # drained for now, and waiting a little makes the next batch worth its fixed cost
             # (a stream waits inside ``read`` instead, and returns as soon as changes come).
