@@ -215,6 +215,61 @@ def cmd_dead_letters(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if rejected else 0
 
 
+def cmd_grants(settings: Settings, args: argparse.Namespace) -> int:
+    print(grants_sql(settings, args.capture_role, args.sync_role))
+    return 0
+
+
+def grants_sql(settings: Settings, capture_role: str, sync_role: str) -> str:
+    """Least-privilege SQL for the capture worker's role and the sync-back consumer's role."""
+    from sync_back.mapping import load_mappings
+
+    def ident(name: str) -> str:
+        return '"' + name.replace('"', '""') + '"'
+
+    schema = ident(settings.state_schema)
+    tables = ", ".join(f"{ident(t.schema)}.{ident(t.name)}" for t in settings.table_refs)
+    capture, sync = ident(capture_role), ident(sync_role)
+    lines = [
+        f"-- Capture worker ({settings.capture} mode). `cdc migrate` and `cdc setup` run as the",
+        "-- owner of the legacy tables (triggers and publications need it); the worker does not.",
+        f"CREATE ROLE {capture} LOGIN PASSWORD 'change-me';",
+        f"GRANT USAGE ON SCHEMA {schema} TO {capture};",
+        f"GRANT SELECT, INSERT, UPDATE ON {schema}.checkpoints TO {capture};",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.dead_letters TO {capture};",
+        f"GRANT SELECT ON {schema}.alembic_version TO {capture};",
+        f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema} TO {capture};",
+        f"GRANT SELECT ON {tables} TO {capture};",
+    ]
+    if settings.capture == "changelog":
+        lines.append(f"GRANT SELECT, DELETE ON {schema}.changelog TO {capture};")
+        lines.append("-- Legacy writers need nothing: the capture function runs as its owner.")
+    else:
+        lines.append(f"ALTER ROLE {capture} WITH REPLICATION;  -- streams the slot; nothing more")
+    mappings = load_mappings(settings.sync_back, settings.default_schema)
+    lines += [
+        "",
+        "-- Sync-back consumer: its inbox and bookkeeping, and only the mapped legacy tables.",
+        f"CREATE ROLE {sync} LOGIN PASSWORD 'change-me';",
+        f"GRANT USAGE ON SCHEMA {schema} TO {sync};",
+        f"GRANT SELECT, INSERT, UPDATE ON {schema}.inbox, {schema}.conflicts TO {sync};",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.synced_rows, "
+        f"{schema}.sync_dead_letters TO {sync};",
+        f"GRANT SELECT ON {schema}.alembic_version TO {sync};",
+        f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema} TO {sync};",
+    ]
+    privileges: dict[str, set[str]] = {}
+    for mapping in mappings:
+        name = f"{ident(mapping.table.schema)}.{ident(mapping.table.name)}"
+        wanted = {"SELECT", "DELETE"} if mapping.op == "delete" else {"SELECT", "INSERT", "UPDATE"}
+        privileges.setdefault(name, set()).update(wanted)
+    for name, wanted in sorted(privileges.items()):
+        lines.append(f"GRANT {', '.join(sorted(wanted))} ON {name} TO {sync};")
+    if not privileges:
+        lines.append("-- (no [[sync_back.mappings]] configured: no legacy table to grant)")
+    return "\n".join(lines)
+
+
 def cmd_demo(settings: Settings, _args: argparse.Namespace) -> int:
     if not settings.embedded:
         raise ConfigError("CDC_DATABASE_URL", "`cdc demo` changes the embedded demo database only; unset it")
@@ -241,6 +296,10 @@ def parser() -> argparse.ArgumentParser:
                          help="send these dead letters again (all listed ones when no id is given)")
     letters.add_argument("--limit", type=int, default=100)
     letters.set_defaults(func=cmd_dead_letters)
+    grants = sub.add_parser("grants", help="print least-privilege SQL for the worker and sync back")
+    grants.add_argument("--capture-role", default="cdc_capture")
+    grants.add_argument("--sync-role", default="cdc_sync_back")
+    grants.set_defaults(func=cmd_grants)
     sub.add_parser("demo", help="insert, update and delete a row of the embedded demo table").set_defaults(func=cmd_demo)
     return top
 

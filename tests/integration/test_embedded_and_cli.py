@@ -149,7 +149,7 @@ def test_wheel_ships_the_migrations_and_migrate_works_from_it(tmp_path: Path) ->
                              "from cdc.cli import main; sys.exit(main(['migrate']))"],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert str(target) in result.stdout and "revision 0002" in result.stdout
+    assert str(target) in result.stdout and "revision 0003" in result.stdout
 
 
 def test_a_missing_event_bus_or_region_stops_start_up(tmp_path: Path, moto_endpoint: str) -> None:
@@ -179,3 +179,53 @@ def test_sync_back_commands(pg_url: URL, tmp_path: Path) -> None:
     listed = sync_back("dead-letters")
     assert listed.returncode == 0 and "no dead letters" in listed.stdout
     assert "no parked conflicts" in sync_back("conflicts").stdout
+
+
+@pytest.mark.integration
+def test_least_privilege_grants_are_enough(pg_url: URL, tmp_path: Path) -> None:
+    import uuid
+
+    from cdc.cli import grants_sql
+    from cdc.settings import load_settings
+
+    suffix = uuid.uuid4().hex[:8]
+    capture_role, sync_role, app_role = f"cdc_cap_{suffix}", f"cdc_sync_{suffix}", f"app_{suffix}"
+    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    env = clean_env(CDC_DATABASE_URL=pg_url.render_as_string(hide_password=False),
+                    CDC_TABLES="orders")
+    with admin.connect() as connection:
+        connection.execute(text("CREATE TABLE orders (id int PRIMARY KEY, total numeric)"))
+    assert cdc("migrate", cwd=tmp_path, env=env).returncode == 0
+    assert cdc("setup", cwd=tmp_path, env=env).returncode == 0
+    settings = load_settings({k: v for k, v in env.items() if k.startswith("CDC_")})
+    try:
+        with admin.connect() as connection:
+            for line in grants_sql(settings, capture_role, sync_role).splitlines():
+                statement = line.split("  --")[0].strip()
+                if statement and not statement.startswith("--"):
+                    connection.execute(text(statement))
+            # A legacy application role with rights on its own table only
+            connection.execute(text(f"CREATE ROLE {app_role} LOGIN"))
+            connection.execute(text(f"GRANT INSERT, SELECT ON orders TO {app_role}"))
+        legacy = create_engine(pg_url.set(username=app_role))
+        with legacy.begin() as connection:  # the trigger needs no grant on the cdc schema
+            connection.execute(text("INSERT INTO orders VALUES (1, 9.50)"))
+        legacy.dispose()
+        bus = tmp_path / "bus.jsonl"
+        worker = subprocess.Popen([sys.executable, "-m", "cdc", "run"], cwd=tmp_path, env={
+            **env, "CDC_DATABASE_URL": pg_url.set(username=capture_role).render_as_string(
+                hide_password=False), "CDC_BUS_FILE": str(bus), "CDC_POLL_INTERVAL": "0.05"})
+        try:
+            events = wait_for(bus, 1)
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            assert worker.wait(30) == 0
+        assert events[0]["Detail"]["after"] == {"id": 1, "total": "9.50"}
+    finally:
+        with admin.connect() as connection:
+            for role in (capture_role, sync_role, app_role):
+                if connection.execute(text("SELECT 1 FROM pg_roles WHERE rolname = :r"),
+                                      {"r": role}).first():
+                    connection.execute(text(f"DROP OWNED BY {role}"))
+                    connection.execute(text(f"DROP ROLE {role}"))
+        admin.dispose()
