@@ -36,11 +36,6 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
 
-def position_of(log_id: int) -> str:
-    # Zero-padded so that positions sort as text in id order (per key, that is commit order).
-    return f"{log_id:020d}"
-
-
 class ChangeLogSource:
     waits_for_changes = False
 
@@ -123,6 +118,7 @@ class ChangeLogSource:
             info.ref, _OPS[op],
             None if before is None else info.convert(before),
             None if after is None else info.convert(after),
+            # Zero-padded, so positions sort as text in id order (per key, commit order).
             f"{log_id:020d}", txid, moment, origin or "legacy", (),
             f"changelog:{log_id}:{txid}:{micros}",
         )
