@@ -14,6 +14,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     DateTime,
+    Float,
     Integer,
     MetaData,
     Table,
@@ -34,6 +35,7 @@ class StateTables:
     sync_dead_letters: Table
     conflicts: Table
     synced_rows: Table
+    backfills: Table
 
     def qualified(self, table: Table) -> str:
         """The SQL name, for DDL written by hand (triggers)."""
@@ -112,5 +114,21 @@ def state_tables(dialect: str, schema: str = "cdc") -> StateTables:
         Column("version", Text),
         Column("event_id", Text, nullable=False),
     )
+    backfills = Table(
+        f"{prefix}backfills", metadata,
+        Column("id", id_type, primary_key=True, autoincrement=True),
+        Column("table_name", Text, nullable=False),
+        Column("where_clause", Text),
+        Column("chunk_size", Integer, nullable=False),
+        Column("rate", Float),
+        Column("status", Text, nullable=False),
+        Column("last_key", Text),
+        Column("rows_total", BigInteger),
+        Column("rows_done", BigInteger, nullable=False, default=0),
+        Column("chunks_done", BigInteger, nullable=False, default=0),
+        Column("started_at", moment, nullable=False),
+        Column("updated_at", moment, nullable=False),
+        Column("finished_at", moment),
+    )
     return StateTables(metadata, table_schema, prefix, changelog, checkpoints, dead_letters, origin,
-                       inbox, sync_dead_letters, conflicts, synced_rows)
+                       inbox, sync_dead_letters, conflicts, synced_rows, backfills)
