@@ -105,7 +105,7 @@ def ready_entries(settings: Settings, engine: Engine, changes: int) -> list[BusE
     batch = worker.source.read(changes)
     if len(batch.changes) != changes:
         raise SystemExit(f"read {len(batch.changes)} changes, expected {changes}")
-    return worker.entries(batch)
+    return worker.entries(batch.changes)
 
 
 def request(entry: BusEntry, bus: str) -> dict[str, Any]:

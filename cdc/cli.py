@@ -12,10 +12,21 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Engine
 
-from cdc import database, deadletters, demo, logs, slots, triggers
+from cdc import (
+    backfill,
+    database,
+    deadletters,
+    demo,
+    logs,
+    progress,
+    slots,
+    triggers,
+    validation_cli,
+)
+from cdc.backfill import Backfiller
 from cdc.catalog import read_table
 from cdc.errors import CdcError, ConfigError, PermanentError
-from cdc.events import parse_iso
+from cdc.events import TableRef, parse_iso
 from cdc.lease import Lease
 from cdc.publishers import Publisher
 from cdc.publishers.file import FilePublisher, NullPublisher
@@ -53,6 +64,11 @@ def open_source(settings: Settings, engine: Engine) -> Source:
         settings.default_schema, poll_interval=settings.poll_interval,
         heartbeat_seconds=settings.heartbeat_interval,
     )
+
+
+def open_backfiller(settings: Settings, engine: Engine, source: Source) -> Backfiller:
+    return Backfiller(engine, state_tables(engine.dialect.name, settings.state_schema),
+                      settings.capture, source.table)
 
 
 def require_postgres(settings: Settings) -> None:
@@ -122,9 +138,9 @@ def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
     publisher = open_publisher(settings, stop)
     lease = None
     if settings.dialect == "postgresql":
-        lease = Lease(engine, f"cdc:{settings.state_schema}:{settings.capture}:{settings.slot_name}")
+        lease = Lease(engine, lease_name(settings))
     worker = Worker(settings, source, publisher, stop, on_published=failpoint_hook(settings.failpoint),
-                    lease=lease)
+                    lease=lease, backfill=open_backfiller(settings, engine, source))
     server = None
     if settings.health_port is not None:
         from cdc.health import serve
@@ -140,6 +156,108 @@ def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
         publisher.close()
         source.close()
     return 0
+
+
+def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
+    engine = database.connect(settings)
+    if settings.embedded:
+        prepare_embedded(settings, engine)
+    else:
+        check_migrated(settings, engine)
+    tables = state_tables(engine.dialect.name, settings.state_schema)
+    if args.status:
+        print_backfills(backfill.runs(engine, tables))
+        return 0
+    if not args.tables:
+        raise CdcError("name the tables to backfill (cdc backfill TABLE [TABLE...]), "
+                       "or ask for --status")
+    refs = [TableRef.parse(name, settings.default_schema) for name in args.tables]
+    if args.cancel:
+        for ref in refs:
+            count = backfill.cancel(engine, tables, ref.qualified)
+            print(f"{ref.qualified}: {'cancelled' if count else 'no backfill running'}")
+        return 0
+    if args.chunk_size < 1:
+        raise CdcError(f"--chunk-size must be at least 1, not {args.chunk_size}")
+    if args.rate is not None and args.rate <= 0:
+        raise CdcError(f"--rate is rows per second and must be above 0, not {args.rate}")
+    tracked = {ref.qualified for ref in settings.table_refs}
+    started = []
+    for ref in refs:
+        if ref.qualified not in tracked:
+            raise CdcError(f"{ref.qualified} is not a tracked table; backfill publishes the "
+                           f"tables of CDC_TABLES ({', '.join(sorted(tracked))})")
+        info = read_table(engine, ref)
+        triggers.check_capturable(info)
+        run, resumed = backfill.start(engine, tables, info, args.where, args.chunk_size, args.rate)
+        if resumed:
+            print(f"backfill #{run.id} of {run.table}: resuming after {run.rows_done} of "
+                  f"{run.rows_total} rows")
+        else:
+            print(f"backfill #{run.id} of {run.table}: {run.rows_total} rows to publish")
+        started.append(run.id)
+    if args.detach:
+        print("the capture worker (cdc run) publishes them; follow with cdc backfill --status")
+        return 0
+    return follow_backfills(settings, engine, started)
+
+
+def follow_backfills(settings: Settings, engine: Engine, ids: list[int]) -> int:
+    """Run a capture worker until the backfills end (or, while another worker holds the
+    lease, watch that one do them), showing their progress."""
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    source = open_source(settings, engine)
+    publisher = open_publisher(settings, stop)
+    lease = None
+    if settings.dialect == "postgresql":
+        lease = Lease(engine, lease_name(settings))
+    worker = Worker(settings, source, publisher, stop, on_published=failpoint_hook(settings.failpoint),
+                    lease=lease, backfill=open_backfiller(settings, engine, source))
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            worker.run()
+        except BaseException as exc:  # reported by the main thread
+            failure.append(exc)
+            stop.set()
+
+    thread = threading.Thread(target=work, name="capture", daemon=True)
+    thread.start()
+    tables = state_tables(engine.dialect.name, settings.state_schema)
+    try:
+        runs = progress.follow(lambda: backfill.runs(engine, tables, ids), stop)
+    finally:
+        stop.set()
+        thread.join()
+        if lease is not None:
+            lease.release()
+        publisher.close()
+        source.close()
+    if failure:
+        raise failure[0]
+    unfinished = [r for r in runs if r.status != "done"]
+    for run in unfinished:
+        print(f"backfill #{run.id} of {run.table}: {run.status} after {run.rows_done} rows"
+              + ("; run the same command again to resume" if run.status == "running" else ""))
+    return 1 if unfinished else 0
+
+
+def print_backfills(runs: Sequence[backfill.Run]) -> None:
+    if not runs:
+        print("no backfills yet")
+        return
+    print(f"{'id':>5}  {'table':<28} {'status':<10} {'rows':>21}  {'done':>6}  updated")
+    for run in runs:
+        total = run.rows_total or 0
+        share = f"{100 * run.rows_done / total:5.1f}%" if total else "     -"
+        print(f"{run.id:>5}  {run.table:<28} {run.status:<10} "
+              f"{run.rows_done:>10}/{total:<10}  {share}  {run.updated_at}")
+
+
+def lease_name(settings: Settings) -> str:
+    return f"cdc:{settings.state_schema}:{settings.capture}:{settings.slot_name}"
 
 
 def cmd_status(settings: Settings, _args: argparse.Namespace) -> int:
@@ -175,6 +293,9 @@ def cmd_status(settings: Settings, _args: argparse.Namespace) -> int:
     else:
         print("last position:   none yet")
     print(f"dead letters:    {deadletters.count(engine, tables)}")
+    for run in backfill.runs(engine, tables, limit=5):
+        total = f" of {run.rows_total}" if run.rows_total is not None else ""
+        print(f"backfill #{run.id}:    {run.table} {run.status}, {run.rows_done}{total} rows")
     return 0
 
 
@@ -237,12 +358,14 @@ def grants_sql(settings: Settings, capture_role: str, sync_role: str) -> str:
         f"GRANT USAGE ON SCHEMA {schema} TO {capture};",
         f"GRANT SELECT, INSERT, UPDATE ON {schema}.checkpoints TO {capture};",
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.dead_letters TO {capture};",
+        f"GRANT SELECT, INSERT, UPDATE ON {schema}.backfills TO {capture};",
         f"GRANT SELECT ON {schema}.alembic_version TO {capture};",
         f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema} TO {capture};",
         f"GRANT SELECT ON {tables} TO {capture};",
     ]
     if settings.capture == "changelog":
-        lines.append(f"GRANT SELECT, DELETE ON {schema}.changelog TO {capture};")
+        # INSERT: a backfill's watermarks are change-log rows
+        lines.append(f"GRANT SELECT, INSERT, DELETE ON {schema}.changelog TO {capture};")
         lines.append("-- Legacy writers need nothing: the capture function runs as its owner.")
     else:
         lines.append(f"ALTER ROLE {capture} WITH REPLICATION;  -- streams the slot; nothing more")
@@ -291,6 +414,19 @@ def parser() -> argparse.ArgumentParser:
     setup.set_defaults(func=cmd_setup)
     sub.add_parser("run", help="run the capture worker").set_defaults(func=cmd_run)
     sub.add_parser("status", help="pending changes, last position, lag, dead letters").set_defaults(func=cmd_status)
+    fill = sub.add_parser("backfill", help="publish the rows that already exist, as 'read' events",
+                          description="Publish existing rows in primary-key order, in chunks "
+                          "reconciled with the live stream. Runs a capture worker until done "
+                          "(or follows the one that holds the lease); resumes where it stopped.")
+    fill.add_argument("tables", nargs="*", metavar="TABLE", help="tracked tables (schema.table)")
+    fill.add_argument("--where", help="SQL condition on the table's columns (only those rows)")
+    fill.add_argument("--chunk-size", type=int, default=2000, help="rows per chunk (2000)")
+    fill.add_argument("--rate", type=float, help="rows per second at most (default: no limit)")
+    fill.add_argument("--status", action="store_true", help="list backfills and their progress")
+    fill.add_argument("--cancel", action="store_true", help="cancel the running backfills of TABLE")
+    fill.add_argument("--detach", action="store_true",
+                      help="only register it, for a capture worker that is running already")
+    fill.set_defaults(func=cmd_backfill)
     letters = sub.add_parser("dead-letters", help="list dead letters, or send them again")
     letters.add_argument("--resend", nargs="*", type=int, metavar="ID",
                          help="send these dead letters again (all listed ones when no id is given)")
@@ -301,6 +437,7 @@ def parser() -> argparse.ArgumentParser:
     grants.add_argument("--sync-role", default="cdc_sync_back")
     grants.set_defaults(func=cmd_grants)
     sub.add_parser("demo", help="insert, update and delete a row of the embedded demo table").set_defaults(func=cmd_demo)
+    validation_cli.add_commands(sub)
     return top
 
 

@@ -102,7 +102,7 @@ def _sqlite_trigger_name(ref: TableRef, op: str) -> str:
     return f"cdc_capture_{op}_{ref.name}"
 
 
-def _sqlite_image(columns: Iterable[str], row: str) -> str:
+def sqlite_image(columns: Iterable[str], row: str) -> str:
     # json_object refuses BLOB values, so a blob travels as ["<hex>"] (cdc.values unwraps it).
     parts = []
     for column in columns:
@@ -117,9 +117,9 @@ def _sqlite_image(columns: Iterable[str], row: str) -> str:
 def _install_sqlite(connection: Connection, info: TableInfo) -> None:
     ref = info.ref
     images = {
-        "insert": ("NULL", _sqlite_image(info.columns, "NEW")),
-        "update": (_sqlite_image(info.columns, "OLD"), _sqlite_image(info.columns, "NEW")),
-        "delete": (_sqlite_image(info.columns, "OLD"), "NULL"),
+        "insert": ("NULL", sqlite_image(info.columns, "NEW")),
+        "update": (sqlite_image(info.columns, "OLD"), sqlite_image(info.columns, "NEW")),
+        "delete": (sqlite_image(info.columns, "OLD"), "NULL"),
     }
     for op in _SQLITE_OPS:
         before, after = images[op]

@@ -20,9 +20,10 @@ from typing import TypeVar
 
 from tenacity import Retrying
 
+from cdc.backfill import Backfiller
 from cdc.database import db_retrying
 from cdc.errors import CdcError, Interrupted
-from cdc.events import BusEntry, EventRenderer
+from cdc.events import BusEntry, Change, EventRenderer
 from cdc.lease import Lease
 from cdc.publishers import Publisher, Rejection
 from cdc.settings import Settings
@@ -55,6 +56,7 @@ class Worker:
     stats: WorkerStats = field(default_factory=WorkerStats)
     on_published: Callable[[int], None] | None = None  # failpoint hook (tests)
     lease: Lease | None = None  # one worker per source: the others wait as standbys
+    backfill: Backfiller | None = None  # runs backfills between stream batches
     renderer: EventRenderer = field(init=False)
     _db_retrying: Retrying = field(init=False)
 
@@ -76,27 +78,56 @@ class Worker:
             # A full batch means more may be waiting; anything less means the source is
             # drained for now, and waiting a little makes the next batch worth its fixed cost
             # (a stream waits inside ``read`` instead, and returns as soon as changes come).
-            if self.step() < self.settings.batch_size and pause:
+            if self.step() < self.settings.batch_size and pause and not self._backfilling():
                 self.stop.wait(pause)
         log.info("stopped after %d changes in %d batches", self.stats.changes, self.stats.batches)
 
+    def _backfilling(self) -> bool:
+        return self.backfill is not None and self.backfill.busy
+
     def step(self) -> int:
         """One read-publish-ack round; how many changes it acknowledged (0: none to read)."""
+        backfill = self.backfill
+        if backfill is not None and self._with_db_retry(self._prepare_backfill) is None:
+            return 0
         batch = self._with_db_retry(lambda: self.source.read(self.settings.batch_size))
         if batch is not None:
             self.stats.last_read_at = time.time()
-        if batch is None or not batch.changes:
+        if batch is None:
             return 0
+        changes = batch.changes if backfill is None else backfill.weave(batch)
+        if not changes and not batch.ack_ids:
+            return 0
+        acked = self._publish(batch, changes)
+        if backfill is not None:
+            if acked:
+                self._with_db_retry(self._backfill_acknowledged)
+            else:
+                backfill.forget_pending()
+        return len(changes) if acked else 0
+
+    def _prepare_backfill(self) -> bool:
+        assert self.backfill is not None
+        self.backfill.prepare()
+        return True
+
+    def _backfill_acknowledged(self) -> bool:
+        assert self.backfill is not None
+        self.backfill.acknowledged()
+        return True
+
+    def _publish(self, batch: Batch, changes: Sequence[Change]) -> bool:
+        """Publish the changes and acknowledge the batch; False when stopped first."""
         # Rendering may read a table's catalog (first sight, or after a schema change).
-        entries = self._with_db_retry(lambda: self.entries(batch))
+        entries = self._with_db_retry(lambda: self.entries(changes))
         if entries is None:
-            return 0
+            return False
         try:
             rejections = self.publisher.publish(entries) if entries else []
         except Interrupted:
             log.warning("stop requested while the bus was failing; %d changes stay unacknowledged "
-                        "and will be published again", len(batch.changes))
-            return 0
+                        "and will be published again", len(changes))
+            return False
         self.stats.batches += 1
         if self.on_published is not None:
             self.on_published(self.stats.batches)
@@ -105,24 +136,25 @@ class Worker:
                       rejection.entry.table, rejection.reason)
         acked = self._with_db_retry(lambda: self._ack(batch, rejections))
         if acked is None:
-            return 0
-        self.stats.changes += len(batch.changes)
+            return False
+        self.stats.changes += len(changes)
         self.stats.published += len(entries) - len(rejections)
         self.stats.dead_letters += len(rejections)
-        self.stats.last_committed_at = max(self.stats.last_committed_at,
-                                           batch.changes[-1].committed_at.timestamp())
-        return len(batch.changes)
+        if batch.changes:
+            self.stats.last_committed_at = max(self.stats.last_committed_at,
+                                               batch.changes[-1].committed_at.timestamp())
+        return True
 
     def _ack(self, batch: Batch, rejections: Sequence[Rejection]) -> bool:
         self.source.ack(batch, rejections)
         return True
 
-    def entries(self, batch: Batch) -> list[BusEntry]:
+    def entries(self, changes: Sequence[Change]) -> list[BusEntry]:
         skip = self.settings.skip_origins
         table = self.source.table
         render = self.renderer.entries
         out: list[BusEntry] = []
-        for change in batch.changes:
+        for change in changes:
             if change.origin in skip:
                 # Written by sync back: publishing it would echo the new system's own event.
                 self.stats.skipped += 1

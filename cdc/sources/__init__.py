@@ -16,6 +16,20 @@ from cdc.catalog import TableInfo
 from cdc.events import Change
 from cdc.publishers import Rejection
 
+# A backfill's high watermark (cdc.backfill): a logical message with this prefix, or a
+# change-log row with this op; either carries the chunk's token.
+WATERMARK_PREFIX = "cdc.watermark"
+WATERMARK_OP = "watermark"
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """A backfill watermark met in the stream: it sits before ``changes[index]``."""
+
+    index: int
+    token: str
+    position: str
+
 
 @dataclass(frozen=True, slots=True)
 class Batch:
@@ -25,6 +39,9 @@ class Batch:
     last_position: str = ""
     # logical mode: the LSN that may be confirmed to PostgreSQL once this batch is acknowledged
     flush_lsn: int = 0
+    marks: Sequence[Mark] = ()
+    # change log: fewer rows than asked, so every row visible at the read is in this batch
+    drained: bool = False
 
 
 class Source(Protocol):

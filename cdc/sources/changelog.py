@@ -19,13 +19,14 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection, Engine, func, select
 
 from cdc import checkpoints, deadletters
 from cdc.catalog import Catalog, TableInfo
 from cdc.events import Change, Op, parse_iso
 from cdc.publishers import Rejection
-from cdc.sources import Batch
+from cdc.sources import WATERMARK_OP, Batch, Mark
 from cdc.state import StateTables
 
 log = logging.getLogger(__name__)
@@ -96,8 +97,24 @@ class ChangeLogSource:
             self._drop_connection()
             raise
         change = self._change
+        if any(row[2] == WATERMARK_OP for row in rows):
+            return self._with_marks(rows, limit)
         changes = [change(*row) for row in rows]
-        return Batch(changes, [row[0] for row in rows], changes[-1].position if changes else "")
+        return Batch(changes, [row[0] for row in rows], changes[-1].position if changes else "",
+                     drained=len(rows) < limit)
+
+    def _with_marks(self, rows: list[Any], limit: int) -> Batch:
+        """A batch holding backfill watermarks: they are acknowledged, never published."""
+        changes: list[Change] = []
+        marks: list[Mark] = []
+        for row in rows:
+            if row[2] == WATERMARK_OP:
+                token = orjson.loads(row[4]).get("token", "") if row[4] else ""
+                marks.append(Mark(len(changes), token, f"{row[0]:020d}"))
+            else:
+                changes.append(self._change(*row))
+        return Batch(changes, [row[0] for row in rows], changes[-1].position if changes else "",
+                     marks=marks, drained=len(rows) < limit)
 
     def _change(self, log_id: int, table_name: str, op: str, before_text: str | None,
                 after_text: str | None, txid: int | None, origin: str | None,

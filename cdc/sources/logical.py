@@ -51,7 +51,7 @@ from cdc.pgoutput import (
 )
 from cdc.pgtypes import TextConvert, text_converter
 from cdc.publishers import Rejection
-from cdc.sources import Batch
+from cdc.sources import WATERMARK_PREFIX, Batch, Mark
 from cdc.state import StateTables
 
 log = logging.getLogger(__name__)
@@ -199,6 +199,7 @@ class LogicalSource:
     _unrecorded: int = 0  # acknowledged changes not yet counted in the checkpoint
     _last_position: str = ""
     _recorded_at: float = 0.0
+    _marks: list[Mark] = field(default_factory=list)  # backfill watermarks of this read
 
     # -- Source protocol ----------------------------------------------------------------
 
@@ -211,6 +212,7 @@ class LogicalSource:
     def read(self, limit: int) -> Batch:
         stream = self._connected()
         changes: list[Change] = []
+        self._marks = []
         deadline = time.monotonic() + self.poll_interval
         linger_until = 0.0
         try:
@@ -235,7 +237,7 @@ class LogicalSource:
             # Nothing in flight: everything up to the safe LSN is acknowledged already.
             self._confirm(self._safe_lsn)
         last = changes[-1].position if changes else ""
-        return Batch(changes, (), last, self._safe_lsn)
+        return Batch(changes, (), last, self._safe_lsn, marks=self._marks)
 
     def ack(self, batch: Batch, rejections: Sequence[Rejection]) -> None:
         if batch.flush_lsn < self._flushed_lsn:
@@ -399,6 +401,10 @@ class LogicalSource:
         elif isinstance(message, Message):
             if message.transactional and message.prefix == ORIGIN_MESSAGE_PREFIX and txn is not None:
                 txn.origin = message.content.decode() or "legacy"
+            elif message.transactional and message.prefix == WATERMARK_PREFIX and txn is not None:
+                # A backfill's chunk goes right here: positions <commit LSN>.<index>
+                self._marks.append(Mark(len(changes), message.content.decode(),
+                                        txn.position_prefix[:-1]))
             elif not message.transactional and txn is None:
                 self._safe_lsn = max(self._safe_lsn, message.lsn)
         elif isinstance(message, Origin) and txn is not None:

@@ -1,5 +1,10 @@
 """Backfill state: one row per backfill run of a table, with its progress per chunk.
 
+And on SQLite, the change log's ids become AUTOINCREMENT: a plain INTEGER PRIMARY KEY hands
+out max(id) + 1, so once the worker had emptied the log, ids (and so positions) started again
+from 1, behind positions already published. Ids now never go back, which backfill's
+watermarks rely on too.
+
 Revision ID: 0004
 Revises: 0003
 Create Date: 2026-11-28
@@ -50,6 +55,34 @@ def upgrade() -> None:
     op.create_index(f"{prefix}backfills_running", f"{prefix}backfills", ["table_name"],
                     unique=True, schema=schema,
                     **{f"{'sqlite' if sqlite else 'postgresql'}_where": sa.text("status = 'running'")})
+    if sqlite:
+        _sqlite_changelog_autoincrement()
+
+
+def _sqlite_changelog_autoincrement() -> None:
+    op.execute("""CREATE TABLE cdc_changelog_next (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        table_name TEXT NOT NULL,
+        op TEXT NOT NULL,
+        "before" TEXT,
+        "after" TEXT,
+        txid BIGINT,
+        origin TEXT,
+        captured_at TEXT DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')) NOT NULL)""")
+    op.execute("INSERT INTO cdc_changelog_next SELECT id, table_name, op, \"before\", \"after\", "
+               "txid, origin, captured_at FROM cdc_changelog")
+    op.execute("DROP TABLE cdc_changelog")
+    # Legacy rename: the capture triggers name cdc_changelog and must keep doing so.
+    op.execute("PRAGMA legacy_alter_table = ON")
+    op.execute("ALTER TABLE cdc_changelog_next RENAME TO cdc_changelog")
+    op.execute("PRAGMA legacy_alter_table = OFF")
+    # Ids continue past every position published so far, also when the log is empty now.
+    op.execute("DELETE FROM sqlite_sequence WHERE name = 'cdc_changelog'")
+    op.execute("""INSERT INTO sqlite_sequence (name, seq)
+        SELECT 'cdc_changelog', max(coalesce((SELECT max(id) FROM cdc_changelog), 0),
+                                    coalesce((SELECT max(CAST(position AS INTEGER))
+                                              FROM cdc_checkpoints
+                                              WHERE stream = 'changelog'), 0))""")
 
 
 def downgrade() -> None:
