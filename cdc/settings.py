@@ -77,6 +77,15 @@ class Settings(BaseSettings):
     sync_visibility_timeout: int = Field(60, ge=5, le=43_200)
     sync_max_body_bytes: int = Field(262_144, ge=1024, le=1_048_576)
     sync_back: dict[str, Any] = Field(default_factory=dict)
+    # validation (cdc/validator.py): the queue a central-bus rule feeds, the JSON Schemas by
+    # DetailType, the central bus valid events are republished to; the topology of accounts
+    # (TOML only: [topology], see cdc/topology.py)
+    validate_queue_url: str | None = None
+    validate_wait_seconds: int = Field(5, ge=0, le=20)
+    validate_visibility_timeout: int = Field(60, ge=1, le=43_200)
+    schemas_dir: Path = Path("schemas")
+    central_bus_name: str = Field("central", min_length=1, max_length=256)
+    topology: dict[str, Any] = Field(default_factory=dict)
     # Test hook: "kill_after_publish:N" sends SIGKILL to the worker itself after the N-th
     # published batch, before it is acknowledged (the crash tests use it).
     failpoint: str | None = None
