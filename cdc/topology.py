@@ -434,8 +434,8 @@ def apply(topology: Topology, events: Any = None, sqs: Any = None, iam: Any = No
         events = events or boto3.client("events")
         clients = _Clients(events, sqs or boto3.client("sqs"), iam or boto3.client("iam"))
     except NoRegionError:
-        raise ConfigError("AWS_REGION", "set the region to create the resources in, e.g. "
-                          "AWS_REGION=eu-west-1") from None
+        raise ConfigError("AWS_DEFAULT_REGION", "set the region to create the resources in, e.g. "
+                          "AWS_DEFAULT_REGION=eu-west-1") from None
     account = (sts or boto3.client("sts")).get_caller_identity()["Account"]
     region = events.meta.region_name
     result = Applied(account, region)

@@ -302,7 +302,7 @@ def check_bus(event_bus_name: str) -> None:
     try:
         boto3.client("events").describe_event_bus(Name=event_bus_name)
     except NoRegionError:
-        raise ConfigError("AWS_REGION", "set the AWS region of the bus, e.g. AWS_REGION=eu-west-1") from None
+        raise ConfigError("AWS_DEFAULT_REGION", "set the AWS region of the bus, e.g. AWS_DEFAULT_REGION=eu-west-1") from None
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
         if code == "ResourceNotFoundException":

@@ -162,7 +162,7 @@ def test_a_missing_event_bus_or_region_stops_start_up(tmp_path: Path, moto_endpo
     assert "CDC_EVENT_BUS_NAME: there is no event bus named 'no-such-bus'" in result.stderr
     env = {k: v for k, v in env.items() if k not in ("AWS_REGION", "AWS_DEFAULT_REGION")}
     result = cdc("run", cwd=tmp_path, env={**env, "AWS_CONFIG_FILE": "/nonexistent"})
-    assert result.returncode == 2 and "AWS_REGION" in result.stderr
+    assert result.returncode == 2 and "AWS_DEFAULT_REGION" in result.stderr
 
 
 @pytest.mark.integration
