@@ -214,8 +214,12 @@ class Backfiller:
 
     @property
     def busy(self) -> bool:
-        """Whether there is backfill work the worker should not sleep over."""
-        return self.pending is not None or bool(self.runs)
+        """Whether there is backfill work the worker should not sleep over (a rate-limited
+        run waiting for its turn is not)."""
+        if self.pending is not None:
+            return True
+        now = time.monotonic()
+        return any(self._not_before.get(run.id, 0.0) <= now for run in self.runs)
 
     # -- before each read ---------------------------------------------------------------
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -216,7 +217,7 @@ def run_cdc(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
 
 def test_the_command_refuses_bad_input_clearly(pg_url: URL, tmp_path: Path) -> None:
     settings = settings_for_mode(pg_url, "changelog", TABLE)
-    prepared(settings, DDL.replace(str(ROWS), "10") + "; CREATE TABLE loose (n int)")
+    engine = prepared(settings, DDL.replace(str(ROWS), "10") + "; CREATE TABLE loose (n int)")
     env = {**os.environ, "CDC_DATABASE_URL": pg_url.render_as_string(hide_password=False),
            "CDC_TABLES": TABLE, "CDC_BUS": "null", "CDC_LOG_FORMAT": "json"}
     untracked = run_cdc(env, "backfill", "public.loose")
@@ -233,6 +234,13 @@ def test_the_command_refuses_bad_input_clearly(pg_url: URL, tmp_path: Path) -> N
     assert "5 rows to publish" in filtered.stdout
     status = run_cdc(env, "backfill", "--status")
     assert "done" in status.stdout and "5/5" in status.stdout
+    # --rate: 10 rows at 10 rows/s in chunks of 2 cannot take less than 0.8 s
+    limited = run_cdc(env, "backfill", TABLE, "--chunk-size", "2", "--rate", "10")
+    assert limited.returncode == 0, limited.stderr
+    [run] = [r for r in backfill.runs(engine, state_tables("postgresql", "cdc"))
+             if r.rows_done == 10]
+    assert isinstance(run.started_at, datetime) and isinstance(run.updated_at, datetime)
+    assert (run.updated_at - run.started_at).total_seconds() >= 0.8
 
 
 def test_embedded_backfill_and_change_log_ids_that_never_go_back(tmp_path: Path) -> None:

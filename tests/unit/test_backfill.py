@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -126,3 +127,13 @@ def test_changelog_chunk_is_not_emitted_before_its_writers_ended() -> None:
     assert list(filler.weave(Batch([], drained=True))) == []
     chunk.ready = True
     assert keys_of(filler.weave(Batch([], drained=True))) == [("read", 1)]
+
+
+def test_a_rate_limited_run_lets_the_worker_sleep() -> None:
+    filler = Backfiller.__new__(Backfiller)
+    filler.pending = None
+    filler.runs = [Run(1, REF.qualified, None, 100, 10.0, None)]
+    filler._not_before = {}
+    assert filler.busy
+    filler._not_before = {1: time.monotonic() + 5}
+    assert not filler.busy
