@@ -1,8 +1,9 @@
-"""Health and metrics over HTTP for the capture worker: ``/healthz`` (the process answers),
-``/readyz`` (the worker reached its source recently) and ``/metrics`` (Prometheus).
+"""Health and metrics over HTTP for the capture worker and the sync-back consumer:
+``/healthz`` (the process answers), ``/readyz`` (the worker reached its source recently; the
+consumer reached its queue recently) and ``/metrics`` (Prometheus).
 
-Metrics are read from the worker's and the publisher's counters when scraped, so the capture
-loop pays nothing for them. The server runs in a daemon thread beside the loop.
+Metrics are read from the worker's and the publisher's counters (or the consumer's) when
+scraped, so the loops pay nothing for them. The server runs in a daemon thread beside the loop.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -20,7 +21,14 @@ from prometheus_client.registry import Collector
 
 from cdc.worker import Worker
 
+if TYPE_CHECKING:
+    from sync_back.consumer import Consumer
+
 log = logging.getLogger(__name__)
+
+# The endpoints, for probes to name (the image's HEALTHCHECK, deploy/compose.yaml).
+HEALTHZ, READYZ, METRICS = "/healthz", "/readyz", "/metrics"
+PATHS = (HEALTHZ, READYZ, METRICS)
 
 
 class WorkerCollector(Collector):
@@ -59,20 +67,73 @@ class WorkerCollector(Collector):
         yield last
 
 
+class ConsumerCollector(Collector):
+    def __init__(self, consumer: Consumer) -> None:
+        self.consumer = consumer
+
+    def collect(self) -> Iterator[Any]:
+        stats = self.consumer.stats
+        for name, help_text, value in (
+            ("sync_back_messages_received", "SQS messages received", stats.received),
+            ("sync_back_applied", "events written to the legacy tables", stats.applied),
+            ("sync_back_duplicates", "events already in the inbox (redelivered), not applied "
+             "again", stats.duplicates),
+            ("sync_back_conflicts", "events not applied because the legacy application changed "
+             "the row since sync back wrote it (skipped by legacy_wins or parked)", stats.conflicts),
+            ("sync_back_parked", "events parked in the conflicts table for a person", stats.parked),
+            ("sync_back_stale", "events older than the legacy row, not applied", stats.stale),
+            ("sync_back_own_events", "events of this service's own capture, ignored",
+             stats.own_events),
+            ("sync_back_dead_letters", "messages that could not be applied", stats.dead_letters),
+            ("sync_back_undeleted", "applied messages left to come back from the queue",
+             stats.undeleted),
+            ("sync_back_database_retries", "database operations retried", stats.db_retries),
+        ):
+            counter = CounterMetricFamily(name, help_text)
+            counter.add_metric([], value)
+            yield counter
+        retries = CounterMetricFamily("sync_back_queue_retries", "SQS calls (or batch entries) "
+                                      "that failed and were tried again, by error code",
+                                      labels=["code"])
+        for code, count in sorted(stats.queue_retries_by_code.items()):
+            retries.add_metric([code], count)
+        yield retries
+        last = GaugeMetricFamily("sync_back_last_poll_timestamp_seconds",
+                                 "when the consumer last received from its queue")
+        last.add_metric([], stats.last_polled_at)
+        yield last
+
+
 def serve(worker: Worker, port: int, ready_within: float = 30.0) -> ThreadingHTTPServer:
-    """Start the endpoints on ``port`` (0: any free port) in a daemon thread."""
+    """Start the worker's endpoints on ``port`` (0: any free port) in a daemon thread."""
+    return serve_endpoints(WorkerCollector(worker), lambda: worker.stats.last_read_at, port,
+                           ready_within)
+
+
+def serve_consumer(consumer: Consumer, port: int, ready_within: float = 30.0) -> ThreadingHTTPServer:
+    """Start the sync-back consumer's endpoints. It is ready while its queue answers: a long
+    poll waits at most 20 seconds, and a consumer stuck on an unavailable legacy database stops
+    polling, so it turns not ready too."""
+    return serve_endpoints(ConsumerCollector(consumer), lambda: consumer.stats.last_polled_at,
+                           port, ready_within)
+
+
+def serve_endpoints(collector: Collector, last_reached: Callable[[], float], port: int,
+                    ready_within: float = 30.0) -> ThreadingHTTPServer:
+    """``/healthz``, ``/readyz`` (``last_reached`` is within ``ready_within`` seconds) and
+    ``/metrics`` (from ``collector``) on ``port`` (0: any free port), in a daemon thread."""
     registry = CollectorRegistry()
-    registry.register(WorkerCollector(worker))
+    registry.register(collector)
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            if self.path == "/healthz":
+            if self.path == HEALTHZ:
                 self._send(200, b"ok\n", "text/plain")
-            elif self.path == "/readyz":
-                fresh = time.time() - worker.stats.last_read_at < ready_within
+            elif self.path == READYZ:
+                fresh = time.time() - last_reached() < ready_within
                 self._send(200 if fresh else 503, b"ready\n" if fresh else b"not ready\n",
                            "text/plain")
-            elif self.path == "/metrics":
+            elif self.path == METRICS:
                 self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
             else:
                 self._send(404, b"not found\n", "text/plain")

@@ -237,8 +237,9 @@ class Validator:
             if j.outcome != "republish":
                 outcome = j.outcome
                 if outcome == "dead_letter":
-                    log.warning("dead letter: message %s (%s from %s): %s", j.message_id,
-                                j.detail_type, j.source, j.reason)
+                    log.warning("dead letter: event %s (%s from %s), message %s: %s",
+                                j.event_id or "unknown", j.detail_type, j.source, j.message_id,
+                                j.reason)
             elif j.key in seen:
                 outcome = "duplicate"  # the same event twice in one batch
             else:

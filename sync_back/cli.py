@@ -43,7 +43,17 @@ def consumer(settings: Settings, with_queue: bool,
 def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
     stop = threading.Event()
     install_signal_handlers(stop)
-    consumer(settings, with_queue=True, stop=stop).run()
+    worker = consumer(settings, with_queue=True, stop=stop)
+    server = None
+    if settings.health_port is not None:
+        from cdc.health import serve_consumer
+
+        server = serve_consumer(worker, settings.health_port)
+    try:
+        worker.run()
+    finally:
+        if server is not None:
+            server.shutdown()
     return 0
 
 

@@ -3,14 +3,17 @@ its transaction committed (or its dead letter was stored).
 
 One message's problem is that message's: malformed input, an unmapped type, a value of the
 wrong type, a write the legacy database refuses, all become dead letters with the reason and
-the raw body, and the consumer goes on. Lost database connections are retried; a stop request
-(SIGTERM) lets the message in hand finish, and what was received but not handled returns to
-the queue when its visibility timeout ends.
+the raw body, and the consumer goes on. Lost database connections are retried, and so are
+SQS calls that fail for a passing reason (throttling, a reset connection): a message applied
+but not deleted comes back after its visibility timeout, and the inbox makes it a no-op. A
+stop request (SIGTERM) lets the message in hand finish, and what was received but not handled
+returns to the queue when its visibility timeout ends.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -18,33 +21,48 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from botocore.exceptions import ClientError
 from sqlalchemy import Engine, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
 from cdc.database import db_retrying, is_transient_db_error
-from cdc.errors import Interrupted
+from cdc.errors import Interrupted, PermanentError, classify_aws_error, is_transient_transport_error
 from cdc.settings import Settings
 from cdc.state import StateTables
 from sync_back.applier import Applier, Pending
-from sync_back.incoming import Invalid, parse_message
+from sync_back.incoming import Envelope, Invalid, parse_message
 from sync_back.mapping import Mappings
 from sync_back.rows import to_write
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# A failed delete is tried again this many times in all; what is still not deleted comes back
+# from the queue after its visibility timeout (and is then a duplicate the inbox absorbs).
+DELETE_ATTEMPTS = 5
+# SQS error codes meaning CDC_SYNC_QUEUE_URL names no queue: retrying cannot help.
+QUEUE_MISSING_CODES = frozenset({"QueueDoesNotExist", "AWS.SimpleQueueService.NonExistentQueue"})
+
 
 @dataclass
 class ConsumerStats:
+    """Running counts since the consumer started, for metrics to read."""
+
     received: int = 0
     applied: int = 0
     duplicates: int = 0
-    skipped: int = 0
+    skipped: int = 0  # not applied by the policy (stale or conflicting)
+    stale: int = 0  # ... because older than the row
+    conflicts: int = 0  # ... because the legacy application changed the row (skipped or parked)
     parked: int = 0
     dead_letters: int = 0
     own_events: int = 0
     db_retries: int = 0
+    queue_retries_by_code: dict[str, int] = field(default_factory=dict)
+    undeleted: int = 0  # applied, but left to come back from the queue
+    # wall-clock seconds of the last ReceiveMessage that answered; 0 until it happens
+    last_polled_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -74,6 +92,7 @@ class Consumer:
         for mapping in self.mappings:
             self.applier.check_columns(mapping.table, list(mapping.columns))
         self._retrying = db_retrying(self.stop, self._count_retry, "the legacy database")
+        self._receive_failures = 0
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -84,10 +103,18 @@ class Consumer:
 
     def poll_once(self) -> int:
         queue = self.settings.sync_queue_url
-        reply = self.sqs.receive_message(
-            QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=self.settings.sync_wait_seconds,
-            VisibilityTimeout=self.settings.sync_visibility_timeout,
-        )
+        try:
+            reply = self.sqs.receive_message(
+                QueueUrl=queue, MaxNumberOfMessages=10,
+                WaitTimeSeconds=self.settings.sync_wait_seconds,
+                VisibilityTimeout=self.settings.sync_visibility_timeout,
+            )
+        except Exception as exc:
+            self._receive_failures += 1
+            self._queue_failed("ReceiveMessage", exc, self._receive_failures)
+            return 0
+        self._receive_failures = 0
+        self.stats.last_polled_at = time.time()
         messages = reply.get("Messages", [])
         if not messages:
             return 0
@@ -107,17 +134,85 @@ class Consumer:
             return 0
         # Deleted only now, after their transaction committed: a crash before this line
         # redelivers them, and the inbox makes the second application a no-op.
-        self.sqs.delete_message_batch(QueueUrl=queue, Entries=[
-            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)
-        ])
+        self._delete(messages)
         return len(messages)
 
+    def _delete(self, messages: list[dict[str, Any]]) -> None:
+        pending = {str(i): m["ReceiptHandle"] for i, m in enumerate(messages)}
+        for attempt in range(1, DELETE_ATTEMPTS + 1):
+            try:
+                reply = self.sqs.delete_message_batch(
+                    QueueUrl=self.settings.sync_queue_url,
+                    Entries=[{"Id": i, "ReceiptHandle": handle} for i, handle in pending.items()],
+                ) or {}
+            except Exception as exc:
+                codes = [self._queue_error_code("DeleteMessageBatch", exc)] * len(pending)
+            else:
+                # A sender fault (an expired receipt handle) means the message is visible
+                # again already; only the others are worth another try.
+                failed = [f for f in reply.get("Failed", []) if not f.get("SenderFault")]
+                pending = {f["Id"]: pending[f["Id"]] for f in failed if f.get("Id") in pending}
+                codes = [f.get("Code") or "Unknown" for f in failed]
+            if not pending:
+                return
+            self._count_queue_retries(codes)
+            if attempt < DELETE_ATTEMPTS:
+                self.stop.wait(backoff(attempt))
+        self.stats.undeleted += len(pending)
+        log.warning("%d applied messages could not be deleted from the queue (%s); they will come "
+                    "back after the visibility timeout and be skipped as duplicates",
+                    len(pending), ",".join(sorted(set(codes))))
+
     def _extend_visibility(self, messages: list[dict[str, Any]]) -> None:
-        self.sqs.change_message_visibility_batch(QueueUrl=self.settings.sync_queue_url, Entries=[
-            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"],
-             "VisibilityTimeout": self.settings.sync_visibility_timeout}
-            for i, m in enumerate(messages)
-        ])
+        try:
+            self.sqs.change_message_visibility_batch(
+                QueueUrl=self.settings.sync_queue_url, Entries=[
+                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"],
+                     "VisibilityTimeout": self.settings.sync_visibility_timeout}
+                    for i, m in enumerate(messages)
+                ])
+        except Exception as exc:
+            # The batch goes on: if the messages come back meanwhile, whoever receives them
+            # finds them claimed in the inbox.
+            code = self._queue_error_code("ChangeMessageVisibilityBatch", exc)
+            self._count_queue_retries([code])
+            log.warning("could not extend the visibility of %d messages (%s)", len(messages), code)
+
+    # -- queue errors -------------------------------------------------------------------------
+
+    def _queue_failed(self, call: str, exc: Exception, failures: int) -> None:
+        """A transient SQS failure: count it and wait (growing, with jitter) before the next
+        call; anything else raises."""
+        code = self._queue_error_code(call, exc)
+        self._count_queue_retries([code])
+        delay = backoff(failures)
+        log.warning("SQS %s failed with %s; attempt %d, retrying in %.2fs", call, code, failures,
+                    delay)
+        self.stop.wait(delay)
+
+    def _queue_error_code(self, call: str, exc: Exception) -> str:
+        """The code of a failure worth retrying; raises the ones that are not."""
+        if isinstance(exc, ClientError):
+            code = exc.response.get("Error", {}).get("Code") or "Unknown"
+            message = exc.response.get("Error", {}).get("Message", "")
+            if code in QUEUE_MISSING_CODES:
+                raise PermanentError(f"SQS {call} failed with {code}: CDC_SYNC_QUEUE_URL "
+                                     f"{self.settings.sync_queue_url!r} names no queue in this "
+                                     "account and region") from exc
+            if classify_aws_error(code) != "retry":
+                raise PermanentError(f"SQS {call} failed with {code}: {message}. Check the AWS "
+                                     "credentials and that the IAM identity may call "
+                                     "sqs:ReceiveMessage, sqs:DeleteMessage and "
+                                     "sqs:ChangeMessageVisibility on the queue.") from exc
+            return code
+        if is_transient_transport_error(exc):
+            return type(exc).__name__
+        raise exc
+
+    def _count_queue_retries(self, codes: Sequence[str]) -> None:
+        retries = self.stats.queue_retries_by_code
+        for code in codes:
+            retries[code] = retries.get(code, 0) + 1
 
     # -- messages ---------------------------------------------------------------------------
 
@@ -151,18 +246,34 @@ class Consumer:
                 outcomes = [self._apply_alone(item, message_id) for _, item, message_id in pending]
             for (index, _, _), outcome in zip(pending, outcomes, strict=True):
                 results[index] = outcome
-                counter = {"applied": "applied", "duplicate": "duplicates", "parked": "parked",
-                           "dead_letter": "dead_letters"}.get(outcome, "skipped")
-                if counter != "dead_letters":  # counted where stored
-                    setattr(self.stats, counter, getattr(self.stats, counter) + 1)
+                self._count(outcome)
         return results
+
+    def _count(self, outcome: str) -> None:
+        stats = self.stats
+        if outcome == "applied":
+            stats.applied += 1
+        elif outcome == "duplicate":
+            stats.duplicates += 1
+        elif outcome == "parked":
+            stats.parked += 1
+            stats.conflicts += 1
+        elif outcome != "dead_letter":  # dead letters are counted where they are stored
+            stats.skipped += 1
+            if outcome == "skip_stale":
+                stats.stale += 1
+            elif outcome == "skip_conflict":
+                stats.conflicts += 1
 
     def _prepare(self, body: str, message_id: str) -> Pending | str:
         """The write a message asks for, or what became of it when it asks for none."""
         detail_type: str | None = None
+        event_id: str | None = None
+        table: str | None = None
         try:
             envelope = parse_message(body, self.settings.sync_max_body_bytes)
             detail_type = envelope.detail_type
+            event_id = event_id_of(envelope, ("id",))  # the default id_path, until mapped
             if envelope.source == self.settings.event_source:
                 # Our own capture's event came back (a rule too wide): applying it would loop.
                 self.stats.own_events += 1
@@ -171,10 +282,12 @@ class Consumer:
             if mapping is None:
                 raise Invalid(f"no mapping for detail-type {envelope.detail_type!r} "
                               f"(source {envelope.source!r}); add one to [sync_back]")
+            table = mapping.table.qualified
+            event_id = event_id_of(envelope, mapping.id_parts)
             return Pending(to_write(envelope, mapping), envelope.detail_type,
                            mapping.version_column, body)
         except Invalid as exc:
-            self._dead_letter(message_id, detail_type, exc.reason, body)
+            self._dead_letter(message_id, detail_type, exc.reason, body, event_id, table)
             return "dead_letter"
 
     def _apply_alone(self, item: Pending, message_id: str) -> str:
@@ -185,11 +298,15 @@ class Consumer:
                 raise
             # A constraint or a value the legacy database cannot hold.
             reason = "the legacy database refused the write: " + str(exc.orig).strip().split("\n")[0]
-            self._dead_letter(message_id, item.detail_type, reason, item.body)
+            self._dead_letter(message_id, item.detail_type, reason, item.body,
+                              item.write.event_id, item.write.table.qualified)
             return "dead_letter"
 
-    def _dead_letter(self, message_id: str, detail_type: str | None, reason: str, body: str) -> None:
-        log.warning("dead letter: message %s (%s): %s", message_id, detail_type, reason)
+    def _dead_letter(self, message_id: str, detail_type: str | None, reason: str, body: str,
+                     event_id: str | None = None, table_name: str | None = None) -> None:
+        # Before the body is parsed (or mapped) its event id (or table) is not known.
+        log.warning("dead letter: event %s of %s (message %s, %s): %s", event_id or "unknown",
+                    table_name or "no table", message_id, detail_type, reason)
         self.stats.dead_letters += 1
         table = self.state.sync_dead_letters
         insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
@@ -238,3 +355,17 @@ class Consumer:
 
     def _count_retry(self) -> None:
         self.stats.db_retries += 1
+
+
+def backoff(attempt: int, initial: float = 0.2, maximum: float = 10.0) -> float:
+    """Seconds to wait before try ``attempt + 1``: exponential, with full jitter."""
+    return random.uniform(0, min(maximum, initial * 2 ** attempt))
+
+
+def event_id_of(envelope: Envelope, id_parts: tuple[str, ...]) -> str:
+    """The event's id for a log line, as ``rows.to_write`` finds it (Detail at the mapping's
+    ``id_path``, else the envelope id), without its checks: a dead letter's id may be bad."""
+    node: Any = envelope.detail
+    for part in id_parts:
+        node = node.get(part) if isinstance(node, dict) else None
+    return node if id_parts and isinstance(node, str) and node else envelope.envelope_id
