@@ -19,6 +19,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from cdc.sources.changelog import ChangeLogSource
+from cdc.sources.logical import LogicalSource, slot_status
 from cdc.worker import Worker
 
 if TYPE_CHECKING:
@@ -65,6 +67,55 @@ class WorkerCollector(Collector):
                                  "when the worker last reached its source")
         last.add_metric([], stats.last_read_at)
         yield last
+        yield from self._backfill()
+        yield from self._backlog()
+
+    def _backfill(self) -> Iterator[Any]:
+        filler = self.worker.backfill
+        if filler is None:
+            return
+        published = CounterMetricFamily("cdc_backfill_rows_published",
+                                         "rows published by backfills ('read' events)")
+        published.add_metric([], filler.rows_published)
+        yield published
+        done = GaugeMetricFamily("cdc_backfill_rows_done", "rows done by each running backfill",
+                                 labels=["table", "backfill"])
+        total = GaugeMetricFamily("cdc_backfill_rows_total",
+                                  "rows to do by each running backfill (counted at its start)",
+                                  labels=["table", "backfill"])
+        for run in list(filler.runs):
+            labels = [run.table, str(run.id)]
+            done.add_metric(labels, run.rows_done)
+            total.add_metric(labels, run.rows_total or 0)
+        yield done
+        yield total
+
+    def _backlog(self) -> Iterator[Any]:
+        """What waits in the source, read from the database at scrape time (skipped, with a
+        debug line, when the database does not answer: /readyz tells that story)."""
+        source = self.worker.source
+        try:
+            if isinstance(source, ChangeLogSource):
+                count, _ = source.pending()
+                pending = GaugeMetricFamily("cdc_pending_changes",
+                                            "change-log rows not yet published")
+                pending.add_metric([], count)
+                yield pending
+            elif isinstance(source, LogicalSource):
+                status = slot_status(source.engine, source.slot)
+                retained = GaugeMetricFamily(
+                    "cdc_slot_retained_wal_bytes",
+                    "WAL the replication slot holds back (current LSN minus its restart LSN)",
+                    labels=["slot"])
+                retained.add_metric([source.slot], status.retained_bytes or 0)
+                yield retained
+                behind = GaugeMetricFamily(
+                    "cdc_slot_lag_bytes", "WAL not yet confirmed as published (current LSN "
+                    "minus the slot's confirmed flush LSN)", labels=["slot"])
+                behind.add_metric([source.slot], status.lag_bytes or 0)
+                yield behind
+        except Exception as exc:
+            log.debug("backlog metrics skipped: %s", exc)
 
 
 class ConsumerCollector(Collector):

@@ -498,17 +498,19 @@ class SlotStatus:
     active: bool = False
     lag_bytes: int | None = None
     confirmed_flush_lsn: str | None = None
+    retained_bytes: int | None = None  # WAL kept for the slot: current LSN - restart LSN
 
 
 def slot_status(engine: Engine, slot: str) -> SlotStatus:
     with engine.connect() as connection:
         row = connection.execute(text(
             "SELECT wal_status, active, confirmed_flush_lsn::text AS flushed, "
-            "pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint AS lag "
+            "pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint AS lag, "
+            "pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint AS retained "
             "FROM pg_replication_slots WHERE slot_name = :s"), {"s": slot}).first()
     if row is None:
         return SlotStatus(False)
-    return SlotStatus(True, row.wal_status, row.active, row.lag, row.flushed)
+    return SlotStatus(True, row.wal_status, row.active, row.lag, row.flushed, row.retained)
 
 
 def conninfo_of(url: Any) -> str:

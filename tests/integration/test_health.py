@@ -36,6 +36,28 @@ def metric(body: str, name: str) -> float:
     return float(match.group(1))
 
 
+def test_slot_metrics_in_logical_mode(pg_url: URL, tmp_path: Path) -> None:
+    from cdc.health import WorkerCollector
+    from cdc.publishers.file import NullPublisher
+    from cdc.worker import Worker
+    from tests.integration.helpers import drop_slot, settings_for_mode, source_for
+
+    settings = settings_for_mode(pg_url, "logical", "items")
+    engine = prepared(settings, "CREATE TABLE items (id int PRIMARY KEY)")
+    source = source_for(settings, engine)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("INSERT INTO items SELECT generate_series(1, 100)"))
+        families = {f.name: f for f in WorkerCollector(Worker(settings, source,
+                                                              NullPublisher())).collect()}
+        [sample] = families["cdc_slot_retained_wal_bytes"].samples
+        assert sample.labels == {"slot": settings.slot_name} and sample.value > 0
+        assert families["cdc_slot_lag_bytes"].samples[0].value > 0
+    finally:
+        source.close()
+        drop_slot(engine, settings)
+
+
 def test_metrics_and_readiness_of_a_running_worker(pg_url: URL, tmp_path: Path) -> None:
     settings = settings_for(pg_url, "items")
     engine = prepared(settings, "CREATE TABLE items (id int PRIMARY KEY)")
@@ -72,6 +94,15 @@ def test_metrics_and_readiness_of_a_running_worker(pg_url: URL, tmp_path: Path) 
         assert metric(body, "cdc_changes_captured_total") >= 25
         assert 0 <= metric(body, "cdc_lag_seconds") < 60
         assert metric(body, "cdc_dead_letters_total") == 0
+        assert metric(body, "cdc_pending_changes") == 0
+        # A backfill registered meanwhile is done by this worker, and counted
+        fill = subprocess.run([sys.executable, "-m", "cdc", "backfill", "items", "--detach"],
+                              env=env, capture_output=True, text=True, timeout=60)
+        assert fill.returncode == 0, fill.stderr
+        deadline = time.monotonic() + 20
+        while metric(get(f"{base}/metrics")[1], "cdc_backfill_rows_published_total") < 25:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
     finally:
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(30) == 0
