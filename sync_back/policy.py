@@ -42,6 +42,13 @@ def decide(policy: Policy, row_exists: bool, legacy_version: Any, event_version:
     return "apply"
 
 
+def reads_synced_version(policy: Policy) -> bool:
+    """Whether ``decide`` can depend on the synced version under this policy (only
+    `legacy_wins` and `park` ask whether the legacy application changed the row), so the
+    caller may leave it unread otherwise."""
+    return policy in ("legacy_wins", "park")
+
+
 def version_text(version: Any) -> str:
     """A version as stored in the synced-rows table, in one form whatever produced it: the
     event's value and the same value read back from the legacy column compare equal."""

@@ -77,12 +77,38 @@ class _Refused(Exception):
     """A value that does not fit its column; the message is the problem, without the place."""
 
 
+@dataclass(frozen=True, slots=True)
+class _Paths:
+    """A mapping's paths, split, read once: reading them from the (pydantic) mapping for every
+    event cost more than the rest of ``to_write``."""
+
+    mapping: Mapping
+    root: tuple[str, ...]
+    event_id: tuple[str, ...]
+    columns: tuple[tuple[str, ColumnSpec, tuple[str, ...]], ...]
+
+
+_PATHS: dict[int, _Paths] = {}  # by id() of the mapping, which each entry keeps alive
+
+
+def _paths(mapping: Mapping) -> _Paths:
+    found = _PATHS.get(id(mapping))
+    if found is None or found.mapping is not mapping:
+        if len(_PATHS) >= 1000:  # mappings loaded again and again (tests): start over
+            _PATHS.clear()
+        found = _PATHS[id(mapping)] = _Paths(
+            mapping, mapping.root_parts, mapping.id_parts,
+            tuple((name, spec, spec.parts) for name, spec in mapping.columns.items()))
+    return found
+
+
 def to_write(envelope: Envelope, mapping: Mapping) -> RowWrite:
     """The row write of one event; raises ``Invalid`` naming the field that is wrong."""
-    event_id = _event_id(envelope, mapping)
+    paths = _paths(mapping)
+    event_id = _event_id(envelope, mapping, paths.event_id)
     scope: Any = envelope.detail
-    if mapping.root_parts:
-        scope = _lookup(envelope.detail, mapping.root_parts)
+    if paths.root:
+        scope = _lookup(envelope.detail, paths.root)
         if scope is _MISSING or scope is None:
             raise Invalid(f"{mapping.root}: missing")
         if isinstance(scope, _Blocked):
@@ -90,14 +116,14 @@ def to_write(envelope: Envelope, mapping: Mapping) -> RowWrite:
         if not isinstance(scope, dict):
             raise Invalid(f"{mapping.root}: expected an object, got {describe(scope)}")
     values: dict[str, Any] = {}
-    for name, spec in mapping.columns.items():
-        raw = _lookup(scope, spec.parts)
+    for name, spec, parts in paths.columns:
+        raw = _lookup(scope, parts)
         if raw is _MISSING:
             if spec.required:
                 raise Invalid(f"{_where(mapping, name, spec)}: missing")
             continue
         if isinstance(raw, _Blocked):
-            raise Invalid(f"{_where(mapping, name, spec)}: {_blocked(raw, mapping.root_parts)}")
+            raise Invalid(f"{_where(mapping, name, spec)}: {_blocked(raw, paths.root)}")
         if raw is None:
             if spec.required:
                 raise Invalid(f"{_where(mapping, name, spec)}: null, but the column is required")
@@ -126,10 +152,10 @@ def _where(mapping: Mapping, name: str, spec: ColumnSpec) -> str:
     return f"{mapping.full_path(spec)} (column {name})"
 
 
-def _event_id(envelope: Envelope, mapping: Mapping) -> str:
-    if not mapping.id_parts:
+def _event_id(envelope: Envelope, mapping: Mapping, id_parts: tuple[str, ...]) -> str:
+    if not id_parts:
         return envelope.envelope_id
-    value = _lookup(envelope.detail, mapping.id_parts)
+    value = _lookup(envelope.detail, id_parts)
     if value is _MISSING:
         # The new system did not put its own id in Detail: EventBridge's envelope id is
         # stable across redeliveries of the same event.

@@ -290,3 +290,108 @@ def test_a_write_the_database_refuses_is_a_dead_letter_and_its_batch_goes_on(
     assert sorted(rows(engine)) == [1, 3]
     [letter] = consumer.dead_letters()
     assert letter.message_id == "m2" and "numeric field overflow" in letter.reason
+
+
+# -- the batch path: a received batch in one transaction, as if applied one event at a time --
+
+BATCH_TABLES = ("CREATE TABLE orders (id int PRIMARY KEY, total numeric(10,2) NOT NULL "
+                "CHECK (total >= 0), customer text, updated_at timestamptz NOT NULL, note text);"
+                "CREATE TABLE lines (order_id int NOT NULL, sku text NOT NULL, qty int, "
+                "version int NOT NULL, PRIMARY KEY (order_id, sku))")
+
+
+def batch_consumer(pg_url: URL) -> Consumer:
+    from tests.unit.test_sync_back_applier import make_consumer as consumer_for
+
+    settings = settings_for_mode(pg_url, "changelog", "orders,lines")
+    return consumer_for(settings, prepared(settings, BATCH_TABLES))
+
+
+def empty(consumer: Consumer) -> None:
+    s = consumer.state
+    with consumer.engine.begin() as connection:
+        connection.execute(text("SET LOCAL session_replication_role = replica"))  # no triggers
+        connection.execute(text(
+            f"TRUNCATE orders, lines, {s.qualified(s.inbox)}, {s.qualified(s.synced_rows)}, "
+            f"{s.qualified(s.conflicts)}, {s.qualified(s.changelog)}, "
+            f"{s.qualified(s.sync_dead_letters)} RESTART IDENTITY"))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_batches_leave_what_one_event_at_a_time_leaves(pg_url: URL, seed: int) -> None:
+    from tests.unit.test_sync_back_applier import play, scenario, state_of
+
+    consumer = batch_consumer(pg_url)
+    steps = scenario(seed)
+    one_at_a_time = play(consumer, steps, 1)
+    expected = state_of(consumer)
+    empty(consumer)
+    assert play(consumer, steps, 10) == one_at_a_time
+    assert state_of(consumer) == expected
+    assert expected["dead_letters"] == [] and expected["changes"]
+    assert {outcome for _, outcome in expected["inbox"]} >= {"applied", "skip_stale"}
+
+
+def test_one_batch_with_duplicates_repeated_keys_mixed_policies_and_a_refused_write(
+    pg_url: URL
+) -> None:
+    from tests.unit.test_sync_back_applier import legacy_edit, order, state_of
+
+    consumer = batch_consumer(pg_url)
+    consumer.handle_batch([(order("OrderPlaced", n, 9), f"seed{n}") for n in range(1, 4)])
+    legacy_edit(consumer.engine, 2, 10, "20.00")
+    legacy_edit(consumer.engine, 3, 10, "20.00")
+    again = order("OrderPlaced", 1, 11, "11.00", event_id="e-again")
+    batch = [
+        (again, "m1"),
+        (order("OrderPlaced", 1, 12, "12.00"), "m2"),      # same key, applied after m1
+        (again, "m3"),                                      # duplicate within the batch
+        (order("OrderAdjusted", 2, 11, "30.00"), "m4"),   # legacy_wins: legacy edited it
+        (order("OrderPlaced", 4, 9, "-1.00"), "m5"),       # refused: CHECK (total >= 0)
+        (order("OrderReviewed", 3, 11, "30.00"), "m6"),   # park: legacy edited it
+        (order("OrderCancelled", 1, 13), "m7"),            # same key again: deleted last
+    ]
+    assert consumer.handle_batch(batch) == ["applied", "applied", "duplicate", "skip_conflict",
+                                            "dead_letter", "parked", "applied"]
+    state = state_of(consumer)
+    assert [row[:2] for row in state["orders"]] == [(2, "20.00"), (3, "20.00")]
+    [letter] = consumer.dead_letters()
+    assert letter.message_id == "m5" and "orders_total_check" in letter.reason
+    ops = [(json.loads(after or before)["id"], op) for _, op, before, after, origin
+           in state["changes"] if origin == "sync_back"]
+    assert ops[-3:] == [(1, "update"), (1, "update"), (1, "delete")]
+    assert [row[1] for row in state["conflicts"]] == ['{"id":3}']
+
+
+def test_keys_the_database_takes_for_one_row_are_decided_as_one_row(pg_url: URL,
+                                                                      tmp_path: Path) -> None:
+    settings = settings_for_mode(pg_url, "changelog", "codes")
+    engine = prepared(settings, "CREATE EXTENSION IF NOT EXISTS citext; CREATE TABLE codes "
+                                "(code citext PRIMARY KEY, label text, version int NOT NULL); "
+                                "INSERT INTO codes VALUES ('Abc', 'legacy', 10)")
+    consumer = Consumer(settings, engine, state_tables("postgresql", settings.state_schema),
+                        load_mappings(tomllib.loads("""
+[[sync_back.mappings]]
+detail_type = "CodeSet"
+op = "upsert"
+table = "codes"
+key = ["code"]
+version_column = "version"
+[sync_back.mappings.columns]
+code = { path = "code", type = "text" }
+label = { path = "label", type = "text" }
+version = { path = "version", type = "int" }
+""")["sync_back"], settings.default_schema))
+
+    def code(value: str, version: int) -> str:
+        return json.dumps({"id": str(uuid.uuid4()), "detail-type": "CodeSet", "source": "s",
+                           "detail": {"code": value, "label": f"{value} {version}",
+                                      "version": version}})
+
+    batch = [(code("abc", 9), "m1"), (code("xyz", 5), "m2"), (code("XYZ", 4), "m3"),
+             (code("aBC", 11), "m4")]
+    assert consumer.handle_batch(batch) == ["skip_stale", "applied", "skip_stale", "applied"]
+    with engine.connect() as connection:
+        rows = connection.execute(text("SELECT lower(code::text), label, version FROM codes "
+                                       "ORDER BY 1")).all()
+    assert [tuple(r) for r in rows] == [("abc", "aBC 11", 11), ("xyz", "xyz 5", 5)]
