@@ -395,3 +395,49 @@ version = { path = "version", type = "int" }
         rows = connection.execute(text("SELECT lower(code::text), label, version FROM codes "
                                        "ORDER BY 1")).all()
     assert [tuple(r) for r in rows] == [("abc", "aBC 11", 11), ("xyz", "xyz 5", 5)]
+
+
+def test_a_fifo_queue_keeps_each_keys_events_in_order(pg_url: URL, moto_endpoint: str,
+                                                      tmp_path: Path) -> None:
+    """With a FIFO queue (message group per key), two consumers apply each key's events in the
+    order they were sent, even under new_system_wins, where every event overwrites the row."""
+    sqs = boto3.client("sqs")
+    queue = sqs.create_queue(QueueName=f"sync-{uuid.uuid4().hex[:8]}.fifo",
+                             Attributes={"FifoQueue": "true"})["QueueUrl"]
+    settings = settings_for_mode(pg_url, "changelog", "orders",
+                                 config=config(tmp_path, "new_system_wins"),
+                                 sync_queue_url=queue, sync_wait_seconds="0")
+    engine = prepared(settings, ORDERS + "; CREATE TABLE writes (id int, total numeric, "
+                      "n serial PRIMARY KEY)")
+    with engine.begin() as connection:  # every write to orders, in the order it happened
+        connection.execute(text(
+            "CREATE FUNCTION audit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "INSERT INTO writes (id, total) VALUES (NEW.id, NEW.total); RETURN NEW; END $$"))
+        connection.execute(text("CREATE TRIGGER audit AFTER INSERT OR UPDATE ON orders "
+                                "FOR EACH ROW EXECUTE FUNCTION audit()"))
+    sent: dict[int, list[str]] = {}
+    for step in range(8):
+        for order in (1, 2, 3):
+            total = f"{order}{step}.00"
+            detail = order_detail(order, total, 9 - step)  # versions go back: order is all
+            sent.setdefault(order, []).append(total)
+            sqs.send_message(QueueUrl=queue, MessageBody=envelope(detail),
+                             MessageGroupId=f"orders-{order}",
+                             MessageDeduplicationId=str(detail["id"]))
+    consumers = [make_consumer(settings, engine, boto3.client("sqs")) for _ in range(2)]
+
+    def work(consumer: Consumer) -> None:
+        idle = 0
+        while idle < 5:
+            idle = 0 if consumer.poll_once() else idle + 1
+
+    threads = [threading.Thread(target=work, args=(c,)) for c in consumers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    with engine.connect() as connection:
+        writes = connection.execute(text("SELECT id, total::text FROM writes ORDER BY n")).all()
+    for order, totals in sent.items():
+        assert [t for i, t in writes if i == order] == totals
+    assert {n: r[0] for n, r in rows(engine).items()} == {1: "17.00", 2: "27.00", 3: "37.00"}
