@@ -18,7 +18,7 @@ import re
 import struct
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Final, Literal, TypeAlias, cast
+from typing import Final, Literal, NamedTuple, TypeAlias, cast
 
 
 class DecodeError(ValueError):
@@ -43,16 +43,17 @@ OldKind: TypeAlias = Literal["K", "O"]
 
 PG_EPOCH: Final = datetime(2000, 1, 1, tzinfo=UTC)
 
+# Messages met once per row or per transaction are NamedTuples: a frozen dataclass costs four
+# times as much to make. The rarer ones stay dataclasses.
 
-@dataclass(frozen=True, slots=True)
-class Begin:
+
+class Begin(NamedTuple):
     final_lsn: int  # equals the matching Commit's commit_lsn
     commit_time: datetime
     xid: int
 
 
-@dataclass(frozen=True, slots=True)
-class Commit:
+class Commit(NamedTuple):
     flags: int
     commit_lsn: int
     end_lsn: int  # the LSN just past the commit record: what to confirm as flushed
@@ -93,14 +94,12 @@ class Type:
     name: str
 
 
-@dataclass(frozen=True, slots=True)
-class Insert:
+class Insert(NamedTuple):
     relation_oid: int
     new: TupleData
 
 
-@dataclass(frozen=True, slots=True)
-class Update:
+class Update(NamedTuple):
     """``old`` is absent unless the key changed ('K') or the replica identity is FULL ('O').
 
     A 'K' tuple has every column of the relation, with 'n' (None) for the non-key ones: those
@@ -113,8 +112,7 @@ class Update:
     new: TupleData
 
 
-@dataclass(frozen=True, slots=True)
-class Delete:
+class Delete(NamedTuple):
     relation_oid: int
     old: TupleData  # key columns only ('K', others None) or the whole row ('O')
     old_kind: OldKind
