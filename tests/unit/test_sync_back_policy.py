@@ -48,3 +48,14 @@ def test_version_text_is_one_form_for_equal_values() -> None:
     assert version_text(T1) == version_text(T1.astimezone(paris))
     assert version_text(Decimal("5")) == version_text(Decimal("5.00"))
     assert version_text(7) == "7"
+
+
+def test_the_synced_version_is_read_only_for_policies_whose_decision_depends_on_it() -> None:
+    from sync_back.policy import reads_synced_version
+
+    synced_values = [None, version_text(T1), version_text(T2), version_text(T3)]
+    for policy in ("newer_wins", "new_system_wins", "legacy_wins", "park"):
+        depends = any(
+            len({decide(policy, True, legacy, event, s) for s in synced_values}) > 1  # type: ignore[arg-type]
+            for legacy in (T1, T2, T3) for event in (T1, T2, T3))
+        assert reads_synced_version(policy) == depends, policy  # type: ignore[arg-type]
