@@ -337,11 +337,12 @@ def cmd_dead_letters(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_grants(settings: Settings, args: argparse.Namespace) -> int:
-    print(grants_sql(settings, args.capture_role, args.sync_role))
+    print(grants_sql(settings, args.capture_role, args.sync_role, args.validator_role))
     return 0
 
 
-def grants_sql(settings: Settings, capture_role: str, sync_role: str) -> str:
+def grants_sql(settings: Settings, capture_role: str, sync_role: str,
+               validator_role: str = "cdc_validator") -> str:
     """Least-privilege SQL for the capture worker's role and the sync-back consumer's role."""
     from sync_back.mapping import load_mappings
 
@@ -390,6 +391,17 @@ def grants_sql(settings: Settings, capture_role: str, sync_role: str) -> str:
         lines.append(f"GRANT {', '.join(sorted(wanted))} ON {name} TO {sync};")
     if not privileges:
         lines.append("-- (no [[sync_back.mappings]] configured: no legacy table to grant)")
+    validator = ident(validator_role)
+    lines += [
+        "",
+        "-- Validator (cdc validate): its claims and dead letters; no legacy table at all.",
+        f"CREATE ROLE {validator} LOGIN PASSWORD 'change-me';",
+        f"GRANT USAGE ON SCHEMA {schema} TO {validator};",
+        f"GRANT SELECT, INSERT, UPDATE ON {schema}.republished TO {validator};",
+        f"GRANT SELECT, INSERT, UPDATE ON {schema}.validation_dead_letters TO {validator};",
+        f"GRANT SELECT ON {schema}.alembic_version TO {validator};",
+        f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema} TO {validator};",
+    ]
     return "\n".join(lines)
 
 
@@ -435,6 +447,7 @@ def parser() -> argparse.ArgumentParser:
     grants = sub.add_parser("grants", help="print least-privilege SQL for the worker and sync back")
     grants.add_argument("--capture-role", default="cdc_capture")
     grants.add_argument("--sync-role", default="cdc_sync_back")
+    grants.add_argument("--validator-role", default="cdc_validator")
     grants.set_defaults(func=cmd_grants)
     sub.add_parser("demo", help="insert, update and delete a row of the embedded demo table").set_defaults(func=cmd_demo)
     validation_cli.add_commands(sub)

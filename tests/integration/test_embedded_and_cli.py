@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import ProgrammingError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -193,6 +194,7 @@ def test_least_privilege_grants_are_enough(pg_url: URL, tmp_path: Path) -> None:
 
     suffix = uuid.uuid4().hex[:8]
     capture_role, sync_role, app_role = f"cdc_cap_{suffix}", f"cdc_sync_{suffix}", f"app_{suffix}"
+    validator_role = f"cdc_val_{suffix}"
     admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
     env = clean_env(CDC_DATABASE_URL=pg_url.render_as_string(hide_password=False),
                     CDC_TABLES="orders")
@@ -203,7 +205,8 @@ def test_least_privilege_grants_are_enough(pg_url: URL, tmp_path: Path) -> None:
     settings = load_settings({k: v for k, v in env.items() if k.startswith("CDC_")})
     try:
         with admin.connect() as connection:
-            for line in grants_sql(settings, capture_role, sync_role).splitlines():
+            for line in grants_sql(settings, capture_role, sync_role,
+                                   validator_role).splitlines():
                 statement = line.split("  --")[0].strip()
                 if statement and not statement.startswith("--"):
                     connection.execute(text(statement))
@@ -224,9 +227,22 @@ def test_least_privilege_grants_are_enough(pg_url: URL, tmp_path: Path) -> None:
             worker.send_signal(signal.SIGTERM)
             assert worker.wait(30) == 0
         assert events[0]["Detail"]["after"] == {"id": 1, "total": "9.50"}
+        # The validator's role writes its own state and cannot read a legacy table
+        validator = create_engine(pg_url.set(username=validator_role))
+        with validator.begin() as connection:
+            connection.execute(text(
+                "INSERT INTO cdc.republished (source, event_id, detail_type, status, claim, "
+                "claimed_at) VALUES ('s', 'e', 't', 'claimed', 'c', now())"))
+            connection.execute(text("UPDATE cdc.republished SET status = 'sent'"))
+            connection.execute(text(
+                "INSERT INTO cdc.validation_dead_letters (message_id, reason, errors, body, "
+                "created_at, attempts) VALUES ('m', 'r', '[]', '{}', now(), 1)"))
+        with pytest.raises(ProgrammingError, match="permission denied"), validator.connect() as c:
+            c.execute(text("SELECT * FROM orders"))
+        validator.dispose()
     finally:
         with admin.connect() as connection:
-            for role in (capture_role, sync_role, app_role):
+            for role in (capture_role, sync_role, app_role, validator_role):
                 if connection.execute(text("SELECT 1 FROM pg_roles WHERE rolname = :r"),
                                       {"r": role}).first():
                     connection.execute(text(f"DROP OWNED BY {role}"))
