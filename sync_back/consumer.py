@@ -93,6 +93,7 @@ class Consumer:
             self.applier.check_columns(mapping.table, list(mapping.columns))
         self._retrying = db_retrying(self.stop, self._count_retry, "the legacy database")
         self._receive_failures = 0
+        self._own_source = self.settings.event_source  # computed from the URL: once
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -274,7 +275,7 @@ class Consumer:
             envelope = parse_message(body, self.settings.sync_max_body_bytes)
             detail_type = envelope.detail_type
             event_id = event_id_of(envelope, ("id",))  # the default id_path, until mapped
-            if envelope.source == self.settings.event_source:
+            if envelope.source == self._own_source:
                 # Our own capture's event came back (a rule too wide): applying it would loop.
                 self.stats.own_events += 1
                 return "own_event"
