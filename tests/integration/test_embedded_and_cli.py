@@ -88,6 +88,28 @@ def test_unreachable_database_message_hides_the_password(tmp_path: Path) -> None
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("capture", ["changelog", "logical"])
+def test_tls_options_pass_through_to_the_server(pg_url: URL, tmp_path: Path, capture: str) -> None:
+    # The local server has no TLS: requiring it must fail, and say so, with no password shown.
+    url = pg_url.set(password="hunter2").update_query_dict({"sslmode": "require"})
+    env = clean_env(CDC_DATABASE_URL=url.render_as_string(hide_password=False), CDC_TABLES="t",
+                    CDC_CAPTURE=capture)
+    refused = cdc("status", cwd=tmp_path, env=env)
+    assert refused.returncode != 0
+    assert "SSL" in refused.stderr and "hunter2" not in refused.stderr + refused.stdout
+    if capture == "logical":  # the replication connection takes the same options
+        from cdc.settings import load_settings
+        from cdc.sources.logical import conninfo_of
+
+        settings = load_settings({k: v for k, v in env.items() if k.startswith("CDC_")})
+        assert "sslmode=require" in conninfo_of(settings.url)
+    allowed = url.update_query_dict({"sslmode": "disable"})
+    accepted = cdc("migrate", cwd=tmp_path, env={
+        **env, "CDC_DATABASE_URL": allowed.render_as_string(hide_password=False)})
+    assert accepted.returncode == 0, accepted.stderr
+
+
+@pytest.mark.integration
 def test_container_commands_migrate_then_setup_then_status(pg_url: URL, tmp_path: Path) -> None:
     # The Dockerfile runs `cdc migrate` as a one-off and `cdc run` as its command.
     legacy = create_engine(pg_url)

@@ -95,6 +95,7 @@ def test_metrics_and_readiness_of_a_running_worker(pg_url: URL, tmp_path: Path) 
         assert 0 <= metric(body, "cdc_lag_seconds") < 60
         assert metric(body, "cdc_dead_letters_total") == 0
         assert metric(body, "cdc_pending_changes") == 0
+        assert str(pg_url.database) not in body and "postgresql://" not in body  # no DSN
         # A backfill registered meanwhile is done by this worker, and counted
         fill = subprocess.run([sys.executable, "-m", "cdc", "backfill", "items", "--detach"],
                               env=env, capture_output=True, text=True, timeout=60)
