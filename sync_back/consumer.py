@@ -45,6 +45,50 @@ DELETE_ATTEMPTS = 5
 QUEUE_MISSING_CODES = frozenset({"QueueDoesNotExist", "AWS.SimpleQueueService.NonExistentQueue"})
 
 
+RECEIVE_MAX = 10  # messages per ReceiveMessage, SQS's most
+
+
+@dataclass
+class Received:
+    """Messages of one ReceiveMessage call, and when they arrived (their visibility clock)."""
+
+    messages: list[dict[str, Any]]
+    at: float = field(default_factory=lambda: time.monotonic())
+    _thread: threading.Thread | None = None
+    _result: list[Received] = field(default_factory=list)
+    _error: list[BaseException] = field(default_factory=list)
+
+    @classmethod
+    def fetch(cls, consumer: Consumer) -> Received:
+        """Receive on a daemon thread (a stop never waits for a long poll to end)."""
+        pending = cls([])
+
+        def receive() -> None:
+            try:
+                pending._result.append(consumer.receive())
+            except BaseException as exc:  # raised again by wait(), on the consumer's thread
+                pending._error.append(exc)
+
+        pending._thread = threading.Thread(target=receive, name="sqs-receive", daemon=True)
+        pending._thread.start()
+        return pending
+
+    def wait(self) -> Received:
+        assert self._thread is not None
+        self._thread.join()
+        if self._error:
+            raise self._error[0]
+        return self._result[0]
+
+    def release(self, consumer: Consumer) -> None:
+        """Stopping with a batch received ahead: give it back to the queue at once, if it
+        arrives within a second (else its visibility timeout returns it)."""
+        assert self._thread is not None
+        self._thread.join(1.0)
+        if self._result and self._result[0].messages:
+            consumer.release(self._result[0].messages)
+
+
 @dataclass
 class ConsumerStats:
     """Running counts since the consumer started, for metrics to read."""
@@ -98,28 +142,43 @@ class Consumer:
     # -- the loop ---------------------------------------------------------------------------
 
     def run(self) -> None:
+        """Poll until stopped. While a full batch is applied, the next one is received on a
+        thread of its own (against SQS a receive takes about as long as applying ten events);
+        a partial batch means the queue is nearly empty, and the next receive waits its turn."""
         log.info("syncing back from %s into %s", self.settings.sync_queue_url, self.settings.display_url)
+        ahead: Received | None = None
         while not self.stop.is_set():
-            self.poll_once()
+            received = ahead.wait() if ahead is not None else self.receive()
+            ahead = None
+            if len(received.messages) == RECEIVE_MAX and not self.stop.is_set():
+                ahead = Received.fetch(self)
+            self.process(received)
+        if ahead is not None:
+            ahead.release(self)
 
     def poll_once(self) -> int:
-        queue = self.settings.sync_queue_url
+        return self.process(self.receive())
+
+    def receive(self) -> Received:
         try:
             reply = self.sqs.receive_message(
-                QueueUrl=queue, MaxNumberOfMessages=10,
+                QueueUrl=self.settings.sync_queue_url, MaxNumberOfMessages=RECEIVE_MAX,
                 WaitTimeSeconds=self.settings.sync_wait_seconds,
                 VisibilityTimeout=self.settings.sync_visibility_timeout,
             )
         except Exception as exc:
             self._receive_failures += 1
             self._queue_failed("ReceiveMessage", exc, self._receive_failures)
-            return 0
+            return Received([])
         self._receive_failures = 0
         self.stats.last_polled_at = time.time()
-        messages = reply.get("Messages", [])
+        return Received(reply.get("Messages", []))
+
+    def process(self, received: Received) -> int:
+        messages = received.messages
         if not messages:
             return 0
-        started = time.monotonic()
+        started = received.at  # their visibility timeout runs from the receive
 
         def tick(index: int) -> None:
             nonlocal started
@@ -163,6 +222,16 @@ class Consumer:
         log.warning("%d applied messages could not be deleted from the queue (%s); they will come "
                     "back after the visibility timeout and be skipped as duplicates",
                     len(pending), ",".join(sorted(set(codes))))
+
+    def release(self, messages: list[dict[str, Any]]) -> None:
+        """Make received, unhandled messages visible again now (for another consumer)."""
+        try:
+            self.sqs.change_message_visibility_batch(
+                QueueUrl=self.settings.sync_queue_url, Entries=[
+                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
+                    for i, m in enumerate(messages)])
+        except Exception as exc:  # they come back after their visibility timeout anyway
+            log.warning("could not release %d received messages (%s)", len(messages), exc)
 
     def _extend_visibility(self, messages: list[dict[str, Any]]) -> None:
         try:

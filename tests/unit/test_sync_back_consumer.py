@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
@@ -90,3 +91,47 @@ def test_lost_database_connections_are_retried() -> None:
     consumer._retrying.wait = lambda state: 0.0  # type: ignore[method-assign,assignment]
     assert consumer._with_retry(flaky) == "applied"
     assert len(calls) == 3 and consumer.stats.db_retries == 2
+
+
+def test_the_next_full_batch_is_received_while_one_is_applied() -> None:
+    sqs = FakeSqs(25)
+    consumer = make(sqs)
+    calls: list[str] = []
+    receive = sqs.receive_message
+
+    def recorded_receive(**kwargs: Any) -> dict[str, Any]:
+        reply = receive(**kwargs)
+        calls.append(f"receive {len(reply['Messages'])}")
+        return reply
+
+    sqs.receive_message = recorded_receive  # type: ignore[method-assign]
+
+    def handle_batch(items: list[tuple[str, str]], tick: Any = None) -> list[str]:
+        applies = sum(c.startswith("apply") for c in calls)
+        for _ in range(500):  # a full batch in hand: the next receive lands meanwhile
+            if len(items) < 10 or sum(c.startswith("receive") for c in calls) >= applies + 2:
+                break
+            threading.Event().wait(0.01)
+        calls.append(f"apply {len(items)}")
+        if len(sqs.deleted) + len(items) == 25:
+            consumer.stop.set()
+        return ["applied"] * len(items)
+
+    consumer.handle_batch = handle_batch  # type: ignore[method-assign]
+    consumer.run()
+    assert calls == ["receive 10", "receive 10", "apply 10", "receive 5", "apply 10", "apply 5"]
+    assert sqs.deleted == [f"r{i}" for i in range(25)]
+
+
+def test_a_batch_received_ahead_is_given_back_on_stop() -> None:
+    sqs = FakeSqs(20)
+    consumer = make(sqs)
+
+    def handle_batch(items: list[tuple[str, str]], tick: Any = None) -> list[str]:
+        consumer.stop.set()  # SIGTERM while the first batch is applied
+        return ["applied"] * len(items)
+
+    consumer.handle_batch = handle_batch  # type: ignore[method-assign]
+    consumer.run()
+    assert sqs.deleted == [f"r{i}" for i in range(10)]
+    assert sqs.extended == [[f"r{i}" for i in range(10, 20)]]  # visible again at once
