@@ -132,15 +132,7 @@ def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
         prepare_embedded(settings, engine)
     else:
         check_migrated(settings, engine)
-    stop = threading.Event()
-    install_signal_handlers(stop)
-    source = open_source(settings, engine)
-    publisher = open_publisher(settings, stop)
-    lease = None
-    if settings.dialect == "postgresql":
-        lease = Lease(engine, lease_name(settings))
-    worker = Worker(settings, source, publisher, stop, on_published=failpoint_hook(settings.failpoint),
-                    lease=lease, backfill=open_backfiller(settings, engine, source))
+    worker = open_worker(settings, engine)
     server = None
     if settings.health_port is not None:
         from cdc.health import serve
@@ -151,11 +143,26 @@ def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
     finally:
         if server is not None:
             server.shutdown()
-        if lease is not None:
-            lease.release()
-        publisher.close()
-        source.close()
+        close_worker(worker)
     return 0
+
+
+def open_worker(settings: Settings, engine: Engine) -> Worker:
+    """The capture worker as `cdc run` runs it: signals stop it, a lease on PostgreSQL."""
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    source = open_source(settings, engine)
+    lease = Lease(engine, lease_name(settings)) if settings.dialect == "postgresql" else None
+    return Worker(settings, source, open_publisher(settings, stop), stop,
+                  on_published=failpoint_hook(settings.failpoint), lease=lease,
+                  backfill=open_backfiller(settings, engine, source))
+
+
+def close_worker(worker: Worker) -> None:
+    if worker.lease is not None:
+        worker.lease.release()
+    worker.publisher.close()
+    worker.source.close()
 
 
 def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
@@ -205,15 +212,8 @@ def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
 def follow_backfills(settings: Settings, engine: Engine, ids: list[int]) -> int:
     """Run a capture worker until the backfills end (or, while another worker holds the
     lease, watch that one do them), showing their progress."""
-    stop = threading.Event()
-    install_signal_handlers(stop)
-    source = open_source(settings, engine)
-    publisher = open_publisher(settings, stop)
-    lease = None
-    if settings.dialect == "postgresql":
-        lease = Lease(engine, lease_name(settings))
-    worker = Worker(settings, source, publisher, stop, on_published=failpoint_hook(settings.failpoint),
-                    lease=lease, backfill=open_backfiller(settings, engine, source))
+    worker = open_worker(settings, engine)
+    stop = worker.stop
     failure: list[BaseException] = []
 
     def work() -> None:
@@ -231,10 +231,7 @@ def follow_backfills(settings: Settings, engine: Engine, ids: list[int]) -> int:
     finally:
         stop.set()
         thread.join()
-        if lease is not None:
-            lease.release()
-        publisher.close()
-        source.close()
+        close_worker(worker)
     if failure:
         raise failure[0]
     unfinished = [r for r in runs if r.status != "done"]
