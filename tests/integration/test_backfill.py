@@ -177,14 +177,16 @@ def test_a_backfill_beside_live_writes_reproduces_the_table(pg_url: URL, tmp_pat
     assert all(e["position"].count(".") == 1 for e in reads)
 
 
-def test_a_killed_backfill_resumes_and_resends_with_the_same_ids(pg_url: URL,
-                                                                 tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["changelog", "logical"])
+def test_a_killed_backfill_resumes_and_resends_with_the_same_ids(pg_url: URL, tmp_path: Path,
+                                                                 mode: str) -> None:
     bus = tmp_path / "bus.jsonl"
-    settings = settings_for_mode(pg_url, "changelog", TABLE)
+    settings = settings_for_mode(pg_url, mode, TABLE)
     engine = prepared(settings, DDL.replace(str(ROWS), "20000"))
     env = {**os.environ, "CDC_DATABASE_URL": pg_url.render_as_string(hide_password=False),
            "CDC_TABLES": TABLE, "CDC_BUS": "file", "CDC_BUS_FILE": str(bus),
-           "CDC_LOG_FORMAT": "json", "CDC_POLL_INTERVAL": "0.05"}
+           "CDC_LOG_FORMAT": "json", "CDC_POLL_INTERVAL": "0.05", "CDC_CAPTURE": mode,
+           "CDC_SLOT_NAME": settings.slot_name}
     command = [sys.executable, "-m", "cdc", "backfill", TABLE, "--chunk-size", "1000"]
     # SIGKILL after the 8th batch reached the bus and before its acknowledgement.
     killed = subprocess.run(command, env={**env, "CDC_FAILPOINT": "kill_after_publish:8"},
