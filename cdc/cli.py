@@ -92,6 +92,14 @@ def check_migrated(settings: Settings, engine: Engine) -> None:
     if revision is None:
         raise CdcError(f"the service's state schema is missing in {settings.display_url}; "
                        "run `cdc migrate` first")
+    head = database.head_revision(settings)
+    if revision != head and not database.knows_revision(settings, revision):
+        raise CdcError(f"the service's state schema is at revision {revision}, newer than this "
+                       f"version knows (its newest is {head}); run the newer version")
+    if revision != head:
+        # An upgraded service on an older schema would fail on a table it does not find yet.
+        raise CdcError(f"the service's state schema is at revision {revision}, this version "
+                       f"needs {head}; run `cdc migrate` (it only adds to the state schema)")
 
 
 def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> int:

@@ -73,6 +73,26 @@ def current_revision(engine: Engine, settings: Settings) -> str | None:
         return context.get_current_revision()
 
 
+def head_revision(settings: Settings) -> str:
+    """The newest migration this version of the service ships."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config(settings)).get_current_head()
+    assert head is not None
+    return head
+
+
+def knows_revision(settings: Settings, revision: str) -> bool:
+    """Whether this version ships ``revision`` (a newer service may have migrated further)."""
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    try:
+        return ScriptDirectory.from_config(alembic_config(settings)).get_revision(revision) is not None
+    except CommandError:
+        return False
+
+
 def is_transient_db_error(exc: BaseException) -> bool:
     """A failure that a new connection may cure: the server restarted, the connection was
     terminated or timed out. Wrong credentials or a missing database are not retried."""

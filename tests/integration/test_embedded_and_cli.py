@@ -270,3 +270,28 @@ def test_least_privilege_grants_are_enough(pg_url: URL, tmp_path: Path) -> None:
                     connection.execute(text(f"DROP OWNED BY {role}"))
                     connection.execute(text(f"DROP ROLE {role}"))
         admin.dispose()
+
+
+@pytest.mark.integration
+def test_a_state_schema_behind_or_ahead_of_the_code_is_named(pg_url: URL, tmp_path: Path) -> None:
+    from cdc import database
+    from cdc.settings import load_settings
+
+    env = clean_env(CDC_DATABASE_URL=pg_url.render_as_string(hide_password=False),
+                    CDC_TABLES="orders")
+    settings = load_settings({k: v for k, v in env.items() if k.startswith("CDC_")})
+    engine = database.connect(settings)
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE orders (id int PRIMARY KEY)"))
+    database.migrate(engine, settings, "0003")
+    behind = cdc("status", cwd=tmp_path, env=env)
+    head = database.head_revision(settings)
+    assert behind.returncode == 1
+    assert f"at revision 0003, this version needs {head}; run `cdc migrate`" in behind.stderr
+    assert cdc("migrate", cwd=tmp_path, env=env).returncode == 0
+    assert cdc("status", cwd=tmp_path, env=env).returncode == 0
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE cdc.alembic_version SET version_num = '9999'"))
+    ahead = cdc("status", cwd=tmp_path, env=env)
+    assert ahead.returncode == 1 and "newer than this version knows" in ahead.stderr
+    engine.dispose()
