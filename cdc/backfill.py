@@ -215,9 +215,10 @@ class Backfiller:
     @property
     def busy(self) -> bool:
         """Whether there is backfill work the worker should not sleep over (a rate-limited
-        run waiting for its turn is not)."""
+        run waiting for its turn, or a chunk waiting for writers to end, is not)."""
         if self.pending is not None:
-            return True
+            # A change-log chunk waiting for a long transaction to end is not worth a busy loop.
+            return self.pending.ready
         now = time.monotonic()
         return any(self._not_before.get(run.id, 0.0) <= now for run in self.runs)
 

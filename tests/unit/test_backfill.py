@@ -137,3 +137,7 @@ def test_a_rate_limited_run_lets_the_worker_sleep() -> None:
     assert filler.busy
     filler._not_before = {1: time.monotonic() + 5}
     assert not filler.busy
+    filler.pending = pending([1], set(), ready=False)  # waiting for a long transaction
+    assert not filler.busy
+    filler.pending.ready = True
+    assert filler.busy
