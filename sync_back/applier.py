@@ -154,7 +154,8 @@ class Applier:
             now = now.isoformat()
         connection = self._connection()
         try:
-            with connection.begin(), origin_tag(connection, ORIGIN, logical=self.logical):
+            with connection.begin(), origin_tag(connection, ORIGIN, logical=self.logical,
+                                                to_commit=True):
                 outcomes = self._apply_in(connection, pending, now)
         except BaseException as exc:
             # Rolled back; a connection that failed (or an error of ours) is not kept.
