@@ -105,3 +105,10 @@ def test_the_settings_load_with_the_mounted_config(name: str) -> None:
     settings = load_settings(env)  # ConfigError on an unknown or invalid setting
     assert settings.capture == "logical" and settings.bus == "eventbridge"
     assert len(load_mappings(settings.sync_back, settings.default_schema)) >= 1
+
+
+@pytest.mark.parametrize("name", sorted(OURS))
+def test_boto3_gets_a_region_it_reads(name: str) -> None:
+    # boto3 reads AWS_DEFAULT_REGION; AWS_REGION alone would leave the clients without one.
+    environment = OURS[name]["environment"]
+    assert interpolate(environment.get("AWS_DEFAULT_REGION", "")) != ""
