@@ -235,14 +235,15 @@ def follow_backfills(settings: Settings, engine: Engine, ids: list[int]) -> int:
     thread.start()
     tables = state_tables(engine.dialect.name, settings.state_schema)
     try:
-        runs = progress.follow(lambda: backfill.runs(engine, tables, ids), stop)
+        progress.follow(lambda: backfill.runs(engine, tables, ids), stop)
     finally:
         stop.set()
         thread.join()
         close_worker(worker)
     if failure:
         raise failure[0]
-    unfinished = [r for r in runs if r.status != "done"]
+    # Read again: the worker may have finished a chunk after the last progress reading.
+    unfinished = [r for r in backfill.runs(engine, tables, ids) if r.status != "done"]
     for run in unfinished:
         print(f"backfill #{run.id} of {run.table}: {run.status} after {run.rows_done} rows"
               + ("; run the same command again to resume" if run.status == "running" else ""))
