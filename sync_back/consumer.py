@@ -13,21 +13,19 @@ returns to the queue when its visibility timeout ends.
 from __future__ import annotations
 
 import logging
-import random
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from botocore.exceptions import ClientError
 from sqlalchemy import Engine, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
 from cdc.database import db_retrying, is_transient_db_error
-from cdc.errors import Interrupted, PermanentError, classify_aws_error, is_transient_transport_error
+from cdc.errors import Interrupted
+from cdc.queue import RECEIVE_MAX, Queue, Received
 from cdc.settings import Settings
 from cdc.state import StateTables
 from sync_back.applier import Applier, Pending
@@ -37,57 +35,6 @@ from sync_back.rows import to_write
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-# A failed delete is tried again this many times in all; what is still not deleted comes back
-# from the queue after its visibility timeout (and is then a duplicate the inbox absorbs).
-DELETE_ATTEMPTS = 5
-# SQS error codes meaning CDC_SYNC_QUEUE_URL names no queue: retrying cannot help.
-QUEUE_MISSING_CODES = frozenset({"QueueDoesNotExist", "AWS.SimpleQueueService.NonExistentQueue"})
-
-
-RECEIVE_MAX = 10  # messages per ReceiveMessage, SQS's most
-
-
-@dataclass
-class Received:
-    """Messages of one ReceiveMessage call, and when they arrived (their visibility clock)."""
-
-    messages: list[dict[str, Any]]
-    at: float = field(default_factory=lambda: time.monotonic())
-    _thread: threading.Thread | None = None
-    _result: list[Received] = field(default_factory=list)
-    _error: list[BaseException] = field(default_factory=list)
-
-    @classmethod
-    def fetch(cls, consumer: Consumer) -> Received:
-        """Receive on a daemon thread (a stop never waits for a long poll to end)."""
-        pending = cls([])
-
-        def receive() -> None:
-            try:
-                pending._result.append(consumer.receive())
-            except BaseException as exc:  # raised again by wait(), on the consumer's thread
-                pending._error.append(exc)
-
-        pending._thread = threading.Thread(target=receive, name="sqs-receive", daemon=True)
-        pending._thread.start()
-        return pending
-
-    def wait(self) -> Received:
-        assert self._thread is not None
-        self._thread.join()
-        if self._error:
-            raise self._error[0]
-        return self._result[0]
-
-    def release(self, consumer: Consumer) -> None:
-        """Stopping with a batch received ahead: give it back to the queue at once, if it
-        arrives within a second (else its visibility timeout returns it)."""
-        assert self._thread is not None
-        self._thread.join(1.0)
-        if self._result and self._result[0].messages:
-            consumer.release(self._result[0].messages)
-
 
 @dataclass
 class ConsumerStats:
@@ -136,7 +83,9 @@ class Consumer:
         for mapping in self.mappings:
             self.applier.check_columns(mapping.table, list(mapping.columns))
         self._retrying = db_retrying(self.stop, self._count_retry, "the legacy database")
-        self._receive_failures = 0
+        self.queue = Queue(self.sqs, self.settings.sync_queue_url, "CDC_SYNC_QUEUE_URL",
+                           self.settings.sync_wait_seconds, self.settings.sync_visibility_timeout,
+                           self.stop, self.stats)
         self._own_source = self.settings.event_source  # computed from the URL: once
 
     # -- the loop ---------------------------------------------------------------------------
@@ -148,141 +97,32 @@ class Consumer:
         log.info("syncing back from %s into %s", self.settings.sync_queue_url, self.settings.display_url)
         ahead: Received | None = None
         while not self.stop.is_set():
-            received = ahead.wait() if ahead is not None else self.receive()
+            received = ahead.wait() if ahead is not None else self.queue.receive()
             ahead = None
             if len(received.messages) == RECEIVE_MAX and not self.stop.is_set():
-                ahead = Received.fetch(self)
+                ahead = Received.fetch(self.queue)
             self.process(received)
         if ahead is not None:
-            ahead.release(self)
+            ahead.release(self.queue)
 
     def poll_once(self) -> int:
-        return self.process(self.receive())
-
-    def receive(self) -> Received:
-        try:
-            reply = self.sqs.receive_message(
-                QueueUrl=self.settings.sync_queue_url, MaxNumberOfMessages=RECEIVE_MAX,
-                WaitTimeSeconds=self.settings.sync_wait_seconds,
-                VisibilityTimeout=self.settings.sync_visibility_timeout,
-            )
-        except Exception as exc:
-            self._receive_failures += 1
-            self._queue_failed("ReceiveMessage", exc, self._receive_failures)
-            return Received([])
-        self._receive_failures = 0
-        self.stats.last_polled_at = time.time()
-        return Received(reply.get("Messages", []))
+        return self.process(self.queue.receive())
 
     def process(self, received: Received) -> int:
         messages = received.messages
         if not messages:
             return 0
-        started = received.at  # their visibility timeout runs from the receive
-
-        def tick(index: int) -> None:
-            nonlocal started
-            if time.monotonic() - started > self.settings.sync_visibility_timeout / 2:
-                self._extend_visibility(messages[index:])
-                started = time.monotonic()
-
         # A stop request lets the batch in hand finish (ten messages at most); only a database
         # outage that outlasts the request leaves it to come back from the queue.
         try:
-            self.handle_batch([(m["Body"], m["MessageId"]) for m in messages], tick)
+            self.handle_batch([(m["Body"], m["MessageId"]) for m in messages],
+                              self.queue.keep_visible(received))
         except Interrupted:
             return 0
         # Deleted only now, after their transaction committed: a crash before this line
         # redelivers them, and the inbox makes the second application a no-op.
-        self._delete(messages)
+        self.queue.delete(messages)
         return len(messages)
-
-    def _delete(self, messages: list[dict[str, Any]]) -> None:
-        pending = {str(i): m["ReceiptHandle"] for i, m in enumerate(messages)}
-        for attempt in range(1, DELETE_ATTEMPTS + 1):
-            try:
-                reply = self.sqs.delete_message_batch(
-                    QueueUrl=self.settings.sync_queue_url,
-                    Entries=[{"Id": i, "ReceiptHandle": handle} for i, handle in pending.items()],
-                ) or {}
-            except Exception as exc:
-                codes = [self._queue_error_code("DeleteMessageBatch", exc)] * len(pending)
-            else:
-                # A sender fault (an expired receipt handle) means the message is visible
-                # again already; only the others are worth another try.
-                failed = [f for f in reply.get("Failed", []) if not f.get("SenderFault")]
-                pending = {f["Id"]: pending[f["Id"]] for f in failed if f.get("Id") in pending}
-                codes = [f.get("Code") or "Unknown" for f in failed]
-            if not pending:
-                return
-            self._count_queue_retries(codes)
-            if attempt < DELETE_ATTEMPTS:
-                self.stop.wait(backoff(attempt))
-        self.stats.undeleted += len(pending)
-        log.warning("%d applied messages could not be deleted from the queue (%s); they will come "
-                    "back after the visibility timeout and be skipped as duplicates",
-                    len(pending), ",".join(sorted(set(codes))))
-
-    def release(self, messages: list[dict[str, Any]]) -> None:
-        """Make received, unhandled messages visible again now (for another consumer)."""
-        try:
-            self.sqs.change_message_visibility_batch(
-                QueueUrl=self.settings.sync_queue_url, Entries=[
-                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
-                    for i, m in enumerate(messages)])
-        except Exception as exc:  # they come back after their visibility timeout anyway
-            log.warning("could not release %d received messages (%s)", len(messages), exc)
-
-    def _extend_visibility(self, messages: list[dict[str, Any]]) -> None:
-        try:
-            self.sqs.change_message_visibility_batch(
-                QueueUrl=self.settings.sync_queue_url, Entries=[
-                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"],
-                     "VisibilityTimeout": self.settings.sync_visibility_timeout}
-                    for i, m in enumerate(messages)
-                ])
-        except Exception as exc:
-            # The batch goes on: if the messages come back meanwhile, whoever receives them
-            # finds them claimed in the inbox.
-            code = self._queue_error_code("ChangeMessageVisibilityBatch", exc)
-            self._count_queue_retries([code])
-            log.warning("could not extend the visibility of %d messages (%s)", len(messages), code)
-
-    # -- queue errors -------------------------------------------------------------------------
-
-    def _queue_failed(self, call: str, exc: Exception, failures: int) -> None:
-        """A transient SQS failure: count it and wait (growing, with jitter) before the next
-        call; anything else raises."""
-        code = self._queue_error_code(call, exc)
-        self._count_queue_retries([code])
-        delay = backoff(failures)
-        log.warning("SQS %s failed with %s; attempt %d, retrying in %.2fs", call, code, failures,
-                    delay)
-        self.stop.wait(delay)
-
-    def _queue_error_code(self, call: str, exc: Exception) -> str:
-        """The code of a failure worth retrying; raises the ones that are not."""
-        if isinstance(exc, ClientError):
-            code = exc.response.get("Error", {}).get("Code") or "Unknown"
-            message = exc.response.get("Error", {}).get("Message", "")
-            if code in QUEUE_MISSING_CODES:
-                raise PermanentError(f"SQS {call} failed with {code}: CDC_SYNC_QUEUE_URL "
-                                     f"{self.settings.sync_queue_url!r} names no queue in this "
-                                     "account and region") from exc
-            if classify_aws_error(code) != "retry":
-                raise PermanentError(f"SQS {call} failed with {code}: {message}. Check the AWS "
-                                     "credentials and that the IAM identity may call "
-                                     "sqs:ReceiveMessage, sqs:DeleteMessage and "
-                                     "sqs:ChangeMessageVisibility on the queue.") from exc
-            return code
-        if is_transient_transport_error(exc):
-            return type(exc).__name__
-        raise exc
-
-    def _count_queue_retries(self, codes: Sequence[str]) -> None:
-        retries = self.stats.queue_retries_by_code
-        for code in codes:
-            retries[code] = retries.get(code, 0) + 1
 
     # -- messages ---------------------------------------------------------------------------
 
@@ -425,11 +265,6 @@ class Consumer:
 
     def _count_retry(self) -> None:
         self.stats.db_retries += 1
-
-
-def backoff(attempt: int, initial: float = 0.2, maximum: float = 10.0) -> float:
-    """Seconds to wait before try ``attempt + 1``: exponential, with full jitter."""
-    return random.uniform(0, min(maximum, initial * 2 ** attempt))
 
 
 def event_id_of(envelope: Envelope, id_parts: tuple[str, ...]) -> str:

@@ -9,10 +9,10 @@ import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.exc import OperationalError
 
+from cdc import queue as queue_module
 from cdc.errors import Interrupted
 from cdc.settings import load_settings
 from cdc.state import state_tables
-from sync_back import consumer as consumer_module
 from sync_back.consumer import Consumer
 from sync_back.mapping import Mappings
 
@@ -59,7 +59,7 @@ def test_a_slow_batch_extends_the_visibility_of_what_is_left(monkeypatch: pytest
     sqs = FakeSqs(4)
     consumer = make(sqs)
     clock = iter(range(0, 1000, 3))  # each handled message takes 3 of the 10 seconds
-    monkeypatch.setattr(consumer_module.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(queue_module.time, "monotonic", lambda: next(clock))
     consumer._prepare = lambda body, message_id: "own_event"  # type: ignore[method-assign]
     consumer.poll_once()
     assert sqs.extended and sqs.extended[0][-1] == "r3"

@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
+from cdc import queue as queue_module
 from cdc.errors import PermanentError
-from sync_back import consumer as consumer_module
-from sync_back.consumer import DELETE_ATTEMPTS, backoff, event_id_of
+from cdc.queue import DELETE_ATTEMPTS, backoff
+from sync_back.consumer import event_id_of
 from sync_back.incoming import Envelope
 from tests.unit.test_sync_back_consumer import FakeSqs, make
 
@@ -50,7 +51,7 @@ class FailingSqs(FakeSqs):
 
 @pytest.fixture(autouse=True)
 def no_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(consumer_module, "backoff", lambda attempt: 0.0)
+    monkeypatch.setattr(queue_module, "backoff", lambda attempt: 0.0)
 
 
 def handled_all(consumer: Any) -> None:
@@ -115,7 +116,7 @@ def test_a_failed_visibility_extension_does_not_stop_the_batch(
     sqs.change_message_visibility_batch = refuse  # type: ignore[assignment,method-assign]
     consumer = make(sqs)
     clock = iter(range(0, 1000, 3))
-    monkeypatch.setattr(consumer_module.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(queue_module.time, "monotonic", lambda: next(clock))
     consumer._prepare = lambda body, message_id: "own_event"  # type: ignore[method-assign]
     assert consumer.poll_once() == 4
     assert consumer.stats.queue_retries_by_code["RequestThrottled"] >= 1
