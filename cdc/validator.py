@@ -37,6 +37,7 @@ from cdc.database import db_retrying
 from cdc.errors import Interrupted
 from cdc.events import BusEntry
 from cdc.publishers import Publisher
+from cdc.queue import Queue
 from cdc.schemas import SchemaRegistry
 from cdc.settings import Settings
 from cdc.validation_state import Claim, ValidationDeadLetter, ValidationTables
@@ -134,6 +135,9 @@ class ValidatorStats:
     already_valid: int = 0
     rejected: int = 0
     db_retries: int = 0
+    queue_retries_by_code: dict[str, int] = field(default_factory=dict)
+    undeleted: int = 0
+    last_polled_at: float = 0.0
 
 
 @dataclass
@@ -153,6 +157,9 @@ class Validator:
 
     def __post_init__(self) -> None:
         self._retrying = db_retrying(self.stop, self._count_retry, "the state database")
+        self.queue = Queue(self.sqs, self.settings.validate_queue_url, "CDC_VALIDATE_QUEUE_URL",
+                           self.settings.validate_wait_seconds,
+                           self.settings.validate_visibility_timeout, self.stop, self.stats)
 
     def run(self) -> None:
         log.info("validating events from %s against %d schemas; valid ones go to the %s bus",
@@ -164,13 +171,7 @@ class Validator:
 
     def poll_once(self) -> int:
         """One receive-handle-delete round; how many messages it handled."""
-        queue = self.settings.validate_queue_url
-        reply = self.sqs.receive_message(
-            QueueUrl=queue, MaxNumberOfMessages=10,
-            WaitTimeSeconds=self.settings.validate_wait_seconds,
-            VisibilityTimeout=self.settings.validate_visibility_timeout,
-        )
-        messages = reply.get("Messages", [])
+        messages = self.queue.receive().messages
         if not messages:
             return 0
         try:
@@ -180,9 +181,7 @@ class Validator:
             return 0
         # Deleted only now: a crash before this line redelivers them, and their claims (or
         # dead letters, stored by message id) make the second pass change nothing.
-        self.sqs.delete_message_batch(QueueUrl=queue, Entries=[
-            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)
-        ])
+        self.queue.delete(messages)
         return len(messages)
 
     def handle_batch(self, items: Sequence[tuple[str, str]]) -> list[Outcome]:

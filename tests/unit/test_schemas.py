@@ -271,3 +271,29 @@ def test_exact_json_keeps_numbers_as_written() -> None:
     value = {"a": Decimal("12.50"), "b": [1, Decimal("1E+5"), None, True], "c": "é\"", "d": {}}
     assert exact_json(value) == '{"a":12.50,"b":[1,1E+5,null,true],"c":"é\\"","d":{}}'
     assert json.loads(exact_json(value), parse_float=Decimal) == value
+
+
+def test_the_validator_retries_a_throttled_queue_instead_of_stopping(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from botocore.exceptions import ClientError
+    from sqlalchemy import create_engine
+
+    from cdc import queue as queue_module
+    from cdc.publishers.file import NullPublisher
+    from cdc.schemas import SchemaRegistry
+    from cdc.settings import load_settings
+    from cdc.validation_state import validation_tables
+    from cdc.validator import Validator
+
+    class ThrottledSqs:
+        def receive_message(self, **_: Any) -> dict[str, Any]:
+            raise ClientError({"Error": {"Code": "RequestThrottled", "Message": "slow down"}},
+                              "ReceiveMessage")
+
+    monkeypatch.setattr(queue_module, "backoff", lambda attempt: 0.0)
+    settings = load_settings({"CDC_DATABASE_URL": "sqlite://", "CDC_TABLES": "t",
+                              "CDC_VALIDATE_QUEUE_URL": "q"})
+    validator = Validator(settings, create_engine("sqlite://"), validation_tables("sqlite"),
+                          SchemaRegistry({}), NullPublisher(), ThrottledSqs())
+    assert validator.poll_once() == 0
+    assert validator.stats.queue_retries_by_code == {"RequestThrottled": 1}
