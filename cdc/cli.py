@@ -26,7 +26,7 @@ from cdc import (
 from cdc.backfill import Backfiller
 from cdc.catalog import read_table
 from cdc.errors import CdcError, ConfigError, PermanentError
-from cdc.events import TableRef, parse_iso
+from cdc.events import TableRef, parse_iso, quote_ident
 from cdc.lease import Lease
 from cdc.publishers import Publisher
 from cdc.publishers.file import FilePublisher, NullPublisher
@@ -352,12 +352,9 @@ def grants_sql(settings: Settings, capture_role: str, sync_role: str,
     """Least-privilege SQL for the capture worker's role and the sync-back consumer's role."""
     from sync_back.mapping import load_mappings
 
-    def ident(name: str) -> str:
-        return '"' + name.replace('"', '""') + '"'
-
-    schema = ident(settings.state_schema)
-    tables = ", ".join(f"{ident(t.schema)}.{ident(t.name)}" for t in settings.table_refs)
-    capture, sync = ident(capture_role), ident(sync_role)
+    schema = quote_ident(settings.state_schema)
+    tables = ", ".join(t.quoted for t in settings.table_refs)
+    capture, sync = quote_ident(capture_role), quote_ident(sync_role)
     lines = [
         f"-- Capture worker ({settings.capture} mode). `cdc migrate` and `cdc setup` run as the",
         "-- owner of the legacy tables (triggers and publications need it); the worker does not.",
@@ -390,14 +387,14 @@ def grants_sql(settings: Settings, capture_role: str, sync_role: str,
     ]
     privileges: dict[str, set[str]] = {}
     for mapping in mappings:
-        name = f"{ident(mapping.table.schema)}.{ident(mapping.table.name)}"
+        name = mapping.table.quoted
         wanted = {"SELECT", "DELETE"} if mapping.op == "delete" else {"SELECT", "INSERT", "UPDATE"}
         privileges.setdefault(name, set()).update(wanted)
     for name, wanted in sorted(privileges.items()):
         lines.append(f"GRANT {', '.join(sorted(wanted))} ON {name} TO {sync};")
     if not privileges:
         lines.append("-- (no [[sync_back.mappings]] configured: no legacy table to grant)")
-    validator = ident(validator_role)
+    validator = quote_ident(validator_role)
     lines += [
         "",
         "-- Validator (cdc validate): its claims and dead letters; no legacy table at all.",

@@ -35,6 +35,11 @@ EVENT_ID_NAMESPACE = uuid.UUID("6f1c8a52-3c1e-5a0b-9d7e-2f4b8c6d1e90")
 TIME_FIELD_BYTES = 14
 
 
+def quote_ident(name: str) -> str:
+    """An SQL identifier in double quotes, for statements written by hand (DDL, COPY)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 @dataclass(frozen=True, slots=True)
 class TableRef:
     schema: str
@@ -43,6 +48,11 @@ class TableRef:
     @property
     def qualified(self) -> str:
         return f"{self.schema}.{self.name}"
+
+    @property
+    def quoted(self) -> str:
+        """``"schema"."name"``, as SQL."""
+        return f"{quote_ident(self.schema)}.{quote_ident(self.name)}"
 
     @classmethod
     def parse(cls, text: str, default_schema: str) -> TableRef:

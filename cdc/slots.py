@@ -14,12 +14,11 @@ from sqlalchemy import Connection, Engine, text
 
 from cdc.catalog import TableInfo
 from cdc.errors import SetupError
+from cdc.events import quote_ident
 
 log = logging.getLogger(__name__)
 
 
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def check_server(connection: Connection) -> None:
@@ -35,7 +34,7 @@ def check_server(connection: Connection) -> None:
     if not allowed:
         user = connection.execute(text("SELECT current_user")).scalar_one()
         raise SetupError(
-            f"role {user!r} may not stream changes; as a superuser: ALTER ROLE {_ident(user)} WITH REPLICATION;"
+            f"role {user!r} may not stream changes; as a superuser: ALTER ROLE {quote_ident(user)} WITH REPLICATION;"
         )
 
 
@@ -44,7 +43,7 @@ def check_identity(connection: Connection, info: TableInfo) -> None:
         return
     identity = connection.execute(
         text("SELECT relreplident FROM pg_class WHERE oid = CAST(:t AS regclass)"),
-        {"t": f"{_ident(info.ref.schema)}.{_ident(info.ref.name)}"},
+        {"t": info.ref.quoted},
     ).scalar_one()
     if identity != "i":
         raise SetupError(
@@ -60,12 +59,12 @@ def install(engine: Engine, infos: Iterable[TableInfo], slot: str, publication: 
         check_server(connection)
         for info in infos:
             check_identity(connection, info)
-        names = [f"{_ident(i.ref.schema)}.{_ident(i.ref.name)}" for i in infos]
+        names = [i.ref.quoted for i in infos]
         exists = connection.execute(
             text("SELECT 1 FROM pg_publication WHERE pubname = :p"), {"p": publication}
         ).first()
         if exists is None:
-            connection.execute(text(f"CREATE PUBLICATION {_ident(publication)} FOR TABLE {', '.join(names)}"))
+            connection.execute(text(f"CREATE PUBLICATION {quote_ident(publication)} FOR TABLE {', '.join(names)}"))
             log.info("publication %s created", publication)
         else:
             published = {
@@ -75,7 +74,7 @@ def install(engine: Engine, infos: Iterable[TableInfo], slot: str, publication: 
             }
             for info, name in zip(infos, names, strict=True):
                 if info.ref.qualified not in published:
-                    connection.execute(text(f"ALTER PUBLICATION {_ident(publication)} ADD TABLE {name}"))
+                    connection.execute(text(f"ALTER PUBLICATION {quote_ident(publication)} ADD TABLE {name}"))
                     log.info("%s added to publication %s", info.ref.qualified, publication)
     # A slot cannot be created in a transaction that has written (it must be the first thing).
     with engine.connect() as connection:
@@ -98,6 +97,6 @@ def drop(engine: Engine, slot: str, publication: str) -> None:
         if connection.execute(text("SELECT 1 FROM pg_replication_slots WHERE slot_name = :s"),
                               {"s": slot}).first():
             connection.execute(text("SELECT pg_drop_replication_slot(:s)"), {"s": slot})
-        connection.execute(text(f"DROP PUBLICATION IF EXISTS {_ident(publication)}"))
+        connection.execute(text(f"DROP PUBLICATION IF EXISTS {quote_ident(publication)}"))
         connection.commit()
     log.info("replication slot %s and publication %s removed", slot, publication)

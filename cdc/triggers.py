@@ -16,7 +16,7 @@ from sqlalchemy import Connection, Engine, text
 
 from cdc.catalog import TableInfo
 from cdc.errors import SetupError
-from cdc.events import TableRef
+from cdc.events import TableRef, quote_ident
 
 log = logging.getLogger(__name__)
 _SQLITE_OPS = ("insert", "update", "delete")
@@ -57,16 +57,12 @@ def drop(engine: Engine, tables: Iterable[TableRef], state_schema: str) -> None:
             log.info("capture triggers removed from %s", ref.qualified)
 
 
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _pg_table(ref: TableRef) -> str:
-    return f"{_ident(ref.schema)}.{_ident(ref.name)}"
 
 
 def _require_capture_function(connection: Connection, state_schema: str) -> None:
@@ -80,14 +76,14 @@ def _require_capture_function(connection: Connection, state_schema: str) -> None
 
 
 def _install_postgres(connection: Connection, ref: TableRef, state_schema: str) -> None:
-    function = f"{_ident(state_schema)}.capture()"
+    function = f"{quote_ident(state_schema)}.capture()"
     name = f"{state_schema}_capture"
     connection.execute(text(
-        f"CREATE TRIGGER {_ident(name)} AFTER INSERT OR UPDATE OR DELETE ON {_pg_table(ref)} "
+        f"CREATE TRIGGER {quote_ident(name)} AFTER INSERT OR UPDATE OR DELETE ON {ref.quoted} "
         f"FOR EACH ROW EXECUTE FUNCTION {function}"
     ))
     connection.execute(text(
-        f"CREATE TRIGGER {_ident(name + '_truncate')} AFTER TRUNCATE ON {_pg_table(ref)} "
+        f"CREATE TRIGGER {quote_ident(name + '_truncate')} AFTER TRUNCATE ON {ref.quoted} "
         f"FOR EACH STATEMENT EXECUTE FUNCTION {function}"
     ))
 
@@ -95,7 +91,7 @@ def _install_postgres(connection: Connection, ref: TableRef, state_schema: str) 
 def _drop_postgres(connection: Connection, ref: TableRef, state_schema: str) -> None:
     name = f"{state_schema}_capture"
     for trigger in (name, name + "_truncate"):
-        connection.execute(text(f"DROP TRIGGER IF EXISTS {_ident(trigger)} ON {_pg_table(ref)}"))
+        connection.execute(text(f"DROP TRIGGER IF EXISTS {quote_ident(trigger)} ON {ref.quoted}"))
 
 
 def _sqlite_trigger_name(ref: TableRef, op: str) -> str:
@@ -106,7 +102,7 @@ def sqlite_image(columns: Iterable[str], row: str) -> str:
     # json_object refuses BLOB values, so a blob travels as ["<hex>"] (cdc.values unwraps it).
     parts = []
     for column in columns:
-        value = f"{row}.{_ident(column)}"
+        value = f"{row}.{quote_ident(column)}"
         parts.append(
             f"{_literal(column)}, CASE WHEN typeof({value}) = 'blob' "
             f"THEN json_array(hex({value})) ELSE {value} END"
@@ -124,8 +120,8 @@ def _install_sqlite(connection: Connection, info: TableInfo) -> None:
     for op in _SQLITE_OPS:
         before, after = images[op]
         connection.execute(text(
-            f"CREATE TRIGGER {_ident(_sqlite_trigger_name(ref, op))} AFTER {op.upper()} "
-            f"ON {_ident(ref.name)} BEGIN "
+            f"CREATE TRIGGER {quote_ident(_sqlite_trigger_name(ref, op))} AFTER {op.upper()} "
+            f"ON {quote_ident(ref.name)} BEGIN "
             f"INSERT INTO cdc_changelog (table_name, op, before, after, origin) VALUES ("
             f"{_literal(ref.qualified)}, {_literal(op)}, {before}, {after}, "
             f"(SELECT origin FROM cdc_origin LIMIT 1)); END"
@@ -134,4 +130,4 @@ def _install_sqlite(connection: Connection, info: TableInfo) -> None:
 
 def _drop_sqlite(connection: Connection, ref: TableRef) -> None:
     for op in _SQLITE_OPS:
-        connection.execute(text(f"DROP TRIGGER IF EXISTS {_ident(_sqlite_trigger_name(ref, op))}"))
+        connection.execute(text(f"DROP TRIGGER IF EXISTS {quote_ident(_sqlite_trigger_name(ref, op))}"))

@@ -31,7 +31,7 @@ from sqlalchemy import Connection, Engine, text
 from cdc import checkpoints, deadletters
 from cdc.catalog import Catalog, TableInfo
 from cdc.errors import PermanentError
-from cdc.events import Change, Op, Row, TableRef
+from cdc.events import Change, Op, Row, TableRef, quote_ident
 from cdc.origin import ORIGIN_MESSAGE_PREFIX
 from cdc.pgoutput import (
     UNCHANGED,
@@ -75,10 +75,6 @@ def _pg_now() -> int:
     return int(time.time() * 1_000_000) - _PG_EPOCH_MICROS
 
 
-def _quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 class ReplicationStream:
     """One ``replication=database`` connection in CopyBoth mode."""
 
@@ -88,8 +84,8 @@ class ReplicationStream:
 
     def start(self, slot: str, publication: str, start_lsn: int = 0) -> None:
         command = (
-            f"START_REPLICATION SLOT {_quote_ident(slot)} LOGICAL {format_lsn(start_lsn)} "
-            f"(proto_version '1', publication_names '{_quote_ident(publication)}', "
+            f"START_REPLICATION SLOT {quote_ident(slot)} LOGICAL {format_lsn(start_lsn)} "
+            f"(proto_version '1', publication_names '{quote_ident(publication)}', "
             "messages 'true')"
         )
         self.pg.send_query(command.encode())
