@@ -20,8 +20,10 @@ needed is always safe (the stream has their value), which is why a snapshot take
 the read may stand for the read's own. Two mode-specific details:
 
 - change log: ids are taken at write time, not at commit time, so a transaction that was
-  running when the watermark was written may still commit rows with lower ids. The chunk is
-  emitted only after every transaction running at the watermark has ended, at the first change
+  that began writing before the watermark may still commit rows with lower ids. The chunk is
+  emitted only after every transaction with a lower xid than the watermark's has ended (the
+  oldest running xid passed it: a snapshot's in-progress list alone would miss a writer whose
+  xid is past the snapshot's xmax), at the first change
   past the watermark in a read that began after that (``Pending.ready``).
 - logical: a transaction is streamed once its commit is in the WAL, a moment before it becomes
   visible to new snapshots. A chunk whose snapshot still lists a transaction the worker has
@@ -38,7 +40,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -46,8 +48,9 @@ import orjson
 from sqlalchemy import Connection, Engine, func, select, text
 
 from cdc.catalog import TableInfo
+from cdc.database import is_transient_db_error
 from cdc.errors import CdcError
-from cdc.events import Change
+from cdc.events import Change, quote_ident
 from cdc.sources import WATERMARK_OP, WATERMARK_PREFIX, Batch
 from cdc.state import StateTables
 from cdc.triggers import sqlite_image
@@ -55,13 +58,11 @@ from cdc.triggers import sqlite_image
 log = logging.getLogger(__name__)
 
 ROW_ALIAS = "cdc_backfill_row"
-_RECENT_XIDS = 50_000  # logical mode: xids of the transactions streamed last
+# logical mode: xids of the transactions streamed last (the race they guard against lasts
+# microseconds, so the last thousand are plenty)
+_RECENT_XIDS = 1_000
 _REFRESH_SECONDS = 1.0
 Mode = Literal["changelog", "logical"]
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def key_of(row: dict[str, Any] | Any, key: Sequence[str]) -> bytes:
@@ -125,8 +126,8 @@ class Pending:
     token: str
     read_at: datetime
     position: str = ""  # the watermark's position, once known (change log: when written)
-    # change log: transactions running when the watermark was written, not yet ended
-    running: list[int] = field(default_factory=list)
+    # change log: the watermark's xid; every transaction with a lower one may hold lower ids
+    writers_below: int = 0
     ready: bool = False
     dropped: set[bytes] = field(default_factory=set)
     truncated: bool = False
@@ -141,22 +142,23 @@ class TableReader:
         self.key = info.key
         self.sqlite = connection.dialect.name == "sqlite"
         ref = info.ref
-        columns = [f"{ROW_ALIAS}.{_ident(c)}" for c in self.key]
+        columns = [f"{ROW_ALIAS}.{quote_ident(c)}" for c in self.key]
         if self.sqlite:
             image = sqlite_image(info.columns, ROW_ALIAS)
-            source = f"{_ident(ref.name)} AS {ROW_ALIAS}"
+            source = f"{quote_ident(ref.name)} AS {ROW_ALIAS}"
             placeholders = ", ".join("?" for _ in self.key)
             selected = ", ".join(columns)
             self._limit = "LIMIT ?"
         else:
             types = self._key_types(connection)
             image = f"row_to_json({ROW_ALIAS})::text"
-            source = f"{_ident(ref.schema)}.{_ident(ref.name)} AS {ROW_ALIAS}"
+            source = f"{ref.quoted} AS {ROW_ALIAS}"
             # Keys travel as text (the server's own output form) and are cast back: any type
             # that sorts works, and what is stored for resuming is plain JSON.
             placeholders = ", ".join(f"%s::{types[c]}" for c in self.key)
             selected = ", ".join(f"{c}::text" for c in columns)
             self._limit = "LIMIT %s"
+        self._source = source
         self._head = f"SELECT {image}, {selected} FROM {source}"
         self._after = f"({', '.join(columns)}) > ({placeholders})"
         self._where = f"({where})" if where else ""
@@ -167,7 +169,7 @@ class TableReader:
         rows = connection.execute(text(
             "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
             "WHERE a.attrelid = CAST(:table AS regclass) AND a.attnum > 0 AND NOT a.attisdropped"
-        ), {"table": f"{_ident(ref.schema)}.{_ident(ref.name)}"}).all()
+        ), {"table": ref.quoted}).all()
         return {name: kind for name, kind in rows}
 
     def sql(self, after: list[Any] | None) -> str:
@@ -188,8 +190,8 @@ class TableReader:
 
     def count(self, connection: Connection) -> int:
         where = f" WHERE {self._where}" if self._where else ""
-        head = self._head.split(" FROM ", 1)[1]
-        return int(connection.execute(text(f"SELECT count(*) FROM {head}{where}")).scalar() or 0)
+        return int(connection.execute(text(f"SELECT count(*) FROM {self._source}{where}"))
+                   .scalar() or 0)
 
 
 class Backfiller:
@@ -205,7 +207,7 @@ class Backfiller:
         self.runs: list[Run] = []
         self.pending: Pending | None = None
         self.rows_published = 0
-        self._readers: dict[tuple[int, str], TableReader] = {}
+        self._readers: dict[int, TableReader] = {}  # by run id
         self._refreshed_at = 0.0
         self._turn = 0
         self._not_before: dict[int, float] = {}  # run id -> monotonic time (rate limit)
@@ -252,19 +254,20 @@ class Backfiller:
         self.runs = [known.get(row["id"]) or run_of(row) for row in rows]
 
     def _reader(self, run: Run, connection: Connection) -> TableReader:
-        reader = self._readers.get((run.id, run.table))
+        reader = self._readers.get(run.id)
         info = self.table_info(run.table)
         if reader is None or reader.info is not info:  # first chunk, or the table changed
             reader = TableReader(connection, info, run.where)
-            self._readers[(run.id, run.table)] = reader
+            self._readers[run.id] = reader
         return reader
 
     def _start(self, run: Run) -> None:
         with self.engine.connect() as connection:
             reader = self._reader(run, connection)
             raw: Any = connection.connection.driver_connection
-            invisible, unseen = self._snapshot(raw)
-            if self.mode == "logical" and any((x & 0xFFFFFFFF) in self._recent for x in unseen):
+            invisible, snapshot = self._snapshot(raw)
+            if snapshot is not None and self.mode == "logical" and any(
+                    not snapshot.sees_xid32(xid) for xid in self._recent):
                 # A transaction we already streamed is not yet visible to new snapshots; it
                 # will be in a moment. Reading now could miss its rows: try again next round.
                 raw.rollback()
@@ -273,13 +276,13 @@ class Backfiller:
                 rows, last = reader.page(raw, run.last_key, run.chunk_size)
             except Exception as exc:
                 raw.rollback()
-                if _is_sql_error(exc):
+                if not is_transient_db_error(exc):  # a statement error (a bad --where)
                     self._fail(run, f"reading {run.table} failed: {exc}")
                     return
                 raise
             raw.rollback()  # end the read; nothing is held while the stream catches up
         if not rows:
-            self._finish_empty(run)
+            self._store_progress(run, done=True)
             return
         key = reader.key
         pending = Pending(run, reader.info, rows, [key_of(r, key) for r in rows], last,
@@ -287,8 +290,10 @@ class Backfiller:
                           datetime.now(UTC))
         self._write_watermark(pending)
         self.pending = pending
+        if not pending.ready:
+            self._check_ready(pending)  # most often nothing older is running: emit at once
 
-    def _snapshot(self, raw: Any) -> tuple[Callable[[Change], bool], frozenset[int]]:
+    def _snapshot(self, raw: Any) -> tuple[Callable[[Change], bool], Snapshot | None]:
         cursor = raw.cursor()
         if self.sqlite:
             # One writer at a time, and ids taken in commit order: a change is invisible to
@@ -297,13 +302,13 @@ class Backfiller:
                            (self.state.changelog.name,))
             found = cursor.fetchone()
             seen = int(found[0]) if found else 0
-            return (lambda change: int(change.position) > seen), frozenset()
+            return (lambda change: int(change.position) > seen), None
         cursor.execute("SELECT pg_current_snapshot()::text")
         snapshot = Snapshot.parse(cursor.fetchone()[0])
         if self.mode == "logical":
             return (lambda change: change.txid is None or not snapshot.sees_xid32(change.txid),
-                    snapshot.xip)
-        return (lambda change: change.txid is None or not snapshot.sees(change.txid)), snapshot.xip
+                    snapshot)
+        return (lambda change: change.txid is None or not snapshot.sees(change.txid)), snapshot
 
     def _write_watermark(self, pending: Pending) -> None:
         with self.engine.begin() as connection:
@@ -325,25 +330,21 @@ class Backfiller:
                            "VALUES (%s, %s, %s::json) RETURNING id, txid",
                            (pending.run.table, WATERMARK_OP, payload))
             watermark_id, own = cursor.fetchone()
-            # A fresh snapshot (read committed): every transaction that took a lower id is
-            # either ended by now or listed here as running.
-            cursor.execute("SELECT pg_current_snapshot()::text")
-            running = Snapshot.parse(cursor.fetchone()[0]).xip - {own}
+        # A transaction that took a lower id wrote its legacy row (and got its xid) before
+        # that, so before the watermark got its xid: it has a lower xid.
         pending.position = f"{watermark_id:020d}"
-        pending.running = sorted(running)
-        pending.ready = not running
+        pending.writers_below = own
 
     def _check_ready(self, pending: Pending) -> None:
-        if self.mode == "logical" or not pending.running:
+        """Change log on PostgreSQL: ready once no transaction older than the watermark's is
+        running, that is once the oldest running xid is past it."""
+        if self.mode == "logical" or self.sqlite:
             return
         with self.engine.connect() as connection:
-            left = connection.execute(text(
-                "SELECT x::text FROM unnest(CAST(:ids AS xid8[])) AS x "
-                "WHERE pg_xact_status(x) = 'in progress'"
-            ), {"ids": [str(x) for x in pending.running]}).scalars().all()
+            oldest = connection.execute(
+                text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")).scalar_one()
             connection.rollback()
-        pending.running = [int(x) for x in left]
-        pending.ready = not pending.running
+        pending.ready = int(oldest) > pending.writers_below
 
     # -- weaving a read batch -----------------------------------------------------------
 
@@ -421,24 +422,22 @@ class Backfiller:
     # -- after the bus accepted ---------------------------------------------------------
 
     def acknowledged(self) -> None:
-        """The batch that carried the pending chunk is acknowledged: record its progress."""
+        """The batch that carried the pending chunk is acknowledged: record its progress
+        (stored first, so that a retry after a failed store records it once)."""
         pending = self.pending
         if pending is None or pending.emitted < 0:
             return
         run = pending.run
-        run.last_key = pending.last_key
-        run.rows_done += len(pending.rows)
-        run.chunks_done += 1
-        done = not pending.full
-        self._store_progress(run, done)
+        progress = replace(run, last_key=pending.last_key,
+                           rows_done=run.rows_done + len(pending.rows),
+                           chunks_done=run.chunks_done + 1)
+        self._store_progress(progress, done=not pending.full)
+        run.last_key, run.rows_done, run.chunks_done = (progress.last_key, progress.rows_done,
+                                                        progress.chunks_done)
         self.rows_published += pending.emitted
         self.pending = None
         if run.rate:
             self._not_before[run.id] = time.monotonic() + len(pending.rows) / run.rate
-        if done:
-            log.info("backfill #%d of %s done: %d rows in %d chunks", run.id, run.table,
-                     run.rows_done, run.chunks_done)
-            self.runs = [r for r in self.runs if r.id != run.id]
 
     def _store_progress(self, run: Run, done: bool) -> None:
         table = self.state.backfills
@@ -452,12 +451,10 @@ class Backfiller:
         with self.engine.begin() as connection:
             connection.execute(table.update().where(table.c.id == run.id,
                                                     table.c.status == "running").values(**values))
-
-    def _finish_empty(self, run: Run) -> None:
-        self._store_progress(run, done=True)
-        log.info("backfill #%d of %s done: %d rows in %d chunks", run.id, run.table,
-                 run.rows_done, run.chunks_done)
-        self.runs = [r for r in self.runs if r.id != run.id]
+        if done:
+            log.info("backfill #%d of %s done: %d rows in %d chunks", run.id, run.table,
+                     run.rows_done, run.chunks_done)
+            self.runs = [r for r in self.runs if r.id != run.id]
 
     def _fail(self, run: Run, reason: str) -> None:
         log.error("backfill #%d of %s stopped: %s", run.id, run.table, reason)
@@ -470,13 +467,6 @@ class Backfiller:
     def forget_pending(self) -> None:
         """The batch carrying the chunk was not acknowledged (stop): read it again later."""
         self.pending = None
-
-
-def _is_sql_error(exc: Exception) -> bool:
-    """A statement error (a bad --where), as opposed to a lost connection."""
-    from cdc.database import is_transient_db_error
-
-    return not is_transient_db_error(exc)
 
 
 def _now(sqlite: bool) -> Any:

