@@ -141,10 +141,6 @@ class Applier:
             raise ConfigError("CDC_CONFIG", f"sync_back maps columns {missing} that "
                               f"{ref.qualified} does not have")
 
-    def apply(self, write: Any, detail_type: str, version_column: str | None, body: str) -> Outcome:
-        """Apply one ``sync_back.rows.RowWrite`` in a transaction of its own."""
-        return self.apply_many([Pending(write, detail_type, version_column, body)])[0]
-
     def apply_many(self, pending: Sequence[Pending]) -> list[Outcome]:
         """Apply writes in one transaction (one commit for a received batch: the commit is the
         cost that counts), in their order. All or nothing: on any error nothing of the batch
