@@ -236,8 +236,13 @@ class Backfiller:
             return
         now = time.monotonic()
         if now - self._refreshed_at >= _REFRESH_SECONDS:
+            idle = not self.runs
             self._refresh()
             self._refreshed_at = now
+            if idle and self.mode == "logical":
+                # Streamed xids are remembered only while backfills run: the first chunk waits
+                # one round, so that the transactions streamed just before it are known.
+                return
         runnable = [r for r in self.runs if self._not_before.get(r.id, 0.0) <= now]
         if not runnable:
             return
@@ -351,7 +356,7 @@ class Backfiller:
     def weave(self, batch: Batch) -> Sequence[Change]:
         """The batch's changes, with the pending chunk's rows inserted where they belong."""
         changes = batch.changes
-        if self.mode == "logical":
+        if self.mode == "logical" and self.runs:  # no work on the hot path without backfills
             self._remember_xids(changes)
         pending = self.pending
         if pending is None or pending.emitted >= 0:

@@ -55,6 +55,7 @@ def backfiller(mode: Any, chunk: Pending) -> Backfiller:
     filler = Backfiller.__new__(Backfiller)
     filler.mode = mode
     filler.pending = chunk
+    filler.runs = [chunk.run]
     filler._recent = {}
     filler._last_xid = None
     return filler
