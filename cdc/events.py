@@ -17,10 +17,9 @@ import hashlib
 import json
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Literal, NamedTuple
+from typing import Any, Final, Literal, NamedTuple
 
 import orjson
 
@@ -40,8 +39,10 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-@dataclass(frozen=True, slots=True)
-class TableRef:
+class TableRef(NamedTuple):
+    """A table by schema and name. A NamedTuple: it keys the per-table caches of the hot path,
+    and a tuple hashes in C where a frozen dataclass calls a Python ``__hash__``."""
+
     schema: str
     name: str
 
@@ -119,15 +120,27 @@ def iso_utc(moment: datetime) -> str:
 
 
 _NAMESPACE_BYTES = EVENT_ID_NAMESPACE.bytes
+# The UUID variant digit (RFC 4122: binary 10xx) of each hex digit of the digest at that place.
+_VARIANT: Final = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+
+
+def event_ids(source: str) -> Callable[[str, int], str]:
+    """``event_id`` of one source, with the hash of its name prefix computed once."""
+    prefix = hashlib.sha1(_NAMESPACE_BYTES + f"{source}\x1f".encode())
+
+    def make(identity: str, part: int = 0) -> str:
+        digest = prefix.copy()
+        digest.update(f"{identity}\x1f{part}".encode())
+        d = digest.hexdigest()
+        return f"{d[:8]}-{d[8:12]}-5{d[13:16]}-{_VARIANT[d[16]]}{d[17:20]}-{d[20:32]}"
+
+    return make
 
 
 def event_id(source: str, identity: str, part: int = 0) -> str:
-    """``str(uuid.uuid5(EVENT_ID_NAMESPACE, name))``, computed without the uuid module's
-    overhead (it is a quarter of the cost of rendering an event)."""
-    digest = hashlib.sha1(_NAMESPACE_BYTES + f"{source}\x1f{identity}\x1f{part}".encode()).hexdigest()
-    variant = "89ab"[int(digest[16], 16) & 3]
-    return (f"{digest[:8]}-{digest[8:12]}-5{digest[13:16]}-{variant}{digest[17:20]}-"
-            f"{digest[20:32]}")
+    """``str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{source}\\x1f{identity}\\x1f{part}"))``, computed
+    without the uuid module's overhead (it was a quarter of the cost of rendering an event)."""
+    return event_ids(source)(identity, part)
 
 
 def _json_default(value: object) -> JsonValue:
@@ -145,6 +158,13 @@ def render_detail_type(template: str, table: TableRef, op: Op) -> str:
     return template.format(schema=table.schema, table=table.name, op=op)
 
 
+def _key(image: Row, columns: Sequence[str]) -> Row:
+    if len(columns) == 1:  # most keys: no comprehension (a function call in Python 3.11)
+        column = columns[0]
+        return {column: image.get(column)}
+    return {c: image.get(c) for c in columns}
+
+
 class EventRenderer:
     """Renders changes of one source as bus entries, with the per-table work cached."""
 
@@ -152,18 +172,20 @@ class EventRenderer:
         self.source = source
         self._template_for = template_for
         self._source_bytes = len(source.encode())
+        self._event_id = event_ids(source)
         # The changes of one transaction share one commit time: render it once.
         self._last_moment: datetime | None = None
         self._last_iso = ""
-        # (table, op) -> (DetailType, the bytes an entry has besides its Detail)
-        self._detail_types: dict[tuple[TableRef, str], tuple[str, int]] = {}
+        # (table, op) -> (qualified name, DetailType, the bytes an entry has besides its Detail)
+        self._tables: dict[tuple[TableRef, str], tuple[str, str, int]] = {}
 
-    def detail_type(self, table: TableRef, op: Op) -> tuple[str, int]:
-        found = self._detail_types.get((table, op))
+    def _table(self, table: TableRef, op: Op) -> tuple[str, str, int]:
+        found = self._tables.get((table, op))
         if found is None:
             name = render_detail_type(self._template_for(table), table, op)
-            found = (name, TIME_FIELD_BYTES + self._source_bytes + len(name.encode()))
-            self._detail_types[(table, op)] = found
+            found = (table.qualified, name,
+                     TIME_FIELD_BYTES + self._source_bytes + len(name.encode()))
+            self._tables[(table, op)] = found
         return found
 
     def _iso(self, moment: datetime) -> str:
@@ -174,9 +196,9 @@ class EventRenderer:
     def entries(self, change: Change, key_columns: Sequence[str]) -> list[BusEntry]:
         before, after = change.before, change.after
         image = after if after is not None else before
-        key = None if image is None else {c: image.get(c) for c in key_columns}
-        if change.op == "update" and before is not None:
-            old_key = {c: before.get(c) for c in key_columns}
+        key = None if image is None else _key(image, key_columns)
+        if before is not None and change.op == "update":
+            old_key = _key(before, key_columns)
             if old_key != key:
                 # The two halves sort right after the change's own position, in this order.
                 return [
@@ -187,8 +209,8 @@ class EventRenderer:
 
     def _entry(self, change: Change, part: int, op: Op, key: Row | None, before: Row | None,
                after: Row | None, position: str) -> BusEntry:
-        identifier = event_id(self.source, change.identity, part)
-        table = change.table.qualified
+        identifier = self._event_id(change.identity, part)
+        table, detail_type, fixed_bytes = self._table(change.table, op)
         detail = orjson.dumps({
             "id": identifier,
             "op": op,
@@ -203,7 +225,6 @@ class EventRenderer:
             "unchanged": change.unchanged,
             "schema_version": SCHEMA_VERSION,
         }, default=_json_default)
-        detail_type, fixed_bytes = self.detail_type(change.table, op)
         return BusEntry(identifier, table, self.source, detail_type, change.committed_at,
                         detail.decode(), fixed_bytes + len(detail))
 

@@ -26,8 +26,9 @@ from cdc.values import plain_json
 TextConvert = Callable[[str], Any]
 
 
-def _as_text(value: str) -> str:
-    return value
+# The text as sent. ``str`` returns a str argument itself, and costs less to call than a
+# function of our own: this is the conversion of most columns.
+_as_text: TextConvert = str
 
 
 def _bool(value: str) -> bool:

@@ -23,7 +23,7 @@ from tenacity import Retrying
 from cdc.backfill import Backfiller
 from cdc.database import db_retrying
 from cdc.errors import CdcError, Interrupted
-from cdc.events import BusEntry, Change, EventRenderer
+from cdc.events import BusEntry, Change, EventRenderer, TableRef
 from cdc.lease import Lease
 from cdc.publishers import Publisher, Rejection
 from cdc.settings import Settings
@@ -154,12 +154,17 @@ class Worker:
         table = self.source.table
         render = self.renderer.entries
         out: list[BusEntry] = []
+        ref: TableRef | None = None
+        key: tuple[str, ...] = ()
         for change in changes:
             if change.origin in skip:
                 # Written by sync back: publishing it would echo the new system's own event.
                 self.stats.skipped += 1
                 continue
-            out.extend(render(change, table(change.table.qualified).key))
+            if change.table != ref:  # runs of one table: its key is looked up once per run
+                ref = change.table
+                key = table(ref.qualified).key
+            out.extend(render(change, key))
         return out
 
     def _with_db_retry(self, action: Callable[[], T]) -> T | None:

@@ -1,0 +1,137 @@
+"""The logical source's handling of XLogData frames, with no server: its one-pass path for
+Inserts and Updates must give exactly what the general decoder gives, and leave to it every
+message it does not fully understand."""
+
+from __future__ import annotations
+
+import base64
+import random
+import struct
+
+import pytest
+from sqlalchemy import create_engine
+
+from cdc.events import Change
+from cdc.pgoutput import UNCHANGED, DecodeError, decode
+from cdc.sources.logical import LogicalSource
+from cdc.state import state_tables
+from tests.unit.test_pgoutput import begin, commit, delete, insert, relation, tuple_data, update
+
+OID = 16384
+COLUMNS = [(1, "id", 23, -1), (0, "name", 25, -1), (0, "note", 25, -1),
+           (0, "balance", 1700, 786438), (0, "updated_at", 1184, -1), (0, "active", 16, -1)]
+_HEADER = b"w" + struct.pack("!QQq", 1, 2, 3)
+
+
+def frame(payload: bytes) -> memoryview:
+    return memoryview(_HEADER + payload)
+
+
+def source() -> LogicalSource:
+    src = LogicalSource(create_engine("sqlite://"), state_tables("sqlite"), "", "slot", "pub",
+                        "public")
+    changes: list[Change] = []
+    src._on_frame(frame(relation(OID, "public", "accounts", b"d", COLUMNS)), changes)
+    src._on_frame(frame(begin()), changes)
+    assert changes == []
+    return src
+
+
+def through_frames(*payloads: bytes) -> list[Change]:
+    src, changes = source(), []
+    for payload in payloads:
+        src._on_frame(frame(payload), changes)
+    return changes
+
+
+def through_decoder(*payloads: bytes) -> list[Change]:
+    """The general path alone: decode() then the message handler."""
+    src, changes = source(), []
+    for payload in payloads:
+        src._on_message(decode(payload), changes)
+    return changes
+
+
+ROW = ("7", "Ada", None, "12.50", "2026-11-28 17:45:52.5+00", "t")
+
+
+def test_an_insert_becomes_its_change() -> None:
+    (change,) = through_frames(insert(OID, tuple_data(*ROW)))
+    assert change.op == "insert" and change.before is None and change.unchanged == ()
+    assert change.after == {"id": 7, "name": "Ada", "note": None, "balance": "12.50",
+                            "updated_at": "2026-11-28T17:45:52.500000Z", "active": True}
+    assert change.position.endswith(".00000000") and change.identity.endswith(":0")
+
+
+def test_an_unchanged_toasted_column_is_named_not_published_as_null() -> None:
+    (change,) = through_frames(update(OID, tuple_data("7", "Ada", UNCHANGED, "1", "infinity", "f")))
+    assert change.op == "update"
+    assert change.unchanged == ("note",)
+    assert change.after is not None and "note" not in change.after
+
+
+@pytest.mark.parametrize("payload", [
+    insert(OID, tuple_data(*ROW)),
+    update(OID, tuple_data(*ROW)),
+    update(OID, tuple_data(*ROW), old=tuple_data("6", None, None, None, None, None)),
+    update(OID, tuple_data(*ROW), old=tuple_data(*ROW), kind=b"O"),
+    insert(OID, tuple_data("7", "Ada", b"\x00\xff", "1", "-infinity", "t")),  # a binary value
+    delete(OID, tuple_data("7", None, None, None, None, None)),
+])
+def test_every_row_message_gives_what_the_general_decoder_gives(payload: bytes) -> None:
+    assert through_frames(payload) == through_decoder(payload)
+
+
+def test_a_binary_value_is_left_to_the_general_path() -> None:
+    (change,) = through_frames(insert(OID, tuple_data("7", "Ada", b"\x00\xff", "1", "infinity", "t")))
+    assert change.after is not None
+    assert change.after["note"] == base64.b64encode(b"\x00\xff").decode()
+
+
+def test_indexes_run_on_across_both_paths() -> None:
+    changes = through_frames(
+        insert(OID, tuple_data(*ROW)),
+        update(OID, tuple_data(*ROW), old=tuple_data(*ROW), kind=b"O"),  # general path
+        update(OID, tuple_data(*ROW)),
+        commit(),
+    )
+    assert [c.identity.rsplit(":", 1)[1] for c in changes] == ["0", "1", "2"]
+    assert len({c.position for c in changes}) == 3
+
+
+def test_a_tuple_with_fewer_columns_than_the_relation_is_decoded_as_before() -> None:
+    payload = insert(OID, tuple_data("7", "Ada"))
+    assert through_frames(payload) == through_decoder(payload)
+
+
+@pytest.mark.parametrize("cut", [1, 3, 9, 20])
+def test_a_truncated_message_raises_the_decoders_error(cut: int) -> None:
+    payload = insert(OID, tuple_data(*ROW))[:-cut]
+    with pytest.raises(DecodeError, match="Insert"):
+        through_frames(payload)
+
+
+def test_trailing_bytes_raise_the_decoders_error() -> None:
+    with pytest.raises(DecodeError, match="trailing"):
+        through_frames(insert(OID, tuple_data(*ROW)) + b"x")
+
+
+def test_a_change_of_an_unknown_relation_fails_as_before() -> None:
+    with pytest.raises(KeyError):
+        through_frames(insert(OID + 1, tuple_data(*ROW)))
+
+
+def test_random_tuples_agree_with_the_general_decoder() -> None:
+    rng = random.Random(20261128)
+    texts = ["", "x", "é ü 字", "a\x01b", "12.5", "2026-11-28 17:45:52+00", "t", "NULL", "0"]
+    for _ in range(500):
+        values: list[object] = ["1"]
+        for _ in COLUMNS[1:]:
+            choice = rng.random()
+            values.append(None if choice < 0.2 else UNCHANGED if choice < 0.3
+                          else rng.choice(texts[:4]))
+        values[3] = rng.choice([None, "0", "12.50"])
+        values[4] = rng.choice([None, "2026-11-28 17:45:52+00", "infinity"])
+        values[5] = rng.choice([None, "t", "f"])
+        payload = (insert if rng.random() < 0.5 else update)(OID, tuple_data(*values))
+        assert through_frames(payload) == through_decoder(payload)
