@@ -104,6 +104,8 @@ def main() -> None:
                         help="bare/worker pairs per batch size; medians are reported (default 2)")
     parser.add_argument("--profile", action="store_true",
                         help="profile the worker side with cProfile and print the top functions")
+    parser.add_argument("--profile-sort", default="tottime", choices=["tottime", "cumulative"],
+                        help="order of the profile: own time (default) or cumulative time")
     args = parser.parse_args()
     batch_sizes = [int(part) for part in args.batch_sizes.split(",") if part.strip()]
 
@@ -144,8 +146,8 @@ def main() -> None:
         print(f"{figure.name}: {worker_us:.1f} us per change against {bare_us:.1f} us bare, "
               f"so the pipeline adds {worker_us - bare_us:.1f} us per change")
     if profile is not None:
-        print("\nworker side, cProfile, top 25 by own time:")
-        pstats.Stats(profile).sort_stats("tottime").print_stats(25)
+        print(f"\nworker side, cProfile, top 25 by {args.profile_sort}:")
+        pstats.Stats(profile).sort_stats(args.profile_sort).print_stats(25)
 
 
 if __name__ == "__main__":
