@@ -24,6 +24,9 @@ class TableInfo:
     convert: RowConvert
     # Parses a row image as the triggers wrote it (JSON text) for ``convert``.
     parse: Callable[[str], dict[str, Any]] = json_object
+    # ``convert`` without its check for columns the catalog does not know, for images whose
+    # keys the caller checked (None: use ``convert``).
+    convert_known: RowConvert | None = None
 
 
 def _fast_parse(text: str) -> dict[str, Any]:
@@ -54,7 +57,8 @@ def read_table(engine: Engine, ref: TableRef) -> TableInfo:
     # taken only where every exact numeric column fits a double (see cdc.values).
     fast = dialect == "postgresql" and exact_in_doubles(types)
     return TableInfo(ref, types, key, row_converter(types, dialect, numerics_as_doubles=fast),
-                     _fast_parse if fast else json_object)
+                     _fast_parse if fast else json_object,
+                     row_converter(types, dialect, numerics_as_doubles=fast, known_columns=True))
 
 
 class Catalog:

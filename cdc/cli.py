@@ -57,7 +57,8 @@ def open_source(settings: Settings, engine: Engine) -> Source:
     if settings.capture == "changelog":
         return ChangeLogSource(engine, tables, settings.default_schema)
     require_postgres(settings)
-    from cdc.sources.logical import LogicalSource, conninfo_of
+    from cdc.database import conninfo_of
+    from cdc.sources.logical import LogicalSource
 
     return LogicalSource(
         engine, tables, conninfo_of(settings.url), settings.slot_name, settings.publication_name,

@@ -134,3 +134,19 @@ def db_retrying(stop: threading.Event, on_retry: Callable[[], None], what: str) 
         wait=wait_random_exponential(multiplier=0.2, max=10),
         sleep=sleep, before_sleep=before_sleep, reraise=True,
     )
+
+
+def conninfo_of(url: Any, application_name: str = "cdc-logical",
+                # The text forms pgtypes reads: ISO dates, and timestamptz in UTC (its fast path).
+                options: str = "-c DateStyle=ISO -c IntervalStyle=postgres -c TimeZone=UTC",
+                ) -> str:
+    """libpq connection string of a SQLAlchemy URL (query parameters such as sslmode included)."""
+    from psycopg.conninfo import make_conninfo
+
+    params: dict[str, Any] = {
+        "host": url.host, "port": url.port, "dbname": url.database,
+        "user": url.username, "password": url.password, "application_name": application_name,
+        "options": options, "connect_timeout": "10",
+    }
+    params.update({k: v for k, v in url.query.items() if isinstance(v, str)})
+    return make_conninfo("", **{k: v for k, v in params.items() if v is not None})

@@ -41,16 +41,18 @@ def _float(value: Any) -> Any:
 
 def _timestamp_tz(value: Any) -> Any:
     # row_to_json renders timestamptz in the writer's TimeZone setting; publish one form, UTC.
+    if value.__class__ is str and value.endswith("+00:00"):
+        # Already UTC (the common case, kept cheap): pad the fraction to six digits. A year
+        # past 9999 is longer and has no '.' at 19: it takes the general path.
+        size = len(value)
+        if size == 32 and value[19] == ".":
+            return value[:-6] + "Z"
+        if size == 25 and value[19] == "+":
+            return value[:19] + ".000000Z"
+        if size > 25 and value[19] == ".":
+            return value[:20] + value[20:-6].ljust(6, "0") + "Z"
     if not isinstance(value, str) or not value[:1].isdigit():
         return value  # 'infinity', '-infinity'
-    if value.endswith("+00:00") and len(value) >= 25:
-        # Already UTC (the common case, kept cheap): pad the fraction to six digits.
-        if len(value) == 32:
-            return value[:-6] + "Z"
-        if len(value) == 25:
-            return value[:19] + ".000000Z"
-        if value[19] == ".":
-            return value[:20] + value[20:-6].ljust(6, "0") + "Z"
     try:
         moment = datetime.fromisoformat(value).astimezone(UTC)
         return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
@@ -173,9 +175,10 @@ def converter(column_type: sqltypes.TypeEngine[Any], dialect: str,
 
 
 def row_converter(column_types: Mapping[str, sqltypes.TypeEngine[Any]], dialect: str,
-                  numerics_as_doubles: bool = False) -> RowConvert:
+                  numerics_as_doubles: bool = False, known_columns: bool = False) -> RowConvert:
     """A function converting a parsed row image in place; only columns that need work cost
-    anything, which matters at tens of thousands of rows a second."""
+    anything, which matters at tens of thousands of rows a second. ``known_columns``: for
+    images the caller has checked to hold only the catalog's columns (no check per call)."""
     work = tuple((name, conv) for name, t in column_types.items()
                  if (conv := converter(t, dialect, numerics_as_doubles)) is not _identity)
     known = column_types.keys()
@@ -193,4 +196,11 @@ def row_converter(column_types: Mapping[str, sqltypes.TypeEngine[Any]], dialect:
                 row[name] = conv(value)
         return row
 
-    return convert
+    def convert_known(row: dict[str, Any]) -> dict[str, Any]:
+        for name, conv in work:
+            value = row.get(name)
+            if value is not None:
+                row[name] = conv(value)
+        return row
+
+    return convert_known if known_columns else convert

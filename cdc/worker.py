@@ -152,7 +152,7 @@ class Worker:
     def entries(self, changes: Sequence[Change]) -> list[BusEntry]:
         skip = self.settings.skip_origins
         table = self.source.table
-        render = self.renderer.entries
+        render = self.renderer.render_into
         out: list[BusEntry] = []
         ref: TableRef | None = None
         key: tuple[str, ...] = ()
@@ -164,7 +164,7 @@ class Worker:
             if change.table != ref:  # runs of one table: its key is looked up once per run
                 ref = change.table
                 key = table(ref.qualified).key
-            out.extend(render(change, key))
+            render(out, change, key)
         return out
 
     def _with_db_retry(self, action: Callable[[], T]) -> T | None:

@@ -24,9 +24,11 @@ from sqlalchemy import Connection, Engine, func, select
 
 from cdc import checkpoints, deadletters
 from cdc.catalog import Catalog, TableInfo
+from cdc.database import conninfo_of
 from cdc.events import Change, Op, parse_iso
 from cdc.publishers import Rejection
 from cdc.sources import WATERMARK_OP, Batch, Mark
+from cdc.sources.readahead import ReadAhead
 from cdc.state import StateTables
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,7 @@ class ChangeLogSource:
         self.catalog = Catalog(engine, default_schema)
         self._connection: Connection | None = None
         self._sqlite = engine.dialect.name == "sqlite"
+        self._ahead: ReadAhead | None = None
         log_table = tables.qualified(tables.changelog)
         if self._sqlite:
             self._select = (
@@ -60,6 +63,11 @@ class ChangeLogSource:
                 f"FROM {log_table} ORDER BY id LIMIT %s"
             )
             self._delete = f"DELETE FROM {log_table} WHERE id = ANY(%s)"
+            # Reads and acknowledgements without dead letters: sent ahead (cdc.sources.readahead).
+            # synchronous_commit off: see ack.
+            self._ahead = ReadAhead(
+                conninfo_of(engine.url, "cdc", "-c synchronous_commit=off"), log_table,
+                tables.qualified(tables.checkpoints), STREAM)
 
     def table(self, name: str) -> TableInfo:
         return self.catalog.table(name)
@@ -83,19 +91,33 @@ class ChangeLogSource:
                 self._connection = None
 
     def read(self, limit: int) -> Batch:
+        ahead = self._ahead
+        if ahead is None:
+            return self._batch(self._fetch(limit), limit)
+        rows = ahead.take(limit)
+        batch = self._batch(rows, limit)  # built while the last acknowledgement runs
+        ahead.settle()  # this batch goes out only once the last one is deleted
+        if len(rows) == limit:
+            ahead.read_ahead([row[0] for row in rows], limit)
+        return batch
+
+    def _fetch(self, limit: int) -> list[Any]:
         try:
             connection = self._connected()
             # The driver's own cursor: plain tuples, none of the result machinery, per row.
             raw: Any = connection.connection.driver_connection
             cursor = raw.cursor()
             cursor.execute(self._select, (limit,))
-            rows = cursor.fetchall()
+            rows: list[Any] = cursor.fetchall()
             # End the driver's transaction (SQLAlchemy did not open it, so its rollback would
             # not): an idle transaction would hold locks on the change log and hold back vacuum.
             raw.rollback()
         except Exception:
             self._drop_connection()
             raise
+        return rows
+
+    def _batch(self, rows: list[Any], limit: int) -> Batch:
         change = self._change
         if any(row[2] == WATERMARK_OP for row in rows):
             return self._with_marks(rows, limit)
@@ -124,8 +146,11 @@ class ChangeLogSource:
         before = None if before_text is None else parse(before_text)
         after = None if after_text is None else parse(after_text)
         image = after if after is not None else before
+        # Both images have the same columns (one row type): one check covers them.
+        convert = info.convert_known or info.convert
         if image is not None and not image.keys() <= info.columns.keys():
             info = self._refresh(table_name)
+            convert = info.convert  # which checks: the column may be gone again
         moment = parse_iso(captured_at) if isinstance(captured_at, str) else captured_at
         # The change-log id alone could repeat if the state schema were rebuilt; the
         # transaction id and capture time (in microseconds, whatever the session's TimeZone)
@@ -133,8 +158,8 @@ class ChangeLogSource:
         micros = (moment - _EPOCH) // _MICROSECOND
         return Change(
             info.ref, _OPS[op],
-            None if before is None else info.convert(before),
-            None if after is None else info.convert(after),
+            None if before is None else convert(before),
+            None if after is None else convert(after),
             # Zero-padded, so positions sort as text in id order (per key, commit order).
             f"{log_id:020d}", txid, moment, origin or "legacy", (),
             f"changelog:{log_id}:{txid}:{micros}",
@@ -143,6 +168,11 @@ class ChangeLogSource:
     def ack(self, batch: Batch, rejections: Sequence[Rejection]) -> None:
         if not batch.ack_ids:
             return
+        if self._ahead is not None:
+            if not rejections:
+                self._ahead.acknowledge(batch.ack_ids, batch.last_position, len(batch.changes))
+                return
+            self._ahead.quiesce()  # dead letters: one transaction with the DELETE, below
         try:
             connection = self._connected()
             with connection.begin():
@@ -174,5 +204,7 @@ class ChangeLogSource:
         return int(count), oldest
 
     def close(self) -> None:
+        if self._ahead is not None:
+            self._ahead.close()
         self._drop_connection()
         self.engine.dispose()

@@ -587,17 +587,3 @@ def slot_status(engine: Engine, slot: str) -> SlotStatus:
     if row is None:
         return SlotStatus(False)
     return SlotStatus(True, row.wal_status, row.active, row.lag, row.flushed, row.retained)
-
-
-def conninfo_of(url: Any) -> str:
-    """libpq connection string of a SQLAlchemy URL (query parameters such as sslmode included)."""
-    from psycopg.conninfo import make_conninfo
-
-    params: dict[str, Any] = {
-        "host": url.host, "port": url.port, "dbname": url.database,
-        "user": url.username, "password": url.password, "application_name": "cdc-logical",
-        # The text forms pgtypes reads: ISO dates, and timestamptz in UTC (its fast path).
-        "options": "-c DateStyle=ISO -c IntervalStyle=postgres -c TimeZone=UTC",
-    }
-    params.update({k: v for k, v in url.query.items() if isinstance(v, str)})
-    return make_conninfo("", **{k: v for k, v in params.items() if v is not None})

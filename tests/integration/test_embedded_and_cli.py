@@ -98,8 +98,8 @@ def test_tls_options_pass_through_to_the_server(pg_url: URL, tmp_path: Path, cap
     assert refused.returncode != 0
     assert "SSL" in refused.stderr and "hunter2" not in refused.stderr + refused.stdout
     if capture == "logical":  # the replication connection takes the same options
+        from cdc.database import conninfo_of
         from cdc.settings import load_settings
-        from cdc.sources.logical import conninfo_of
 
         settings = load_settings({k: v for k, v in env.items() if k.startswith("CDC_")})
         assert "sslmode=require" in conninfo_of(settings.url)
