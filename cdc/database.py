@@ -138,7 +138,7 @@ def db_retrying(stop: threading.Event, on_retry: Callable[[], None], what: str) 
 
 def conninfo_of(url: Any, application_name: str = "cdc-logical",
                 # The text forms pgtypes reads: ISO dates, and timestamptz in UTC (its fast path).
-                options: str = "-c DateStyle=ISO -c IntervalStyle=postgres -c TimeZone=UTC",
+                options: str | None = "-c DateStyle=ISO -c IntervalStyle=postgres -c TimeZone=UTC",
                 ) -> str:
     """libpq connection string of a SQLAlchemy URL (query parameters such as sslmode included)."""
     from psycopg.conninfo import make_conninfo

@@ -64,10 +64,9 @@ class ChangeLogSource:
             )
             self._delete = f"DELETE FROM {log_table} WHERE id = ANY(%s)"
             # Reads and acknowledgements without dead letters: sent ahead (cdc.sources.readahead).
-            # synchronous_commit off: see ack.
-            self._ahead = ReadAhead(
-                conninfo_of(engine.url, "cdc", "-c synchronous_commit=off"), log_table,
-                tables.qualified(tables.checkpoints), STREAM)
+            # No startup options: a connection pooler may refuse them.
+            self._ahead = ReadAhead(conninfo_of(engine.url, "cdc", options=None), log_table,
+                                    tables.qualified(tables.checkpoints), STREAM)
 
     def table(self, name: str) -> TableInfo:
         return self.catalog.table(name)

@@ -155,6 +155,9 @@ class ReadAhead:
     def _pg(self) -> pq.abc.PGconn:
         if self._connection is None or self._connection.closed:
             self._connection = psycopg.connect(self._conninfo, autocommit=True)
+            # Not waiting for an acknowledgement's commit to reach the disk is safe: if a crash
+            # loses it, the rows come back and are published again with the same ids.
+            self._connection.execute("SET synchronous_commit = off")
             self._transformer = Transformer(self._connection)
         return self._connection.pgconn
 
