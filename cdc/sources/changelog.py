@@ -139,7 +139,8 @@ class ChangeLogSource:
 
     def _change(self, log_id: int, table_name: str, op: str, before_text: str | None,
                 after_text: str | None, txid: int | None, origin: str | None,
-                captured_at: datetime | str) -> Change:
+                captured_at: datetime | str, position: str | None = None,
+                identity: str | None = None) -> Change:
         info = self.catalog.table(table_name)
         parse = info.parse
         before = None if before_text is None else parse(before_text)
@@ -151,17 +152,18 @@ class ChangeLogSource:
             info = self._refresh(table_name)
             convert = info.convert  # which checks: the column may be gone again
         moment = parse_iso(captured_at) if isinstance(captured_at, str) else captured_at
-        # The change-log id alone could repeat if the state schema were rebuilt; the
-        # transaction id and capture time (in microseconds, whatever the session's TimeZone)
-        # make the identity unique for good.
-        micros = (moment - _EPOCH) // _MICROSECOND
+        if identity is None or position is None:  # not made by the read (readahead makes both)
+            # The change-log id alone could repeat if the state schema were rebuilt; the
+            # transaction id and capture time (in microseconds, whatever the session's TimeZone)
+            # make the identity unique for good.
+            identity = f"changelog:{log_id}:{txid}:{(moment - _EPOCH) // _MICROSECOND}"
+            # Zero-padded, so positions sort as text in id order (per key, commit order).
+            position = f"{log_id:020d}"
         return Change(
             info.ref, _OPS[op],
             None if before is None else convert(before),
             None if after is None else convert(after),
-            # Zero-padded, so positions sort as text in id order (per key, commit order).
-            f"{log_id:020d}", txid, moment, origin or "legacy", (),
-            f"changelog:{log_id}:{txid}:{micros}",
+            position, txid, moment, origin or "legacy", (), identity,
         )
 
     def ack(self, batch: Batch, rejections: Sequence[Rejection]) -> None:

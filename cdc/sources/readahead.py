@@ -39,8 +39,15 @@ from psycopg.adapt import Transformer
 
 log = logging.getLogger(__name__)
 
-# The columns ChangeLogSource._change takes, in its order.
-_COLUMNS = "id, table_name, op, before::text, after::text, txid, origin, captured_at"
+# The columns ChangeLogSource._change takes, in its order, with the change's position and
+# identity made by the server (which is otherwise idle while the worker renders): exactly what
+# _change makes of the first eight columns, so the ids do not depend on which side made them.
+_COLUMNS = (
+    "id, table_name, op, before::text, after::text, txid, origin, captured_at, "
+    "lpad(id::text, 20, '0'), "
+    "'changelog:' || id || ':' || coalesce(txid::text, 'None') || ':' || "
+    "(extract(epoch FROM captured_at) * 1000000)::bigint"
+)
 
 
 def _int_array(ids: Sequence[int]) -> bytes:

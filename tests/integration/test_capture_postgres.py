@@ -262,3 +262,30 @@ def test_an_acknowledgement_cut_off_in_flight_is_sent_again_and_counted_once(pg_
             f'SELECT published FROM "{schema}".checkpoints WHERE stream = \'changelog\'')).scalar()
     assert left == 0
     assert published == 7
+
+
+@pytest.mark.parametrize("zone", ["UTC", "America/St_Johns"])
+def test_positions_and_ids_made_by_the_server_are_those_python_makes(
+    pg_url: URL, zone: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The read-ahead query makes each change's position and identity (the event id's input)
+    # in SQL; the ids must not change with it, whatever the session's TimeZone.
+    monkeypatch.setenv("PGTZ", zone)
+    settings = settings_for_mode(pg_url, "changelog", "accounts", batch_size="50", bus="null")
+    engine = prepared(settings, ACCOUNTS)
+    source: Any = source_for(settings, engine)
+    legacy = raw_engine(pg_url)
+    with legacy.begin() as connection:
+        for key in range(1, 21):
+            connection.execute(text("INSERT INTO accounts VALUES (:k, 1, '')"), {"k": key})
+        connection.execute(text("UPDATE accounts SET version = 2"))
+    batch = source.read(50)
+    assert len(batch.changes) == 40
+    with legacy.connect() as connection:
+        rows = connection.execute(text(
+            "SELECT id, table_name, op, before::text, after::text, txid, origin, captured_at "
+            f'FROM "{settings.state_schema}".changelog ORDER BY id')).all()
+    made_by_python = [source._change(*row) for row in rows]
+    assert [(c.position, c.identity) for c in batch.changes] == [
+        (c.position, c.identity) for c in made_by_python]
+    source.close()
