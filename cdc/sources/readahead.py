@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import select
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import psycopg
@@ -81,7 +81,7 @@ class ReadAhead:
     def take(self, limit: int) -> list[tuple[Any, ...]]:
         """The rows of the next batch: those read ahead, or a fresh read of the lowest ids.
         Call ``settle`` before returning them as a batch."""
-        try:
+        with self._or_reset():
             rows = self._ahead_rows
             if rows is not None:
                 self._ahead_rows = None
@@ -89,13 +89,10 @@ class ReadAhead:
             self.settle()
             self._send("select", self._first, (str(limit).encode(),))
             return self._rows(self._collect("select"))
-        except BaseException:
-            self.reset()
-            raise
 
     def settle(self) -> None:
         """Wait until the last acknowledgement is done (sent again if its outcome was lost)."""
-        try:
+        with self._or_reset():
             if self._in_flight == "delete":
                 self._collect("delete")
                 self._unconfirmed = None
@@ -104,37 +101,33 @@ class ReadAhead:
                 self._send("delete", self._delete, self._unconfirmed)
                 self._collect("delete")
                 self._unconfirmed = None
-        except BaseException:
-            self.reset()
-            raise
 
     def read_ahead(self, ids: Sequence[int], limit: int) -> None:
         """Start reading the batch after the one of ``ids`` (settled first)."""
-        try:
+        with self._or_reset():
             self._send("select", self._ahead, (_int_array(ids), str(limit).encode()))
-        except BaseException:
-            self.reset()
-            raise
-
-    def acknowledge(self, ids: Sequence[int], position: str, count: int) -> None:
-        """Start deleting a published batch, its checkpoint with it."""
-        try:
-            if self._in_flight == "select":
-                self._ahead_rows = self._rows(self._collect("select"))
-            self.settle()
-            self._unconfirmed = (_int_array(ids), self._stream, position.encode(),
-                                 str(count).encode())
-            self._send("delete", self._delete, self._unconfirmed)
-        except BaseException:
-            self.reset()
-            raise
 
     def quiesce(self) -> None:
         """Nothing in flight (before another connection acknowledges a batch)."""
-        try:
+        with self._or_reset():
             if self._in_flight == "select":
                 self._ahead_rows = self._rows(self._collect("select"))
             self.settle()
+
+    def acknowledge(self, ids: Sequence[int], position: str, count: int) -> None:
+        """Start deleting a published batch, its checkpoint with it."""
+        self.quiesce()
+        with self._or_reset():
+            self._unconfirmed = (_int_array(ids), self._stream, position.encode(),
+                                 str(count).encode())
+            self._send("delete", self._delete, self._unconfirmed)
+
+    @contextlib.contextmanager
+    def _or_reset(self) -> Iterator[None]:
+        """A failure leaves no connection and nothing read ahead (an unconfirmed DELETE stays,
+        to be sent again)."""
+        try:
+            yield
         except BaseException:
             self.reset()
             raise
