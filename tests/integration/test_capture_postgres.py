@@ -289,3 +289,31 @@ def test_positions_and_ids_made_by_the_server_are_those_python_makes(
     assert [(c.position, c.identity) for c in batch.changes] == [
         (c.position, c.identity) for c in made_by_python]
     source.close()
+
+
+def test_closing_waits_for_the_acknowledgement_in_flight(pg_url: URL) -> None:
+    # SIGTERM ends `cdc run` after the batch in hand is acknowledged: the DELETE sent ahead
+    # must be finished, not dropped with the connection, or the batch would be published again.
+    settings = settings_for_mode(pg_url, "changelog", "accounts", batch_size="5", bus="null")
+    engine = prepared(settings, ACCOUNTS)
+    source: Any = source_for(settings, engine)
+    schema = settings.state_schema
+    legacy = raw_engine(pg_url)
+    with legacy.begin() as connection:
+        for key in range(1, 4):
+            connection.execute(text("INSERT INTO accounts VALUES (:k, 1, '')"), {"k": key})
+    batch = source.read(5)
+    blocker = legacy.connect()
+    blocker.begin()  # holds the rows, so the DELETE is still running when close() is called
+    blocker.execute(text(f'SELECT id FROM "{schema}".changelog FOR UPDATE'))
+    source.ack(batch, [])
+    closing = threading.Thread(target=source.close)
+    closing.start()
+    time.sleep(0.3)
+    assert closing.is_alive()  # waiting for the DELETE
+    blocker.rollback()
+    blocker.close()
+    closing.join(10)
+    assert not closing.is_alive()
+    with legacy.connect() as connection:
+        assert connection.execute(text(f'SELECT count(*) FROM "{schema}".changelog')).scalar() == 0
