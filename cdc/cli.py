@@ -424,7 +424,8 @@ def parser() -> argparse.ArgumentParser:
         "Capture a legacy database's row changes and publish them to Amazon EventBridge. "
         "Configured by CDC_* environment variables and an optional TOML file (CDC_CONFIG)."))
     sub = top.add_subparsers(dest="command", required=True)
-    sub.add_parser("migrate", help="create or upgrade the service's own schema").set_defaults(func=cmd_migrate)
+    sub.add_parser("migrate", help="create or upgrade the service's own schema").set_defaults(
+        func=cmd_migrate, needs_tables=False)
     setup = sub.add_parser("setup", help="install capture triggers on CDC_TABLES")
     setup.add_argument("--drop", action="store_true", help="remove them instead")
     setup.set_defaults(func=cmd_setup)
@@ -447,7 +448,7 @@ def parser() -> argparse.ArgumentParser:
     letters.add_argument("--resend", nargs="*", type=int, metavar="ID",
                          help="send these dead letters again (all listed ones when no id is given)")
     letters.add_argument("--limit", type=int, default=100)
-    letters.set_defaults(func=cmd_dead_letters)
+    letters.set_defaults(func=cmd_dead_letters, needs_tables=False)
     grants = sub.add_parser("grants", help="print least-privilege SQL for the worker and sync back")
     grants.add_argument("--capture-role", default="cdc_capture")
     grants.add_argument("--sync-role", default="cdc_sync_back")
@@ -461,7 +462,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        settings = load_settings()
+        # Commands that neither capture nor set capture up run without CDC_TABLES.
+        settings = load_settings(require_tables=getattr(args, "needs_tables", True))
     except ConfigError as exc:
         print(f"cdc: configuration error: {exc}", file=sys.stderr)
         return 2

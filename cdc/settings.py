@@ -198,7 +198,8 @@ def _parse_url(text: str) -> URL:
     )
 
 
-def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+def load_settings(environ: Mapping[str, str] | None = None, *, require_tables: bool = True,
+                  ) -> Settings:
     """Settings from the environment and the TOML file that ``CDC_CONFIG`` names."""
     env = os.environ if environ is None else environ
     file_values: dict[str, Any] = {}
@@ -216,7 +217,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         settings = Settings(**{**file_values, **env_values})
     except ValidationError as exc:
         raise _config_error(exc, env_values) from None
-    if not settings.embedded and not settings.tables:
+    # Capture needs its tables; sync back, the validator, migrations and the like do not.
+    if require_tables and not settings.embedded and not settings.tables:
         raise ConfigError(
             "CDC_TABLES",
             "name the tables to capture, comma-separated, e.g. CDC_TABLES=public.orders,public.customers",

@@ -42,16 +42,16 @@ def add_commands(sub: Any) -> None:
                       help="send events in doubt (all listed ones when no id is given) once "
                            "you have checked the consumers did not get them")
     validate.add_argument("--limit", type=int, default=100)
-    validate.set_defaults(func=cmd_validate)
+    validate.set_defaults(func=cmd_validate, needs_tables=False)
 
     topology = sub.add_parser("topology", help="the producer/central/consumer accounts as code")
     topology_sub = topology.add_subparsers(dest="topology_command", required=True)
     render = topology_sub.add_parser("render", help="write the CloudFormation template (YAML)")
     render.add_argument("-o", "--output", help="file to write (default: standard output)")
-    render.set_defaults(func=cmd_topology_render)
+    render.set_defaults(func=cmd_topology_render, needs_tables=False)
     topology_sub.add_parser(
         "apply", help="create the caller's account's part with boto3 (no CloudFormation)"
-    ).set_defaults(func=cmd_topology_apply)
+    ).set_defaults(func=cmd_topology_apply, needs_tables=False)
 
 
 def cmd_schemas_generate(settings: Settings, args: argparse.Namespace) -> int:

@@ -107,7 +107,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        settings = load_settings()
+        settings = load_settings(require_tables=False)  # its tables are in its mappings
         logs.configure(settings.log_level, settings.log_format)
         code: int = args.func(settings, args)
         return code

@@ -190,9 +190,12 @@ def test_a_missing_event_bus_or_region_stops_start_up(tmp_path: Path, moto_endpo
 
 @pytest.mark.integration
 def test_sync_back_commands(pg_url: URL, tmp_path: Path) -> None:
-    env = clean_env(CDC_DATABASE_URL=pg_url.render_as_string(hide_password=False),
-                    CDC_TABLES="orders")
+    # Sync back and migrations need no CDC_TABLES (a sync-back-only deployment has none);
+    # capture still asks for it.
+    env = clean_env(CDC_DATABASE_URL=pg_url.render_as_string(hide_password=False))
     assert cdc("migrate", cwd=tmp_path, env=env).returncode == 0
+    refused = cdc("run", cwd=tmp_path, env=env)
+    assert refused.returncode == 2 and "CDC_TABLES" in refused.stderr
 
     def sync_back(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "sync_back.cli", *args], cwd=tmp_path,

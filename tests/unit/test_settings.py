@@ -34,6 +34,13 @@ def test_postgres_settings_from_the_environment() -> None:
     assert "s3cret" not in settings.display_url and "s3cret" not in repr(settings)
 
 
+def test_tables_are_required_only_where_asked() -> None:
+    settings = load_settings({"CDC_DATABASE_URL": PG}, require_tables=False)
+    assert settings.table_refs == []
+    with pytest.raises(ConfigError, match="CDC_TABLES"):
+        load_settings({"CDC_DATABASE_URL": PG})
+
+
 @pytest.mark.parametrize(("env", "names", "says"), [
     ({"CDC_DATABASE_URL": PG}, "CDC_TABLES", "CDC_TABLES=public.orders"),
     ({"CDC_CAPTURE": "wal"}, "CDC_CAPTURE", "'changelog' or 'logical'"),
