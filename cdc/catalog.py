@@ -13,7 +13,7 @@ from sqlalchemy.exc import NoSuchTableError
 
 from cdc.errors import SetupError
 from cdc.events import TableRef, json_object
-from cdc.values import RowConvert, exact_in_doubles, row_converter
+from cdc.values import RowConvert, exact_in_doubles, row_converters
 
 
 @dataclass(frozen=True)
@@ -56,9 +56,8 @@ def read_table(engine: Engine, ref: TableRef) -> TableInfo:
     # orjson parses an image about four times faster than the json module, but into doubles:
     # taken only where every exact numeric column fits a double (see cdc.values).
     fast = dialect == "postgresql" and exact_in_doubles(types)
-    return TableInfo(ref, types, key, row_converter(types, dialect, numerics_as_doubles=fast),
-                     _fast_parse if fast else json_object,
-                     row_converter(types, dialect, numerics_as_doubles=fast, known_columns=True))
+    convert, convert_known = row_converters(types, dialect, numerics_as_doubles=fast)
+    return TableInfo(ref, types, key, convert, _fast_parse if fast else json_object, convert_known)
 
 
 class Catalog:

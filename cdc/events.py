@@ -118,7 +118,7 @@ def iso_utc(moment: datetime) -> str:
     if len(quoted) == 29 and quoted[27] == 0x5A:  # b'"2026-11-28T17:45:52.500000Z"'
         return quoted[1:28].decode()
     text = moment.isoformat(timespec="microseconds")
-    if text.endswith("+00:00"):  # the common case, kept cheap: this runs for every event
+    if text.endswith("+00:00"):
         return text[:-6] + "Z"
     if moment.tzinfo is None:
         return text + "Z"

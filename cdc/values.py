@@ -174,27 +174,16 @@ def converter(column_type: sqltypes.TypeEngine[Any], dialect: str,
     return plain_json  # anything else (composites, domains of numbers): no Decimal may leak
 
 
-def row_converter(column_types: Mapping[str, sqltypes.TypeEngine[Any]], dialect: str,
-                  numerics_as_doubles: bool = False, known_columns: bool = False) -> RowConvert:
-    """A function converting a parsed row image in place; only columns that need work cost
-    anything, which matters at tens of thousands of rows a second. ``known_columns``: for
-    images the caller has checked to hold only the catalog's columns (no check per call)."""
+def row_converters(column_types: Mapping[str, sqltypes.TypeEngine[Any]], dialect: str,
+                   numerics_as_doubles: bool = False) -> tuple[RowConvert, RowConvert]:
+    """Two functions converting a parsed row image in place: the first also handles columns
+    the catalog does not know (added since it was read); the second is for images the caller
+    has checked to hold only known columns. Only columns that need work cost anything, which
+    matters at tens of thousands of rows a second."""
     work = tuple((name, conv) for name, t in column_types.items()
                  if (conv := converter(t, dialect, numerics_as_doubles)) is not _identity)
     known = column_types.keys()
     fallback = _sqlite_blob if dialect == "sqlite" else plain_json
-
-    def convert(row: dict[str, Any]) -> dict[str, Any]:
-        if not row.keys() <= known:
-            # A column added since the catalog was read: safe generic conversion.
-            for name in row.keys() - known:
-                if row[name] is not None:
-                    row[name] = fallback(row[name])
-        for name, conv in work:
-            value = row.get(name)
-            if value is not None:
-                row[name] = conv(value)
-        return row
 
     def convert_known(row: dict[str, Any]) -> dict[str, Any]:
         for name, conv in work:
@@ -203,4 +192,18 @@ def row_converter(column_types: Mapping[str, sqltypes.TypeEngine[Any]], dialect:
                 row[name] = conv(value)
         return row
 
-    return convert_known if known_columns else convert
+    def convert(row: dict[str, Any]) -> dict[str, Any]:
+        if not row.keys() <= known:
+            # A column added since the catalog was read: safe generic conversion.
+            for name in row.keys() - known:
+                if row[name] is not None:
+                    row[name] = fallback(row[name])
+        return convert_known(row)
+
+    return convert, convert_known
+
+
+def row_converter(column_types: Mapping[str, sqltypes.TypeEngine[Any]], dialect: str,
+                  numerics_as_doubles: bool = False) -> RowConvert:
+    """The first of ``row_converters``: for images that may hold unknown columns."""
+    return row_converters(column_types, dialect, numerics_as_doubles)[0]

@@ -7,9 +7,10 @@ skipped. Per-key order holds because two transactions cannot change one key at o
 second waits for the first's row lock, so its trigger takes its id after the first committed,
 and the first's row is visible to any read that sees the second's.
 
-The source holds one connection for reads and acknowledgements (a checkout per batch, with its
-liveness ping, cost more than the batch itself); a failed connection is dropped and the next
-call opens a new one.
+On PostgreSQL, reads and acknowledgements go through ``cdc.sources.readahead`` (statements sent
+ahead on a connection of its own); a batch with dead letters, and everything on SQLite, uses the
+source's one held connection (a checkout per batch, with its liveness ping, cost more than the
+batch itself). A failed connection is dropped and the next call opens a new one.
 """
 
 from __future__ import annotations
@@ -58,11 +59,7 @@ class ChangeLogSource:
             )
             self._delete = f"DELETE FROM {log_table} WHERE id = ?"
         else:
-            self._select = (
-                f"SELECT id, table_name, op, before::text, after::text, txid, origin, captured_at "
-                f"FROM {log_table} ORDER BY id LIMIT %s"
-            )
-            self._delete = f"DELETE FROM {log_table} WHERE id = ANY(%s)"
+            self._delete = f"DELETE FROM {log_table} WHERE id = ANY(%s)"  # with dead letters
             # Reads and acknowledgements without dead letters: sent ahead (cdc.sources.readahead).
             # No startup options: a connection pooler may refuse them.
             self._ahead = ReadAhead(conninfo_of(engine.url, "cdc", options=None), log_table,
@@ -101,6 +98,7 @@ class ChangeLogSource:
         return batch
 
     def _fetch(self, limit: int) -> list[Any]:
+        """The batch's rows read in one go (SQLite)."""
         try:
             connection = self._connected()
             # The driver's own cursor: plain tuples, none of the result machinery, per row.

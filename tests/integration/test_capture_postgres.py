@@ -226,17 +226,23 @@ def test_read_ahead_keeps_a_late_commit_before_the_later_changes_of_its_key(pg_u
     assert positions == sorted(positions)
 
 
+def changelog_source_with_rows(pg_url: URL, keys: range, batch_size: str = "5",
+                               ) -> tuple[Any, Any, Any]:
+    """(settings, change-log source, legacy engine) with a row inserted for each key."""
+    settings = settings_for_mode(pg_url, "changelog", "accounts", batch_size=batch_size, bus="null")
+    engine = prepared(settings, ACCOUNTS)
+    legacy = raw_engine(pg_url)
+    with legacy.begin() as connection:
+        for key in keys:
+            connection.execute(text("INSERT INTO accounts VALUES (:k, 1, '')"), {"k": key})
+    return settings, source_for(settings, engine), legacy
+
+
 def test_an_acknowledgement_cut_off_in_flight_is_sent_again_and_counted_once(pg_url: URL) -> None:
     # The DELETE of a published batch runs while the worker reads on. If its connection dies
     # before its outcome is known, it is sent again on a new connection before anything else.
-    settings = settings_for_mode(pg_url, "changelog", "accounts", batch_size="5", bus="null")
-    engine = prepared(settings, ACCOUNTS)
-    source: Any = source_for(settings, engine)
+    settings, source, legacy = changelog_source_with_rows(pg_url, range(1, 8))
     schema = settings.state_schema
-    legacy = raw_engine(pg_url)
-    with legacy.begin() as connection:
-        for key in range(1, 8):
-            connection.execute(text("INSERT INTO accounts VALUES (:k, 1, '')"), {"k": key})
     batch = source.read(5)
     assert len(batch.changes) == 5
     ahead = source._ahead
@@ -271,13 +277,8 @@ def test_positions_and_ids_made_by_the_server_are_those_python_makes(
     # The read-ahead query makes each change's position and identity (the event id's input)
     # in SQL; the ids must not change with it, whatever the session's TimeZone.
     monkeypatch.setenv("PGTZ", zone)
-    settings = settings_for_mode(pg_url, "changelog", "accounts", batch_size="50", bus="null")
-    engine = prepared(settings, ACCOUNTS)
-    source: Any = source_for(settings, engine)
-    legacy = raw_engine(pg_url)
+    settings, source, legacy = changelog_source_with_rows(pg_url, range(1, 21), batch_size="50")
     with legacy.begin() as connection:
-        for key in range(1, 21):
-            connection.execute(text("INSERT INTO accounts VALUES (:k, 1, '')"), {"k": key})
         connection.execute(text("UPDATE accounts SET version = 2"))
     batch = source.read(50)
     assert len(batch.changes) == 40
@@ -294,14 +295,8 @@ def test_positions_and_ids_made_by_the_server_are_those_python_makes(
 def test_closing_waits_for_the_acknowledgement_in_flight(pg_url: URL) -> None:
     # SIGTERM ends `cdc run` after the batch in hand is acknowledged: the DELETE sent ahead
     # must be finished, not dropped with the connection, or the batch would be published again.
-    settings = settings_for_mode(pg_url, "changelog", "accounts", batch_size="5", bus="null")
-    engine = prepared(settings, ACCOUNTS)
-    source: Any = source_for(settings, engine)
+    settings, source, legacy = changelog_source_with_rows(pg_url, range(1, 4))
     schema = settings.state_schema
-    legacy = raw_engine(pg_url)
-    with legacy.begin() as connection:
-        for key in range(1, 4):
-            connection.execute(text("INSERT INTO accounts VALUES (:k, 1, '')"), {"k": key})
     batch = source.read(5)
     blocker = legacy.connect()
     blocker.begin()  # holds the rows, so the DELETE is still running when close() is called
