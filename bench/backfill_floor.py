@@ -22,7 +22,7 @@ import time
 import psycopg
 from common import LEGACY_TABLE, capture_settings, libpq, prepare, scratch_database, seed_legacy
 
-from cdc.events import BusEntry, event_ids
+from cdc.bus.events import BusEntry, event_ids
 
 
 def main() -> None:

@@ -28,9 +28,9 @@ from common import (
 )
 from sqlalchemy.engine import URL
 
-from cdc import database
-from cdc.publishers.file import NullPublisher
-from cdc.worker import tune_garbage_collector
+from cdc.bus.publishers.file import NullPublisher
+from cdc.capture.worker import tune_garbage_collector
+from cdc.core import database
 
 TARGET_RATE = 50_000
 TARGET_RATIO = 0.5

@@ -20,13 +20,14 @@ import psycopg
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL, make_url
 
-from cdc import database, triggers
-from cdc.catalog import read_table
-from cdc.publishers import Publisher
-from cdc.settings import Settings, load_settings
-from cdc.sources.changelog import ChangeLogSource
-from cdc.state import state_tables
-from cdc.worker import Worker
+from cdc.bus.publishers import Publisher
+from cdc.capture import triggers
+from cdc.capture.catalog import read_table
+from cdc.capture.sources.changelog import ChangeLogSource
+from cdc.capture.worker import Worker
+from cdc.core import database
+from cdc.core.settings import Settings, load_settings
+from cdc.core.state import state_tables
 
 BASE_URL_ENV = "CDC_BENCH_DATABASE_URL"
 DEFAULT_BASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"

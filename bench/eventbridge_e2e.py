@@ -38,11 +38,11 @@ from common import (
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
-from cdc.events import BusEntry
-from cdc.publishers.eventbridge import MAX_ENTRIES_PER_CALL, EventBridgePublisher
-from cdc.publishers.file import NullPublisher
-from cdc.settings import Settings
-from cdc.worker import tune_garbage_collector
+from cdc.bus.events import BusEntry
+from cdc.bus.publishers.eventbridge import MAX_ENTRIES_PER_CALL, EventBridgePublisher
+from cdc.bus.publishers.file import NullPublisher
+from cdc.capture.worker import tune_garbage_collector
+from cdc.core.settings import Settings
 
 TARGET_RATIO = 0.9
 AWS_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION",

@@ -21,13 +21,13 @@ import psycopg
 from common import LEGACY_TABLE, _insert_rows, capture_settings, libpq, prepare, scratch_database
 from eventbridge_e2e import moto_server
 
-from cdc import slots
-from cdc.catalog import read_table
-from cdc.cli import open_source
-from cdc.events import BusEntry
-from cdc.publishers import Publisher, Rejection
-from cdc.publishers.eventbridge import EventBridgePublisher
-from cdc.worker import Worker
+from cdc.app import open_source
+from cdc.bus.events import BusEntry
+from cdc.bus.publishers import Publisher, Rejection
+from cdc.bus.publishers.eventbridge import EventBridgePublisher
+from cdc.capture import slots
+from cdc.capture.catalog import read_table
+from cdc.capture.worker import Worker
 
 
 class Timed:

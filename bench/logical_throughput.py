@@ -41,13 +41,14 @@ from common import (
 )
 from sqlalchemy.engine import URL
 
-from cdc import database, slots
-from cdc.catalog import read_table
-from cdc.cli import open_source
-from cdc.pgoutput import format_lsn, parse_lsn
-from cdc.publishers.file import NullPublisher
-from cdc.settings import Settings
-from cdc.worker import Worker, tune_garbage_collector
+from cdc.app import open_source
+from cdc.bus.publishers.file import NullPublisher
+from cdc.capture import slots
+from cdc.capture.catalog import read_table
+from cdc.capture.pgoutput import format_lsn, parse_lsn
+from cdc.capture.worker import Worker, tune_garbage_collector
+from cdc.core import database
+from cdc.core.settings import Settings
 
 TARGET_RATE = 100_000
 TARGET_RATIO = 0.8

@@ -42,9 +42,9 @@ from eventbridge_e2e import moto_server
 from sqlalchemy import Engine, event, text
 from sqlalchemy.engine import URL
 
-from cdc import database
-from cdc.settings import Settings
-from cdc.state import state_tables
+from cdc.core import database
+from cdc.core.settings import Settings
+from cdc.core.state import state_tables
 from sync_back.consumer import Consumer
 from sync_back.mapping import load_mappings
 

@@ -48,12 +48,13 @@ from common import (
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
-from cdc import database, slots
-from cdc.catalog import read_table
-from cdc.cli import open_source
-from cdc.publishers.file import NullPublisher
-from cdc.settings import Settings
-from cdc.worker import Worker
+from cdc.app import open_source
+from cdc.bus.publishers.file import NullPublisher
+from cdc.capture import slots
+from cdc.capture.catalog import read_table
+from cdc.capture.worker import Worker
+from cdc.core import database
+from cdc.core.settings import Settings
 
 TARGET_RATIOS = {"changelog": 0.75, "logical": 0.9}
 TARGET_RATIO = TARGET_RATIOS["changelog"]

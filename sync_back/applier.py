@@ -55,10 +55,11 @@ from sqlalchemy import types as sqltypes
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, NoSuchTableError
 
-from cdc.errors import ConfigError
-from cdc.events import TableRef, parse_iso
-from cdc.origin import origin_tag
-from cdc.state import StateTables
+from cdc.bus.events import parse_iso
+from cdc.core.errors import ConfigError
+from cdc.core.origin import origin_tag
+from cdc.core.state import StateTables
+from cdc.core.tables import TableRef
 from sync_back.policy import Decision, decide, reads_synced_version, version_text
 
 log = logging.getLogger(__name__)

@@ -10,12 +10,12 @@ from collections.abc import Sequence
 
 from sqlalchemy import select
 
-from cdc import database, logs
-from cdc.cli import check_migrated
-from cdc.errors import CdcError, ConfigError
-from cdc.settings import Settings, load_settings
-from cdc.state import state_tables
-from cdc.worker import install_signal_handlers
+from cdc.core import database, logs
+from cdc.core.database import check_migrated
+from cdc.core.errors import CdcError, ConfigError
+from cdc.core.settings import Settings, load_settings
+from cdc.core.signals import install_signal_handlers
+from cdc.core.state import state_tables
 from sync_back.consumer import Consumer
 from sync_back.mapping import load_mappings
 
@@ -46,7 +46,7 @@ def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
     worker = consumer(settings, with_queue=True, stop=stop)
     server = None
     if settings.health_port is not None:
-        from cdc.health import serve_consumer
+        from sync_back.health import serve_consumer
 
         server = serve_consumer(worker, settings.health_port)
     try:

@@ -23,13 +23,13 @@ from sqlalchemy import Engine, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
-from cdc.database import db_retrying, is_transient_db_error
-from cdc.errors import Interrupted
-from cdc.queue import RECEIVE_MAX, Queue, Received
-from cdc.settings import Settings
-from cdc.state import StateTables
+from cdc.bus.incoming import Envelope, Invalid, parse_message
+from cdc.bus.sqs import RECEIVE_MAX, Queue, Received
+from cdc.core.database import db_retrying, is_transient_db_error
+from cdc.core.errors import Interrupted
+from cdc.core.settings import Settings
+from cdc.core.state import StateTables
 from sync_back.applier import Applier, Pending
-from sync_back.incoming import Envelope, Invalid, parse_message
 from sync_back.mapping import Mappings
 from sync_back.rows import to_write
 

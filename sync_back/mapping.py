@@ -39,8 +39,8 @@ from pydantic import (
     model_validator,
 )
 
-from cdc.errors import ConfigError
-from cdc.events import TableRef
+from cdc.core.errors import ConfigError
+from cdc.core.tables import TableRef
 
 ColumnType = Literal[
     "text", "int", "numeric", "float", "bool", "timestamptz", "timestamp", "date", "uuid", "json"

@@ -24,8 +24,8 @@ from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from cdc.events import TableRef
-from sync_back.incoming import Envelope, Invalid, describe, text_problem
+from cdc.bus.incoming import Envelope, Invalid, describe, text_problem
+from cdc.core.tables import TableRef
 from sync_back.mapping import ColumnSpec, ConflictPolicy, Mapping, WriteOp
 
 # The inbox stores event ids; a longer "id" is not an id but a mistake or an attack.

@@ -16,8 +16,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import OperationalError
 
-from cdc.publishers.file import FilePublisher
-from cdc.worker import Worker
+from cdc.bus.publishers.file import FilePublisher
+from cdc.capture.worker import Worker
 from tests.integration.helpers import prepared, raw_engine, settings_for_mode, source_for
 
 pytestmark = pytest.mark.integration

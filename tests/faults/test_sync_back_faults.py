@@ -24,9 +24,9 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
 
-from cdc import database
-from cdc.settings import Settings
-from cdc.state import state_tables
+from cdc.core import database
+from cdc.core.settings import Settings
+from cdc.core.state import state_tables
 from sync_back.consumer import Consumer
 from sync_back.mapping import load_mappings
 from tests.faults.proxy import FaultPlan, FaultProxy

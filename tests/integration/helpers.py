@@ -16,13 +16,14 @@ import boto3
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import URL
 
-from cdc import database, slots, triggers
-from cdc.catalog import read_table
-from cdc.cli import open_source
-from cdc.settings import Settings, load_settings
-from cdc.sources import Source
-from cdc.sources.changelog import ChangeLogSource
-from cdc.state import state_tables
+from cdc.app import open_source
+from cdc.capture import slots, triggers
+from cdc.capture.catalog import read_table
+from cdc.capture.sources import Source
+from cdc.capture.sources.changelog import ChangeLogSource
+from cdc.core import database
+from cdc.core.settings import Settings, load_settings
+from cdc.core.state import state_tables
 
 
 def settings_for(url: URL, tables: str, **extra: str) -> Settings:

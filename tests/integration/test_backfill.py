@@ -19,13 +19,13 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
 
-from cdc import backfill
-from cdc.catalog import read_table
-from cdc.cli import open_backfiller, open_source
-from cdc.publishers.file import FilePublisher
-from cdc.settings import Settings
-from cdc.state import state_tables
-from cdc.worker import Worker
+from cdc.app import open_backfiller, open_source
+from cdc.bus.publishers.file import FilePublisher
+from cdc.capture import backfill
+from cdc.capture.catalog import read_table
+from cdc.capture.worker import Worker
+from cdc.core.settings import Settings
+from cdc.core.state import state_tables
 from tests.integration.helpers import drop_slot, prepared, raw_engine, settings_for_mode
 
 ROWS = 100_000

@@ -11,9 +11,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 
-from cdc.publishers.eventbridge import EventBridgePublisher
-from cdc.publishers.file import NullPublisher
-from cdc.worker import Worker
+from cdc.bus.publishers.eventbridge import EventBridgePublisher
+from cdc.bus.publishers.file import NullPublisher
+from cdc.capture.worker import Worker
 from tests.integration.helpers import (
     by_key,
     prepared,

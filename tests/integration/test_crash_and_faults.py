@@ -19,12 +19,12 @@ from botocore.exceptions import ClientError
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 
-from cdc import deadletters
+from cdc.bus.publishers.eventbridge import EventBridgePublisher
+from cdc.capture import deadletters
+from cdc.capture.worker import Worker
 from cdc.cli import main as cdc_main
-from cdc.publishers.eventbridge import EventBridgePublisher
-from cdc.settings import Settings
-from cdc.state import state_tables
-from cdc.worker import Worker
+from cdc.core.settings import Settings
+from cdc.core.state import state_tables
 from tests.integration.helpers import (
     drop_slot,
     prepared,

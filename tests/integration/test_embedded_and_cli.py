@@ -98,8 +98,8 @@ def test_tls_options_pass_through_to_the_server(pg_url: URL, tmp_path: Path, cap
     assert refused.returncode != 0
     assert "SSL" in refused.stderr and "hunter2" not in refused.stderr + refused.stdout
     if capture == "logical":  # the replication connection takes the same options
-        from cdc.database import conninfo_of
-        from cdc.settings import load_settings
+        from cdc.core.database import conninfo_of
+        from cdc.core.settings import load_settings
 
         settings = load_settings({k: v for k, v in env.items() if k.startswith("CDC_")})
         assert "sslmode=require" in conninfo_of(settings.url)
@@ -214,8 +214,8 @@ def test_sync_back_commands(pg_url: URL, tmp_path: Path) -> None:
 def test_least_privilege_grants_are_enough(pg_url: URL, tmp_path: Path) -> None:
     import uuid
 
-    from cdc.cli import grants_sql
-    from cdc.settings import load_settings
+    from cdc.commands.capture import grants_sql
+    from cdc.core.settings import load_settings
 
     suffix = uuid.uuid4().hex[:8]
     capture_role, sync_role, app_role = f"cdc_cap_{suffix}", f"cdc_sync_{suffix}", f"app_{suffix}"
@@ -277,8 +277,8 @@ def test_least_privilege_grants_are_enough(pg_url: URL, tmp_path: Path) -> None:
 
 @pytest.mark.integration
 def test_a_state_schema_behind_or_ahead_of_the_code_is_named(pg_url: URL, tmp_path: Path) -> None:
-    from cdc import database
-    from cdc.settings import load_settings
+    from cdc.core import database
+    from cdc.core.settings import load_settings
 
     env = clean_env(CDC_DATABASE_URL=pg_url.render_as_string(hide_password=False),
                     CDC_TABLES="orders")

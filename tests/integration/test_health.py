@@ -37,9 +37,9 @@ def metric(body: str, name: str) -> float:
 
 
 def test_slot_metrics_in_logical_mode(pg_url: URL, tmp_path: Path) -> None:
-    from cdc.health import WorkerCollector
-    from cdc.publishers.file import NullPublisher
-    from cdc.worker import Worker
+    from cdc.bus.publishers.file import NullPublisher
+    from cdc.capture.health import WorkerCollector
+    from cdc.capture.worker import Worker
     from tests.integration.helpers import drop_slot, settings_for_mode, source_for
 
     settings = settings_for_mode(pg_url, "logical", "items")

@@ -10,15 +10,16 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import URL
 
-from cdc import database, slots
-from cdc.catalog import read_table
-from cdc.errors import PermanentError, SetupError
-from cdc.events import BusEntry
-from cdc.origin import origin_tag
-from cdc.publishers import Rejection
-from cdc.settings import Settings
-from cdc.sources.logical import LogicalSource
-from cdc.worker import Worker
+from cdc.bus.events import BusEntry
+from cdc.bus.publishers import Rejection
+from cdc.capture import slots
+from cdc.capture.catalog import read_table
+from cdc.capture.sources.logical import LogicalSource
+from cdc.capture.worker import Worker
+from cdc.core import database
+from cdc.core.errors import PermanentError, SetupError
+from cdc.core.origin import origin_tag
+from cdc.core.settings import Settings
 from tests.integration.helpers import prepared, settings_for_mode, source_for
 
 pytestmark = pytest.mark.integration

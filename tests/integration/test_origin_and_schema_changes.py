@@ -8,10 +8,10 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
 
-from cdc.origin import origin_tag
-from cdc.publishers.file import NullPublisher
-from cdc.settings import load_settings
-from cdc.worker import Worker
+from cdc.bus.publishers.file import NullPublisher
+from cdc.capture.worker import Worker
+from cdc.core.origin import origin_tag
+from cdc.core.settings import load_settings
 from tests.integration.helpers import changelog_source, prepared, settings_for
 
 

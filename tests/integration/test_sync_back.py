@@ -16,10 +16,10 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
 
-from cdc.publishers.file import NullPublisher
-from cdc.settings import Settings
-from cdc.state import state_tables
-from cdc.worker import Worker
+from cdc.bus.publishers.file import NullPublisher
+from cdc.capture.worker import Worker
+from cdc.core.settings import Settings
+from cdc.core.state import state_tables
 from sync_back.consumer import Consumer
 from sync_back.mapping import load_mappings
 from tests.integration.helpers import prepared, running, settings_for_mode, source_for

@@ -17,14 +17,14 @@ import pytest
 from sqlalchemy import Engine, select, text
 from sqlalchemy.engine import URL
 
-from cdc import validation_state
-from cdc.publishers.eventbridge import EventBridgePublisher
-from cdc.schemas import SchemaRegistry
-from cdc.settings import Settings
-from cdc.topology import Applied, apply, topology_from_settings
-from cdc.validation_cli import cmd_schemas_generate
-from cdc.validator import Validator, resend_in_doubt
-from cdc.worker import Worker
+from cdc.bus.publishers.eventbridge import EventBridgePublisher
+from cdc.capture.worker import Worker
+from cdc.commands.validation import cmd_schemas_generate
+from cdc.core.settings import Settings
+from cdc.topology.aws import Applied, apply, topology_from_settings
+from cdc.validate import state as validation_state
+from cdc.validate.schemas import SchemaRegistry
+from cdc.validate.validator import Validator, resend_in_doubt
 from tests.integration.helpers import drop_slot, prepared, settings_for_mode, source_for
 
 pytestmark = pytest.mark.integration

@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 
-from cdc.backfill import Backfiller, Pending, Run, Snapshot, key_of
-from cdc.catalog import TableInfo
-from cdc.events import Change, TableRef
-from cdc.sources import Batch, Mark
+from cdc.bus.events import Change
+from cdc.capture.backfill import Backfiller, Pending, Run, Snapshot, key_of
+from cdc.capture.catalog import TableInfo
+from cdc.capture.sources import Batch, Mark
+from cdc.core.tables import TableRef
 
 REF = TableRef("public", "accounts")
 OTHER = TableRef("public", "other")

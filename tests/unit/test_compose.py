@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import yaml
 
-from cdc import health
 from cdc.cli import parser as cdc_parser
-from cdc.settings import load_settings
+from cdc.core import health
+from cdc.core.settings import load_settings
 from sync_back.cli import parser as sync_back_parser
 from sync_back.mapping import load_mappings
 
@@ -59,8 +59,8 @@ def test_what_each_service_runs() -> None:
         parsed = [PARSERS[argv[0]]().parse_args(argv[1:]) for argv in commands(SERVICES[name])]
         return [f"{args.func.__module__}.{args.func.__name__}" for args in parsed]
 
-    assert funcs("cdc-setup") == ["cdc.cli.cmd_migrate", "cdc.cli.cmd_setup"]
-    assert funcs("cdc-worker") == funcs("cdc-standby") == ["cdc.cli.cmd_run"]
+    assert funcs("cdc-setup") == ["cdc.commands.capture.cmd_migrate", "cdc.commands.capture.cmd_setup"]
+    assert funcs("cdc-worker") == funcs("cdc-standby") == ["cdc.commands.capture.cmd_run"]
     assert funcs("sync-back") == ["sync_back.cli.cmd_run"]
     assert SERVICES["cdc-setup"]["restart"] == "no"  # a one-off
     for name in ("cdc-worker", "cdc-standby", "sync-back"):

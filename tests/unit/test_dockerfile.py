@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from cdc.cli import parser
-from cdc.settings import Settings
+from cdc.core.settings import Settings
 
 DOCKERFILE = (Path(__file__).resolve().parents[2] / "Dockerfile").read_text()
 

@@ -14,14 +14,14 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 
-from cdc.errors import (
+from cdc.bus.events import BusEntry
+from cdc.bus.publishers.eventbridge import EventBridgePublisher, pack
+from cdc.core.errors import (
     Interrupted,
     PermanentError,
     classify_aws_error,
     is_transient_transport_error,
 )
-from cdc.events import BusEntry
-from cdc.publishers.eventbridge import EventBridgePublisher, pack
 
 BUS = "legacy-changes"
 SOURCE = "legacy.db"

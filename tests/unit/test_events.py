@@ -8,17 +8,17 @@ from typing import Any
 
 import pytest
 
-from cdc.events import (
+from cdc.bus.events import (
     EVENT_ID_NAMESPACE,
     BusEntry,
     Change,
     EventRenderer,
-    TableRef,
     dumps,
     entry_size,
     event_id,
     iso_utc,
 )
+from cdc.core.tables import TableRef
 
 WIDGETS = TableRef("public", "widgets")
 MOMENT = datetime(2026, 11, 28, 17, 45, 52, 123456, tzinfo=UTC)

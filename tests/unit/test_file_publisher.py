@@ -4,8 +4,8 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cdc.events import BusEntry
-from cdc.publishers.file import FilePublisher
+from cdc.bus.events import BusEntry
+from cdc.bus.publishers.file import FilePublisher
 
 
 def entry(n: int, detail: str | None = None) -> BusEntry:

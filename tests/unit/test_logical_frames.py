@@ -11,10 +11,10 @@ import struct
 import pytest
 from sqlalchemy import create_engine
 
-from cdc.events import Change
-from cdc.pgoutput import UNCHANGED, DecodeError, decode
-from cdc.sources.logical import LogicalSource
-from cdc.state import state_tables
+from cdc.bus.events import Change
+from cdc.capture.pgoutput import UNCHANGED, DecodeError, decode
+from cdc.capture.sources.logical import LogicalSource
+from cdc.core.state import state_tables
 from tests.unit.test_pgoutput import begin, commit, delete, insert, relation, tuple_data, update
 
 OID = 16384

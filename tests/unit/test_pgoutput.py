@@ -6,7 +6,7 @@ from typing import Literal
 
 import pytest
 
-from cdc.pgoutput import (
+from cdc.capture.pgoutput import (
     UNCHANGED,
     Begin,
     Commit,

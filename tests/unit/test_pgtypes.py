@@ -8,8 +8,8 @@ import pytest
 from sqlalchemy import types as sqltypes
 from sqlalchemy.dialects import postgresql
 
-from cdc.pgtypes import array_of, text_converter
-from cdc.values import converter
+from cdc.capture.pgtypes import array_of, text_converter
+from cdc.capture.values import converter
 
 
 def convert(type_oid: int, text: str) -> Any:

@@ -13,10 +13,12 @@ import pytest
 from sqlalchemy import types as sqltypes
 from sqlalchemy.dialects import postgresql
 
-from cdc.errors import ConfigError
-from cdc.events import Change, EventRenderer, TableRef, json_object
-from cdc.pgtypes import text_converter
-from cdc.schemas import (
+from cdc.bus.events import Change, EventRenderer, json_object
+from cdc.capture.pgtypes import text_converter
+from cdc.capture.values import converter, row_converter
+from cdc.core.errors import ConfigError
+from cdc.core.tables import TableRef
+from cdc.validate.schemas import (
     Column,
     SchemaRegistry,
     TableShape,
@@ -26,8 +28,7 @@ from cdc.schemas import (
     value_schema,
     write_schemas,
 )
-from cdc.validator import exact_json, judge
-from cdc.values import converter, row_converter
+from cdc.validate.validator import exact_json, judge
 
 ORDERS = TableRef("public", "orders")
 SHAPE = TableShape(ORDERS, (
@@ -278,12 +279,12 @@ def test_the_validator_retries_a_throttled_queue_instead_of_stopping(
     from botocore.exceptions import ClientError
     from sqlalchemy import create_engine
 
-    from cdc import queue as queue_module
-    from cdc.publishers.file import NullPublisher
-    from cdc.schemas import SchemaRegistry
-    from cdc.settings import load_settings
-    from cdc.validation_state import validation_tables
-    from cdc.validator import Validator
+    from cdc.bus import sqs as queue_module
+    from cdc.bus.publishers.file import NullPublisher
+    from cdc.core.settings import load_settings
+    from cdc.validate.schemas import SchemaRegistry
+    from cdc.validate.state import validation_tables
+    from cdc.validate.validator import Validator
 
     class ThrottledSqs:
         def receive_message(self, **_: Any) -> dict[str, Any]:

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from cdc.errors import ConfigError
-from cdc.events import TableRef
-from cdc.settings import load_settings
+from cdc.core.errors import ConfigError
+from cdc.core.settings import load_settings
+from cdc.core.tables import TableRef
 
 PG = "postgresql://capture:s3cret-pw@db.internal:5432/shop"
 

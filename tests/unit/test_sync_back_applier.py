@@ -18,10 +18,11 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
-from cdc import database, triggers
-from cdc.catalog import read_table
-from cdc.settings import Settings, load_settings
-from cdc.state import state_tables
+from cdc.capture import triggers
+from cdc.capture.catalog import read_table
+from cdc.core import database
+from cdc.core.settings import Settings, load_settings
+from cdc.core.state import state_tables
 from sync_back.consumer import Consumer
 from sync_back.mapping import load_mappings
 

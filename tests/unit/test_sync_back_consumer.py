@@ -9,10 +9,10 @@ import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.exc import OperationalError
 
-from cdc import queue as queue_module
-from cdc.errors import Interrupted
-from cdc.settings import load_settings
-from cdc.state import state_tables
+from cdc.bus import sqs as queue_module
+from cdc.core.errors import Interrupted
+from cdc.core.settings import load_settings
+from cdc.core.state import state_tables
 from sync_back.consumer import Consumer
 from sync_back.mapping import Mappings
 

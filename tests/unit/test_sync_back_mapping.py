@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from cdc.errors import ConfigError
-from cdc.events import TableRef
+from cdc.core.errors import ConfigError
+from cdc.core.tables import TableRef
 from sync_back.mapping import Mapping, Mappings, load_mappings
 
 EXAMPLE = tomllib.loads("""

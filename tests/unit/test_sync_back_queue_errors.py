@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from cdc import queue as queue_module
-from cdc.errors import PermanentError
-from cdc.queue import DELETE_ATTEMPTS, backoff
+from cdc.bus import sqs as queue_module
+from cdc.bus.incoming import Envelope
+from cdc.bus.sqs import DELETE_ATTEMPTS, backoff
+from cdc.core.errors import PermanentError
 from sync_back.consumer import event_id_of
-from sync_back.incoming import Envelope
 from tests.unit.test_sync_back_consumer import FakeSqs, make
 
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from cdc.events import TableRef
-from sync_back.incoming import Envelope, Invalid, parse_message
+from cdc.bus.incoming import Envelope, Invalid, parse_message
+from cdc.core.tables import TableRef
 from sync_back.mapping import Mapping, load_mappings
 from sync_back.rows import RowWrite, to_write
 

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-from cdc.errors import ConfigError
-from cdc.settings import load_settings
-from cdc.topology import Topology, render, template, topology_from_settings
+from cdc.core.errors import ConfigError
+from cdc.core.settings import load_settings
+from cdc.topology.aws import Topology, render, template, topology_from_settings
 
 CONFIG = """
 database_url = "postgresql://capture@legacy-db/shop"
@@ -193,8 +193,8 @@ def test_no_yaml_aliases_in_the_template(tmp_path: Path) -> None:
 
 
 def test_the_commands_are_wired_into_cdc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from cdc import validation_cli
     from cdc.cli import main, parser
+    from cdc.commands import validation as validation_cli
 
     commands = {("schemas", "generate"): validation_cli.cmd_schemas_generate,
                 ("validate",): validation_cli.cmd_validate,

@@ -6,8 +6,8 @@ from decimal import Decimal
 from sqlalchemy import types as sqltypes
 from sqlalchemy.dialects import postgresql
 
-from cdc.events import json_object
-from cdc.values import row_converter
+from cdc.bus.events import json_object
+from cdc.capture.values import row_converter
 
 PG_COLUMNS = {
     "id": sqltypes.INTEGER(),

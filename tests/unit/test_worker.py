@@ -8,14 +8,15 @@ import pytest
 from sqlalchemy import types as sqltypes
 from sqlalchemy.exc import OperationalError
 
-from cdc.catalog import TableInfo
-from cdc.errors import Interrupted
-from cdc.events import BusEntry, Change, TableRef
-from cdc.publishers import Rejection
-from cdc.settings import load_settings
-from cdc.sources import Batch
-from cdc.values import row_converter
-from cdc.worker import Worker, failpoint_hook
+from cdc.bus.events import BusEntry, Change
+from cdc.bus.publishers import Rejection
+from cdc.capture.catalog import TableInfo
+from cdc.capture.sources import Batch
+from cdc.capture.values import row_converter
+from cdc.capture.worker import Worker, failpoint_hook
+from cdc.core.errors import Interrupted
+from cdc.core.settings import load_settings
+from cdc.core.tables import TableRef
 
 TABLE = TableRef("public", "orders")
 INFO = TableInfo(TABLE, {"id": sqltypes.INTEGER()}, ("id",),

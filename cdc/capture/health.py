@@ -1,0 +1,121 @@
+"""Health and metrics over HTTP for the capture worker and the sync-back consumer:
+``/healthz`` (the process answers), ``/readyz`` (the worker reached its source recently; the
+consumer reached its queue recently) and ``/metrics`` (Prometheus).
+
+Metrics are read from the worker's and the publisher's counters (or the consumer's) when
+scraped, so the loops pay nothing for them. The server runs in a daemon thread beside the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from http.server import ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from cdc.capture.sources.changelog import ChangeLogSource
+from cdc.capture.sources.logical import LogicalSource, slot_status
+from cdc.capture.worker import Worker
+from cdc.core.health import serve_endpoints
+
+if TYPE_CHECKING:
+    pass
+
+log = logging.getLogger(__name__)
+
+
+class WorkerCollector(Collector):
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    def collect(self) -> Iterator[Any]:
+        stats = self.worker.stats
+        table = self.worker.settings.capture
+        for name, help_text, value in (
+            ("cdc_changes_captured", "changes read and acknowledged", stats.changes),
+            ("cdc_events_published", "events the bus accepted", stats.published),
+            ("cdc_changes_skipped", "changes not published (their origin is skipped)", stats.skipped),
+            ("cdc_dead_letters", "events the bus can never accept", stats.dead_letters),
+            ("cdc_batches", "batches acknowledged", stats.batches),
+            ("cdc_database_retries", "database operations retried", stats.db_retries),
+        ):
+            counter = CounterMetricFamily(name, help_text, labels=["capture"])
+            counter.add_metric([table], value)
+            yield counter
+        publisher_stats = getattr(self.worker.publisher, "stats", None)
+        retries = getattr(publisher_stats, "retries_by_code", None)
+        if retries is not None:
+            counter = CounterMetricFamily("cdc_publish_retries", "entries sent again, by error code",
+                                          labels=["code"])
+            for code, count in sorted(retries.items()):
+                counter.add_metric([code], count)
+            yield counter
+        lag = GaugeMetricFamily("cdc_lag_seconds",
+                                "now minus the commit time of the newest acknowledged change")
+        lag.add_metric([], time.time() - stats.last_committed_at if stats.last_committed_at else 0.0)
+        yield lag
+        last = GaugeMetricFamily("cdc_last_read_timestamp_seconds",
+                                 "when the worker last reached its source")
+        last.add_metric([], stats.last_read_at)
+        yield last
+        yield from self._backfill()
+        yield from self._backlog()
+
+    def _backfill(self) -> Iterator[Any]:
+        filler = self.worker.backfill
+        if filler is None:
+            return
+        published = CounterMetricFamily("cdc_backfill_rows_published",
+                                         "rows published by backfills ('read' events)")
+        published.add_metric([], filler.rows_published)
+        yield published
+        done = GaugeMetricFamily("cdc_backfill_rows_done", "rows done by each running backfill",
+                                 labels=["table", "backfill"])
+        total = GaugeMetricFamily("cdc_backfill_rows_total",
+                                  "rows to do by each running backfill (counted at its start)",
+                                  labels=["table", "backfill"])
+        for run in list(filler.runs):
+            labels = [run.table, str(run.id)]
+            done.add_metric(labels, run.rows_done)
+            total.add_metric(labels, run.rows_total or 0)
+        yield done
+        yield total
+
+    def _backlog(self) -> Iterator[Any]:
+        """What waits in the source, read from the database at scrape time (skipped, with a
+        debug line, when the database does not answer: /readyz tells that story)."""
+        source = self.worker.source
+        try:
+            if isinstance(source, ChangeLogSource):
+                count, _ = source.pending()
+                pending = GaugeMetricFamily("cdc_pending_changes",
+                                            "change-log rows not yet published")
+                pending.add_metric([], count)
+                yield pending
+            elif isinstance(source, LogicalSource):
+                status = slot_status(source.engine, source.slot)
+                retained = GaugeMetricFamily(
+                    "cdc_slot_retained_wal_bytes",
+                    "WAL the replication slot holds back (current LSN minus its restart LSN)",
+                    labels=["slot"])
+                retained.add_metric([source.slot], status.retained_bytes or 0)
+                yield retained
+                behind = GaugeMetricFamily(
+                    "cdc_slot_lag_bytes", "WAL not yet confirmed as published (current LSN "
+                    "minus the slot's confirmed flush LSN)", labels=["slot"])
+                behind.add_metric([source.slot], status.lag_bytes or 0)
+                yield behind
+        except Exception as exc:
+            log.debug("backlog metrics skipped: %s", exc)
+
+
+def serve(worker: Worker, port: int, ready_within: float = 30.0) -> ThreadingHTTPServer:
+    """Start the worker's endpoints on ``port`` (0: any free port) in a daemon thread."""
+    return serve_endpoints(WorkerCollector(worker), lambda: worker.stats.last_read_at, port,
+                           ready_within)
+
+

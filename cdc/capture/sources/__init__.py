@@ -1,0 +1,58 @@
+"""Sources read committed changes and acknowledge them once the bus accepted them.
+
+``read`` and ``ack`` are separate calls (as in Debezium): the worker publishes in between, and
+a batch that was read but not acknowledged is read again after a crash, with the same event
+ids. ``ack`` also stores the batch's dead letters in the same transaction as the
+acknowledgement, so an event is never both gone from the source and absent from dead letters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from cdc.bus.events import Change
+from cdc.bus.publishers import Rejection
+from cdc.capture.catalog import TableInfo
+
+# A backfill's high watermark (cdc.backfill): a logical message with this prefix, or a
+# change-log row with this op; either carries the chunk's token.
+WATERMARK_PREFIX = "cdc.watermark"
+WATERMARK_OP = "watermark"
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """A backfill watermark met in the stream: it sits before ``changes[index]``."""
+
+    index: int
+    token: str
+    position: str
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    changes: Sequence[Change]
+    # The source's handle on what to acknowledge (change-log ids, or an LSN).
+    ack_ids: Sequence[int] = field(default_factory=tuple)
+    last_position: str = ""
+    # logical mode: the LSN that may be confirmed to PostgreSQL once this batch is acknowledged
+    flush_lsn: int = 0
+    marks: Sequence[Mark] = ()
+    # change log: fewer rows than asked, so every row visible at the read is in this batch
+    drained: bool = False
+
+
+class Source(Protocol):
+    # True when ``read`` itself waits (up to the poll interval) for changes to arrive, as a
+    # stream does; the worker then reads again at once instead of sleeping between batches.
+    waits_for_changes: bool
+
+    def read(self, limit: int) -> Batch: ...
+
+    def ack(self, batch: Batch, rejections: Sequence[Rejection]) -> None: ...
+
+    def table(self, name: str) -> TableInfo: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,133 @@
+"""``cdc setup`` in ``changelog`` mode: capture triggers on the tracked legacy tables.
+
+PostgreSQL: one generic row trigger and one truncate trigger per table, both calling
+``<state schema>.capture()`` (created by the migrations), which stores ``row_to_json`` images, so
+a column added or dropped later needs no new setup. SQLite cannot turn a row into JSON
+generically, so each table gets triggers that name its columns; run ``cdc setup`` again after
+adding a column there. Installing is idempotent: existing triggers are replaced.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from sqlalchemy import Connection, Engine, text
+
+from cdc.capture.catalog import TableInfo
+from cdc.core.errors import SetupError
+from cdc.core.tables import TableRef, quote_ident
+
+log = logging.getLogger(__name__)
+_SQLITE_OPS = ("insert", "update", "delete")
+
+
+def check_capturable(info: TableInfo) -> None:
+    if not info.key:
+        raise SetupError(
+            f"table {info.ref.qualified} has no primary key, so its changes cannot be keyed. "
+            f"Add one (ALTER TABLE {info.ref.qualified} ADD PRIMARY KEY (...)) "
+            "or leave the table out of CDC_TABLES."
+        )
+
+
+def install(engine: Engine, infos: Iterable[TableInfo], state_schema: str) -> None:
+    infos = list(infos)
+    for info in infos:
+        check_capturable(info)
+    with engine.begin() as connection:
+        for info in infos:
+            if engine.dialect.name == "sqlite":
+                _drop_sqlite(connection, info.ref)
+                _install_sqlite(connection, info)
+            else:
+                _require_capture_function(connection, state_schema)
+                _drop_postgres(connection, info.ref, state_schema)
+                _install_postgres(connection, info.ref, state_schema)
+            log.info("capture triggers installed on %s", info.ref.qualified)
+
+
+def drop(engine: Engine, tables: Iterable[TableRef], state_schema: str) -> None:
+    with engine.begin() as connection:
+        for ref in tables:
+            if engine.dialect.name == "sqlite":
+                _drop_sqlite(connection, ref)
+            else:
+                _drop_postgres(connection, ref, state_schema)
+            log.info("capture triggers removed from %s", ref.qualified)
+
+
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+
+
+def _require_capture_function(connection: Connection, state_schema: str) -> None:
+    found = connection.execute(
+        text("SELECT to_regprocedure(:name) IS NOT NULL"), {"name": f'"{state_schema}".capture()'}
+    ).scalar()
+    if not found:
+        raise SetupError(
+            f"the capture function {state_schema}.capture() is missing; run `cdc migrate` first"
+        )
+
+
+def _install_postgres(connection: Connection, ref: TableRef, state_schema: str) -> None:
+    function = f"{quote_ident(state_schema)}.capture()"
+    name = f"{state_schema}_capture"
+    connection.execute(text(
+        f"CREATE TRIGGER {quote_ident(name)} AFTER INSERT OR UPDATE OR DELETE ON {ref.quoted} "
+        f"FOR EACH ROW EXECUTE FUNCTION {function}"
+    ))
+    connection.execute(text(
+        f"CREATE TRIGGER {quote_ident(name + '_truncate')} AFTER TRUNCATE ON {ref.quoted} "
+        f"FOR EACH STATEMENT EXECUTE FUNCTION {function}"
+    ))
+
+
+def _drop_postgres(connection: Connection, ref: TableRef, state_schema: str) -> None:
+    name = f"{state_schema}_capture"
+    for trigger in (name, name + "_truncate"):
+        connection.execute(text(f"DROP TRIGGER IF EXISTS {quote_ident(trigger)} ON {ref.quoted}"))
+
+
+def _sqlite_trigger_name(ref: TableRef, op: str) -> str:
+    return f"cdc_capture_{op}_{ref.name}"
+
+
+def sqlite_image(columns: Iterable[str], row: str) -> str:
+    # json_object refuses BLOB values, so a blob travels as ["<hex>"] (cdc.values unwraps it).
+    parts = []
+    for column in columns:
+        value = f"{row}.{quote_ident(column)}"
+        parts.append(
+            f"{_literal(column)}, CASE WHEN typeof({value}) = 'blob' "
+            f"THEN json_array(hex({value})) ELSE {value} END"
+        )
+    return "json_object(" + ", ".join(parts) + ")"
+
+
+def _install_sqlite(connection: Connection, info: TableInfo) -> None:
+    ref = info.ref
+    images = {
+        "insert": ("NULL", sqlite_image(info.columns, "NEW")),
+        "update": (sqlite_image(info.columns, "OLD"), sqlite_image(info.columns, "NEW")),
+        "delete": (sqlite_image(info.columns, "OLD"), "NULL"),
+    }
+    for op in _SQLITE_OPS:
+        before, after = images[op]
+        connection.execute(text(
+            f"CREATE TRIGGER {quote_ident(_sqlite_trigger_name(ref, op))} AFTER {op.upper()} "
+            f"ON {quote_ident(ref.name)} BEGIN "
+            f"INSERT INTO cdc_changelog (table_name, op, before, after, origin) VALUES ("
+            f"{_literal(ref.qualified)}, {_literal(op)}, {before}, {after}, "
+            f"(SELECT origin FROM cdc_origin LIMIT 1)); END"
+        ))
+
+
+def _drop_sqlite(connection: Connection, ref: TableRef) -> None:
+    for op in _SQLITE_OPS:
+        connection.execute(text(f"DROP TRIGGER IF EXISTS {quote_ident(_sqlite_trigger_name(ref, op))}"))

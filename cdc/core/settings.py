@@ -1,0 +1,267 @@
+"""The one settings object of a process: ``CDC_*`` environment variables over a TOML file.
+
+Built once by the CLI (``load_settings``) and passed down; nothing reads the environment at
+import. A wrong setting stops start-up with a ``ConfigError`` naming the variable and what to
+write. The database password never appears in a message: the URL is a ``SecretStr`` and is
+shown only through ``display_url``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import string
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from cdc.core.errors import ConfigError
+from cdc.core.tables import TableRef
+
+ENV_PREFIX = "CDC_"
+EMBEDDED_DATABASE = "cdc-demo.sqlite3"
+EMBEDDED_TABLE = "widgets"
+# Environment names with our prefix that are not settings of the service itself.
+_NOT_SETTINGS = {"CDC_CONFIG"}
+_NOT_SETTINGS_PREFIXES = ("CDC_TEST_", "CDC_BENCH_")
+_TEMPLATE_FIELDS = {"schema", "table", "op"}
+
+
+class TableOptions(BaseModel):
+    """Per-table options, from ``[table_options."schema.name"]`` in the TOML file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    detail_type: str | None = None
+
+    @field_validator("detail_type")
+    @classmethod
+    def _template(cls, value: str | None) -> str | None:
+        return None if value is None else check_template(value)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    database_url: SecretStr | None = None
+    capture: Literal["changelog", "logical"] = "changelog"
+    tables: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    bus: Literal["eventbridge", "file", "null"] = "file"
+    bus_file: Path = Path("cdc-events.jsonl")
+    event_bus_name: str = "default"
+    source: str | None = None
+    detail_type: str = "{schema}.{table}.{op}"
+    batch_size: int = Field(500, ge=1, le=100_000)
+    poll_interval: float = Field(0.2, gt=0, le=60)
+    max_entry_bytes: int = Field(262_144, ge=1024, le=1_048_576)
+    publish_concurrency: int = Field(4, ge=1, le=32)
+    skip_origins: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["sync_back"])
+    state_schema: str = Field("cdc", pattern=r"^[a-z_][a-z0-9_]*$")
+    # logical mode: the slot and publication (created by `cdc setup`, or a DBA's existing ones)
+    slot_name: str = Field("cdc_slot", pattern=r"^[a-z0-9_]{1,63}$")
+    publication_name: str = Field("cdc_pub", min_length=1, max_length=63)
+    heartbeat_interval: float = Field(10.0, gt=0, le=3600)
+    health_port: int | None = Field(None, ge=0, le=65535)  # /healthz, /readyz, /metrics
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["auto", "json", "text"] = "auto"
+    table_options: dict[str, TableOptions] = Field(default_factory=dict)
+    # sync back: the SQS queue an EventBridge rule feeds with the new system's events, and the
+    # mappings (TOML only: [[sync_back.mappings]], see sync_back/mapping.py)
+    sync_queue_url: str | None = None
+    sync_wait_seconds: int = Field(5, ge=0, le=20)
+    sync_visibility_timeout: int = Field(60, ge=5, le=43_200)
+    sync_max_body_bytes: int = Field(262_144, ge=1024, le=1_048_576)
+    sync_back: dict[str, Any] = Field(default_factory=dict)
+    # validation (cdc/validator.py): the queue a central-bus rule feeds, the JSON Schemas by
+    # DetailType, the central bus valid events are republished to; the topology of accounts
+    # (TOML only: [topology], see cdc/topology.py)
+    validate_queue_url: str | None = None
+    validate_wait_seconds: int = Field(5, ge=0, le=20)
+    validate_visibility_timeout: int = Field(60, ge=1, le=43_200)
+    schemas_dir: Path = Path("schemas")
+    central_bus_name: str = Field("central", min_length=1, max_length=256)
+    topology: dict[str, Any] = Field(default_factory=dict)
+    # Test hook: "kill_after_publish:N" sends SIGKILL to the worker itself after the N-th
+    # published batch, before it is acknowledged (the crash tests use it).
+    failpoint: str | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # ``load_settings`` merges the environment over the TOML file itself and passes the
+        # result in, so a test can hand over its own environment mapping.
+        return (init_settings,)
+
+    @field_validator("tables", "skip_origins", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("database_url", mode="before")
+    @classmethod
+    def _url(cls, value: Any) -> Any:
+        if value is None or isinstance(value, SecretStr):
+            return value
+        url = _parse_url(str(value))
+        return SecretStr(url.render_as_string(hide_password=False))
+
+    @field_validator("detail_type")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        return check_template(value)
+
+    # -- derived values ---------------------------------------------------------------
+
+    @property
+    def embedded(self) -> bool:
+        """No database configured: the SQLite demo database with its demo table."""
+        return self.database_url is None
+
+    @property
+    def url(self) -> URL:
+        if self.database_url is None:
+            return make_url(f"sqlite:///{EMBEDDED_DATABASE}")
+        return make_url(self.database_url.get_secret_value())
+
+    @property
+    def display_url(self) -> str:
+        return self.url.render_as_string(hide_password=True)
+
+    @property
+    def dialect(self) -> str:
+        return self.url.get_backend_name()
+
+    @property
+    def default_schema(self) -> str:
+        return "main" if self.dialect == "sqlite" else "public"
+
+    @property
+    def table_refs(self) -> list[TableRef]:
+        names = self.tables or ([EMBEDDED_TABLE] if self.embedded else [])
+        return [TableRef.parse(name, self.default_schema) for name in names]
+
+    @property
+    def event_source(self) -> str:
+        if self.source:
+            return self.source
+        database = self.url.database or "legacy"
+        if self.dialect == "sqlite":
+            database = Path(database).stem
+        return f"legacy.{database}"
+
+    def detail_type_for(self, table: TableRef) -> str:
+        options = self.table_options.get(table.qualified) or self.table_options.get(table.name)
+        return options.detail_type if options and options.detail_type else self.detail_type
+
+
+def check_template(value: str) -> str:
+    try:
+        names = {field for _, field, _, _ in string.Formatter().parse(value) if field is not None}
+    except ValueError as exc:
+        raise ValueError(f"not a valid template ({exc})") from None
+    unknown = names - _TEMPLATE_FIELDS
+    if unknown:
+        raise ValueError(
+            f"unknown placeholder {{{sorted(unknown)[0]}}}; use {{schema}}, {{table}} and {{op}}"
+        )
+    return value
+
+
+def _parse_url(text: str) -> URL:
+    try:
+        url = make_url(text)
+    except ArgumentError:
+        raise ValueError(
+            "not a database URL; write postgresql://USER:PASSWORD@HOST:5432/DBNAME "
+            "or sqlite:///path/to/file.db"
+        ) from None
+    backend = url.get_backend_name()
+    if backend in ("postgresql", "postgres"):
+        return url.set(drivername="postgresql+psycopg")
+    if backend == "sqlite":
+        return url
+    raise ValueError(
+        f"the {backend!r} database is not supported; use a postgresql:// or sqlite:/// URL"
+    )
+
+
+def load_settings(environ: Mapping[str, str] | None = None, *, require_tables: bool = True,
+                  ) -> Settings:
+    """Settings from the environment and the TOML file that ``CDC_CONFIG`` names."""
+    env = os.environ if environ is None else environ
+    file_values: dict[str, Any] = {}
+    config_path = env.get("CDC_CONFIG")
+    if config_path:
+        file_values = _read_toml(Path(config_path))
+    _check_unknown_environment(env)
+    env_values = {
+        name.removeprefix(ENV_PREFIX).lower(): value
+        for name, value in env.items()
+        if name.startswith(ENV_PREFIX) and name not in _NOT_SETTINGS
+        and not name.startswith(_NOT_SETTINGS_PREFIXES)
+    }
+    try:
+        settings = Settings(**{**file_values, **env_values})
+    except ValidationError as exc:
+        raise _config_error(exc, env_values) from None
+    # Capture needs its tables; sync back, the validator, migrations and the like do not.
+    if require_tables and not settings.embedded and not settings.tables:
+        raise ConfigError(
+            "CDC_TABLES",
+            "name the tables to capture, comma-separated, e.g. CDC_TABLES=public.orders,public.customers",
+        )
+    return settings
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError("CDC_CONFIG", f"no file at {path}; point it at a TOML file or unset it") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("CDC_CONFIG", f"{path} is not valid TOML: {exc}") from None
+
+
+def _check_unknown_environment(env: Mapping[str, str]) -> None:
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    for name in env:
+        if (
+            name.startswith(ENV_PREFIX)
+            and name not in known
+            and name not in _NOT_SETTINGS
+            and not name.startswith(_NOT_SETTINGS_PREFIXES)
+        ):
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise ConfigError(name, f"is not a setting of this service{hint}")
+
+
+def _config_error(exc: ValidationError, env_values: Mapping[str, Any]) -> ConfigError:
+    error = exc.errors()[0]
+    loc = [str(part) for part in error["loc"]]
+    field = loc[0] if loc else "?"
+    if error["type"] == "extra_forbidden":
+        return ConfigError("CDC_CONFIG", f"unknown setting {'.'.join(loc)!r} in the TOML file")
+    setting = ENV_PREFIX + field.upper()
+    if field not in env_values:
+        setting = f"{field} in the CDC_CONFIG file"
+    if len(loc) > 1:
+        setting += " (" + ".".join(loc[1:]) + ")"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if field != "database_url" and "input" in error and not isinstance(error["input"], dict):
+        message += f" (got {error['input']!r})"
+    return ConfigError(setting, message)
