@@ -26,8 +26,9 @@ from cdc.bus.events import BusEntry, event_ids
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=200_000)
     args = parser.parse_args()
     rows_count = args.rows
@@ -42,8 +43,9 @@ def main() -> None:
             copy_s = time.perf_counter() - started
 
             started = time.perf_counter()
-            rows = conn.execute(f"SELECT row_to_json(r)::text, r.id::text FROM {LEGACY_TABLE} r "
-                                "ORDER BY r.id").fetchall()
+            rows = conn.execute(
+                f"SELECT row_to_json(r)::text, r.id::text FROM {LEGACY_TABLE} r ORDER BY r.id"
+            ).fetchall()
             fetch_s = time.perf_counter() - started
 
             make_id = event_ids("legacy")
@@ -51,18 +53,33 @@ def main() -> None:
             entries = []
             for image, key in rows:
                 identifier = make_id(f"backfill:1:[{key}]")
-                detail = (f'{{"id":"{identifier}","op":"read","table":"public.accounts",'
-                          f'"key":{{"id":{key}}},"before":null,"after":{image},'
-                          '"position":"0","txid":null}')
-                entries.append(BusEntry(identifier, "public.accounts", "legacy",
-                                        "accounts.read", None, detail, len(detail)))
+                detail = (
+                    f'{{"id":"{identifier}","op":"read","table":"public.accounts",'
+                    f'"key":{{"id":{key}}},"before":null,"after":{image},'
+                    '"position":"0","txid":null}'
+                )
+                entries.append(
+                    BusEntry(
+                        identifier,
+                        "public.accounts",
+                        "legacy",
+                        "accounts.read",
+                        None,
+                        detail,
+                        len(detail),
+                    )
+                )
             floor_s = time.perf_counter() - started
     per_row = 1e6 / rows_count
     print(f"COPY TO STDOUT: {rows_count / copy_s:,.0f} rows/s ({copy_s * per_row:.2f} us/row)")
-    print(f"fetch row_to_json: {fetch_s * per_row:.2f} us/row; Python floor (id, Detail, entry): "
-          f"{floor_s * per_row:.2f} us/row")
-    print(f"best ratio to COPY: {copy_s / (fetch_s + floor_s):.2f} one after the other, "
-          f"{copy_s / max(fetch_s, floor_s):.2f} perfectly overlapped (the target is 0.3)")
+    print(
+        f"fetch row_to_json: {fetch_s * per_row:.2f} us/row; Python floor (id, Detail, entry): "
+        f"{floor_s * per_row:.2f} us/row"
+    )
+    print(
+        f"best ratio to COPY: {copy_s / (fetch_s + floor_s):.2f} one after the other, "
+        f"{copy_s / max(fetch_s, floor_s):.2f} perfectly overlapped (the target is 0.3)"
+    )
 
 
 if __name__ == "__main__":

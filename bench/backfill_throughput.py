@@ -50,12 +50,28 @@ def copy_seconds(url: URL) -> float:
 
 def backfill(url: URL, chunk_size: int) -> tuple[float, int, float]:
     """Run ``cdc backfill`` in a child; (rows/s, rows, peak RSS of the child in MiB)."""
-    env = {**os.environ, "CDC_DATABASE_URL": url.render_as_string(hide_password=False),
-           "CDC_TABLES": LEGACY_TABLE, "CDC_BUS": "null", "CDC_LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "CDC_DATABASE_URL": url.render_as_string(hide_password=False),
+        "CDC_TABLES": LEGACY_TABLE,
+        "CDC_BUS": "null",
+        "CDC_LOG_LEVEL": "WARNING",
+    }
     with tempfile.TemporaryFile() as errors:
-        child = subprocess.Popen([sys.executable, "-m", "cdc", "backfill", LEGACY_TABLE,
-                                  "--chunk-size", str(chunk_size)],
-                                 env=env, stdout=subprocess.DEVNULL, stderr=errors)
+        child = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cdc",
+                "backfill",
+                LEGACY_TABLE,
+                "--chunk-size",
+                str(chunk_size),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+        )
         # wait4: this child's own resource usage, whatever other children did before
         _, status, usage = os.wait4(child.pid, 0)
         child.returncode = os.waitstatus_to_exitcode(status)
@@ -64,8 +80,9 @@ def backfill(url: URL, chunk_size: int) -> tuple[float, int, float]:
             raise SystemExit(f"cdc backfill failed:\n{errors.read().decode()}")
     peak_kib = usage.ru_maxrss
     with psycopg.connect(libpq(url)) as conn:
-        row = conn.execute("SELECT rows_done, started_at, finished_at FROM cdc.backfills "
-                           "ORDER BY id DESC LIMIT 1").fetchone()
+        row = conn.execute(
+            "SELECT rows_done, started_at, finished_at FROM cdc.backfills ORDER BY id DESC LIMIT 1"
+        ).fetchone()
     assert row is not None
     rows, started, finished = int(row[0]), row[1], row[2]
     assert isinstance(started, datetime) and isinstance(finished, datetime)
@@ -76,10 +93,15 @@ def backfill(url: URL, chunk_size: int) -> tuple[float, int, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=200_000, help="rows of the timed table")
-    parser.add_argument("--large", type=int, default=1_000_000,
-                        help="rows of the larger table for the memory figure")
-    parser.add_argument("--small", type=int, default=100_000,
-                        help="rows of the smaller table for the memory figure")
+    parser.add_argument(
+        "--large",
+        type=int,
+        default=1_000_000,
+        help="rows of the larger table for the memory figure",
+    )
+    parser.add_argument(
+        "--small", type=int, default=100_000, help="rows of the smaller table for the memory figure"
+    )
     parser.add_argument("--chunk-size", type=int, default=2000)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
@@ -94,8 +116,16 @@ def main() -> None:
             copies.append(args.rows / copy_seconds(url))
             rate, _, _ = backfill(url, args.chunk_size)
             rates.append(rate)
-        figures.append(Figure(f"backfill rows/s ({args.rows:,} rows) / COPY TO STDOUT",
-                              median(rates), median(copies), "rows/s", TARGET_RATE, TARGET_RATIO))
+        figures.append(
+            Figure(
+                f"backfill rows/s ({args.rows:,} rows) / COPY TO STDOUT",
+                median(rates),
+                median(copies),
+                "rows/s",
+                TARGET_RATE,
+                TARGET_RATIO,
+            )
+        )
     # Memory: a fresh table (and a fresh child, so ru_maxrss is its own) per size.
     peaks: dict[int, float] = {}
     for size in sorted({args.small, args.large}):
@@ -109,8 +139,10 @@ def main() -> None:
     figures.append(Figure(f"peak RSS, {args.small:,} rows", small, None, "MiB"))
     figures.append(Figure(f"peak RSS, {args.large:,} rows", large, small, "MiB"))
     print_table("Backfill", figures)
-    print(f"peak RSS grew {large / small:.2f}x for {args.large / args.small:.0f}x the rows "
-          "(flat is about 1.0)")
+    print(
+        f"peak RSS grew {large / small:.2f}x for {args.large / args.small:.0f}x the rows "
+        "(flat is about 1.0)"
+    )
 
 
 if __name__ == "__main__":

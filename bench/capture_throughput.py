@@ -35,8 +35,10 @@ from cdc.core import database
 TARGET_RATE = 50_000
 TARGET_RATIO = 0.5
 # The same statements as ChangeLogSource, run bare.
-SELECT = ("SELECT id, table_name, op, before::text, after::text, txid, origin, captured_at "
-          "FROM cdc.changelog ORDER BY id LIMIT %s")
+SELECT = (
+    "SELECT id, table_name, op, before::text, after::text, txid, origin, captured_at "
+    "FROM cdc.changelog ORDER BY id LIMIT %s"
+)
 DELETE = "DELETE FROM cdc.changelog WHERE id = ANY(%s)"
 
 
@@ -64,8 +66,9 @@ def bare_loop(url: URL, batch_size: int, expected: int) -> float:
     return seconds
 
 
-def worker_loop(url: URL, batch_size: int, expected: int,
-                profile: cProfile.Profile | None = None) -> float:
+def worker_loop(
+    url: URL, batch_size: int, expected: int, profile: cProfile.Profile | None = None
+) -> float:
     """Seconds for ``Worker.step()`` to drain the change log into the NullPublisher."""
     settings = capture_settings(url, bus="null", batch_size=str(batch_size))
     engine = database.connect(settings)
@@ -88,24 +91,42 @@ def worker_loop(url: URL, batch_size: int, expected: int,
             profile.disable()
         engine.dispose()
     if worker.stats.changes != expected or publisher.accepted != expected:
-        raise SystemExit(f"worker captured {worker.stats.changes} changes and published "
-                         f"{publisher.accepted}, expected {expected}")
+        raise SystemExit(
+            f"worker captured {worker.stats.changes} changes and published "
+            f"{publisher.accepted}, expected {expected}"
+        )
     return seconds
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--changes", type=int, default=100_000,
-                        help="change-log rows per run (default 100000)")
-    parser.add_argument("--batch-sizes", default="500,2000",
-                        help="comma-separated batch sizes to compare (default 500,2000)")
-    parser.add_argument("--rounds", type=int, default=2,
-                        help="bare/worker pairs per batch size; medians are reported (default 2)")
-    parser.add_argument("--profile", action="store_true",
-                        help="profile the worker side with cProfile and print the top functions")
-    parser.add_argument("--profile-sort", default="tottime", choices=["tottime", "cumulative"],
-                        help="order of the profile: own time (default) or cumulative time")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--changes", type=int, default=100_000, help="change-log rows per run (default 100000)"
+    )
+    parser.add_argument(
+        "--batch-sizes",
+        default="500,2000",
+        help="comma-separated batch sizes to compare (default 500,2000)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="bare/worker pairs per batch size; medians are reported (default 2)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="profile the worker side with cProfile and print the top functions",
+    )
+    parser.add_argument(
+        "--profile-sort",
+        default="tottime",
+        choices=["tottime", "cumulative"],
+        help="order of the profile: own time (default) or cumulative time",
+    )
     args = parser.parse_args()
     batch_sizes = [int(part) for part in args.batch_sizes.split(",") if part.strip()]
 
@@ -114,16 +135,17 @@ def main() -> None:
     with scratch_database() as url:
         settings = capture_settings(url, bus="null")
         prepare(settings).dispose()
-        print(f"capture throughput: {args.changes:,} changes per run "
-              f"(half inserts, half updates), {args.rounds} round(s) per batch size")
+        print(
+            f"capture throughput: {args.changes:,} changes per run "
+            f"(half inserts, half updates), {args.rounds} round(s) per batch size"
+        )
         for batch_size in batch_sizes:
             bare: list[float] = []
             captured: list[float] = []
             for round_number in range(args.rounds):
                 # Each side gets its own identical fill; which goes first alternates by round,
                 # so drift on a noisy machine hits both alike.
-                for side in (("bare", "worker") if round_number % 2 == 0 else
-                             ("worker", "bare")):
+                for side in ("bare", "worker") if round_number % 2 == 0 else ("worker", "bare"):
                     fill_changelog(url, args.changes)
                     if side == "bare":
                         seconds = bare_loop(url, batch_size, args.changes)
@@ -133,18 +155,35 @@ def main() -> None:
                         captured.append(args.changes / seconds)
                     if changelog_count(url):
                         raise SystemExit(f"the change log is not empty after the {side} run")
-            print(f"  batch {batch_size}: bare " + ", ".join(f"{r:,.0f}" for r in bare)
-                  + " /s; worker " + ", ".join(f"{r:,.0f}" for r in captured) + " /s; ratios "
-                  + ", ".join(f"{w / b:.2f}" for w, b in zip(captured, bare, strict=True)))
-            figures.append(Figure(f"worker, batch {batch_size}", median(captured), median(bare),
-                                  "changes/s", TARGET_RATE, TARGET_RATIO))
-    print_table("changes/s, Worker.step() -> NullPublisher vs bare SELECT+DELETE loop "
-                "(median of rounds)", figures)
+            print(
+                f"  batch {batch_size}: bare "
+                + ", ".join(f"{r:,.0f}" for r in bare)
+                + " /s; worker "
+                + ", ".join(f"{r:,.0f}" for r in captured)
+                + " /s; ratios "
+                + ", ".join(f"{w / b:.2f}" for w, b in zip(captured, bare, strict=True))
+            )
+            figures.append(
+                Figure(
+                    f"worker, batch {batch_size}",
+                    median(captured),
+                    median(bare),
+                    "changes/s",
+                    TARGET_RATE,
+                    TARGET_RATIO,
+                )
+            )
+    print_table(
+        "changes/s, Worker.step() -> NullPublisher vs bare SELECT+DELETE loop (median of rounds)",
+        figures,
+    )
     for figure in figures:
         assert figure.baseline is not None
         worker_us, bare_us = 1e6 / figure.value, 1e6 / figure.baseline
-        print(f"{figure.name}: {worker_us:.1f} us per change against {bare_us:.1f} us bare, "
-              f"so the pipeline adds {worker_us - bare_us:.1f} us per change")
+        print(
+            f"{figure.name}: {worker_us:.1f} us per change against {bare_us:.1f} us bare, "
+            f"so the pipeline adds {worker_us - bare_us:.1f} us per change"
+        )
     if profile is not None:
         print(f"\nworker side, cProfile, top 25 by {args.profile_sort}:")
         pstats.Stats(profile).sort_stats(args.profile_sort).print_stats(25)

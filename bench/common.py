@@ -112,8 +112,9 @@ def drop_triggers(settings: Settings, engine: Engine) -> None:
 
 
 def new_worker(settings: Settings, engine: Engine, publisher: Publisher) -> Worker:
-    source = ChangeLogSource(engine, state_tables(engine.dialect.name, settings.state_schema),
-                             settings.default_schema)
+    source = ChangeLogSource(
+        engine, state_tables(engine.dialect.name, settings.state_schema), settings.default_schema
+    )
     for ref in settings.table_refs:
         source.table(ref.qualified)  # read the catalog once, outside any timing
     return Worker(settings, source, publisher)
@@ -137,9 +138,11 @@ def fill_changelog(url: URL, changes: int) -> None:
             conn.execute(_insert_rows(start, stop))
         for start in range(1, updates + 1, 1000):
             stop = min(start + 999, updates)
-            conn.execute("UPDATE public.accounts SET balance = balance + 10.5, "
-                         "updated_at = updated_at + interval '1 day', active = NOT active "
-                         f"WHERE id BETWEEN {start} AND {stop}")
+            conn.execute(
+                "UPDATE public.accounts SET balance = balance + 10.5, "
+                "updated_at = updated_at + interval '1 day', active = NOT active "
+                f"WHERE id BETWEEN {start} AND {stop}"
+            )
         conn.execute("VACUUM ANALYZE cdc.changelog")
         conn.execute("VACUUM ANALYZE public.accounts")
 
@@ -159,8 +162,10 @@ def insert_rows_sql(start: int, stop: int) -> str:
 
 
 def _insert_rows(start: int, stop: int) -> str:
-    return (f"INSERT INTO public.accounts SELECT {_ROW_VALUES} "
-            f"FROM generate_series({start:d}, {stop:d}) AS g")
+    return (
+        f"INSERT INTO public.accounts SELECT {_ROW_VALUES} "
+        f"FROM generate_series({start:d}, {stop:d}) AS g"
+    )
 
 
 def changelog_count(url: URL) -> int:
@@ -223,14 +228,16 @@ def print_table(title: str, figures: Sequence[Figure]) -> None:
     header = ("figure", "value", "baseline", "ratio", "target", "")
     rows = [header]
     for f in figures:
-        rows.append((
-            f.name,
-            f"{f.value:,.0f} {f.unit}".strip(),
-            "" if f.baseline is None else f"{f.baseline:,.0f} {f.unit}".strip(),
-            "" if f.ratio is None else f"{f.ratio:.3f}",
-            f.target,
-            f.verdict,
-        ))
+        rows.append(
+            (
+                f.name,
+                f"{f.value:,.0f} {f.unit}".strip(),
+                "" if f.baseline is None else f"{f.baseline:,.0f} {f.unit}".strip(),
+                "" if f.ratio is None else f"{f.ratio:.3f}",
+                f.target,
+                f.verdict,
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     print(f"\n{title}")
     for i, row in enumerate(rows):
@@ -248,8 +255,10 @@ def drop_database_slots(url: URL, timeout: float = 30.0) -> list[str]:
     dropped: list[str] = []
     with psycopg.connect(libpq(url), autocommit=True) as conn:
         while True:
-            rows = conn.execute("SELECT slot_name, active_pid FROM pg_replication_slots "
-                                "WHERE database = current_database()").fetchall()
+            rows = conn.execute(
+                "SELECT slot_name, active_pid FROM pg_replication_slots "
+                "WHERE database = current_database()"
+            ).fetchall()
             if not rows:
                 return dropped
             for name, pid in rows:

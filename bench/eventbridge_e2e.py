@@ -45,8 +45,13 @@ from cdc.capture.worker import tune_garbage_collector
 from cdc.core.settings import Settings
 
 TARGET_RATIO = 0.9
-AWS_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION",
-                 "AWS_DEFAULT_REGION")
+AWS_VARIABLES = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+)
 
 
 def free_port() -> int:
@@ -62,7 +67,8 @@ def moto_server() -> Iterator[str]:
     port = free_port()
     server = subprocess.Popen(
         [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 30
     while True:
@@ -75,11 +81,15 @@ def moto_server() -> Iterator[str]:
         time.sleep(0.1)
     endpoint = f"http://127.0.0.1:{port}"
     saved = {name: os.environ.get(name) for name in AWS_VARIABLES}
-    os.environ.update({
-        "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    })
+    os.environ.update(
+        {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_REGION": "us-east-1",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+    )
     try:
         yield endpoint
     finally:
@@ -94,8 +104,9 @@ def moto_server() -> Iterator[str]:
 
 def bare_client() -> Any:
     # The publisher's own client configuration, so only the pipeline differs.
-    config = botocore.config.Config(retries={"total_max_attempts": 1, "mode": "standard"},
-                                    connect_timeout=5, read_timeout=30)
+    config = botocore.config.Config(
+        retries={"total_max_attempts": 1, "mode": "standard"}, connect_timeout=5, read_timeout=30
+    )
     return boto3.client("events", config=config)
 
 
@@ -109,15 +120,22 @@ def ready_entries(settings: Settings, engine: Engine, changes: int) -> list[BusE
 
 
 def request(entry: BusEntry, bus: str) -> dict[str, Any]:
-    return {"Time": entry.time, "Source": entry.source, "DetailType": entry.detail_type,
-            "Detail": entry.detail, "EventBusName": bus}
+    return {
+        "Time": entry.time,
+        "Source": entry.source,
+        "DetailType": entry.detail_type,
+        "Detail": entry.detail,
+        "EventBusName": bus,
+    }
 
 
 def bare_put_events(entries: Sequence[BusEntry], bus: str) -> float:
     """Seconds for plain put_events calls of ten ready-made entries each."""
     client = bare_client()
-    calls = [[request(e, bus) for e in entries[i:i + MAX_ENTRIES_PER_CALL]]
-             for i in range(0, len(entries), MAX_ENTRIES_PER_CALL)]
+    calls = [
+        [request(e, bus) for e in entries[i : i + MAX_ENTRIES_PER_CALL]]
+        for i in range(0, len(entries), MAX_ENTRIES_PER_CALL)
+    ]
     client.put_events(Entries=calls[0][:1])  # connect outside the timing
     failed = 0
 
@@ -136,8 +154,8 @@ def bare_put_events(entries: Sequence[BusEntry], bus: str) -> float:
 def worker_drain(settings: Settings, engine: Engine, warm: BusEntry, expected: int) -> float:
     """Seconds for ``Worker.step()`` to publish the whole change log to the bus."""
     publisher = EventBridgePublisher.from_environment(
-        settings.event_bus_name, settings.max_entry_bytes,
-        concurrency=settings.publish_concurrency)
+        settings.event_bus_name, settings.max_entry_bytes, concurrency=settings.publish_concurrency
+    )
     worker = new_worker(settings, engine, publisher)
     publisher.publish([warm])  # connect outside the timing
     tune_garbage_collector()  # as Worker.run() does
@@ -151,13 +169,16 @@ def worker_drain(settings: Settings, engine: Engine, warm: BusEntry, expected: i
     publisher.close()
     accepted = publisher.stats.entries_accepted - accepted_before
     if worker.stats.changes != expected or accepted != expected or publisher.stats.rejected:
-        raise SystemExit(f"worker published {accepted} of {expected} changes "
-                         f"({publisher.stats.rejected} rejected)")
+        raise SystemExit(
+            f"worker published {accepted} of {expected} changes "
+            f"({publisher.stats.rejected} rejected)"
+        )
     return seconds
 
 
-def run_round(url: URL, settings: Settings, engine: Engine, changes: int,
-              worker_first: bool) -> tuple[float, float]:
+def run_round(
+    url: URL, settings: Settings, engine: Engine, changes: int, worker_first: bool
+) -> tuple[float, float]:
     fill_changelog(url, changes)
     entries = ready_entries(settings, engine, changes)
     if worker_first:
@@ -172,15 +193,24 @@ def run_round(url: URL, settings: Settings, engine: Engine, changes: int,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--changes", type=int, default=5_000,
-                        help="change-log rows per run (default 5000)")
-    parser.add_argument("--batch-size", type=int, default=500,
-                        help="the worker's batch size, CDC_BATCH_SIZE (default 500)")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="bare/worker pairs, in alternating order; medians are reported "
-                             "(default 3)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--changes", type=int, default=5_000, help="change-log rows per run (default 5000)"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=500,
+        help="the worker's batch size, CDC_BATCH_SIZE (default 500)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="bare/worker pairs, in alternating order; medians are reported (default 3)",
+    )
     args = parser.parse_args()
 
     bare: list[float] = []
@@ -188,27 +218,42 @@ def main() -> None:
     with moto_server() as endpoint, scratch_database() as url:
         bus = f"cdc-bench-{uuid.uuid4().hex[:8]}"
         boto3.client("events").create_event_bus(Name=bus)
-        settings = capture_settings(url, bus="eventbridge", event_bus_name=bus,
-                                    batch_size=str(args.batch_size))
+        settings = capture_settings(
+            url, bus="eventbridge", event_bus_name=bus, batch_size=str(args.batch_size)
+        )
         engine = prepare(settings)
         try:
-            print(f"eventbridge end to end: {args.changes:,} changes per run into bus {bus} "
-                  f"on moto at {endpoint}, worker batch {args.batch_size}, "
-                  f"{args.rounds} round(s)")
+            print(
+                f"eventbridge end to end: {args.changes:,} changes per run into bus {bus} "
+                f"on moto at {endpoint}, worker batch {args.batch_size}, "
+                f"{args.rounds} round(s)"
+            )
             for round_number in range(args.rounds):
-                b, c = run_round(url, settings, engine, args.changes,
-                                 worker_first=round_number % 2 == 1)
+                b, c = run_round(
+                    url, settings, engine, args.changes, worker_first=round_number % 2 == 1
+                )
                 bare.append(b)
                 captured.append(c)
-                print(f"  round {round_number + 1}: bare put_events {b:,.0f} /s, "
-                      f"worker {c:,.0f} /s, ratio {c / b:.2f}")
+                print(
+                    f"  round {round_number + 1}: bare put_events {b:,.0f} /s, "
+                    f"worker {c:,.0f} /s, ratio {c / b:.2f}"
+                )
         finally:
             engine.dispose()
-    print_table("changes/s into EventBridge (moto), worker vs bare put_events of the same "
-                "entries (median of rounds)", [
-                    Figure("worker -> EventBridgePublisher", median(captured), median(bare),
-                           "changes/s", None, TARGET_RATIO),
-                ])
+    print_table(
+        "changes/s into EventBridge (moto), worker vs bare put_events of the same "
+        "entries (median of rounds)",
+        [
+            Figure(
+                "worker -> EventBridgePublisher",
+                median(captured),
+                median(bare),
+                "changes/s",
+                None,
+                TARGET_RATIO,
+            ),
+        ],
+    )
 
 
 if __name__ == "__main__":

@@ -41,7 +41,9 @@ class Timed:
         rejected = self.inner.publish(entries)
         now = time.time()
         refused = {r.entry.event_id for r in rejected}
-        self.latencies.extend(now - e.time.timestamp() for e in entries if e.event_id not in refused)
+        self.latencies.extend(
+            now - e.time.timestamp() for e in entries if e.event_id not in refused
+        )
         return rejected
 
     def close(self) -> None:
@@ -64,18 +66,30 @@ def main() -> None:
     with moto_server() as endpoint, scratch_database() as url:
         bus = f"cdc-latency-{uuid.uuid4().hex[:8]}"
         boto3.client("events").create_event_bus(Name=bus)
-        settings = capture_settings(url, capture=args.capture, bus="eventbridge",
-                                    event_bus_name=bus, slot_name=f"latency_{url.database}")
+        settings = capture_settings(
+            url,
+            capture=args.capture,
+            bus="eventbridge",
+            event_bus_name=bus,
+            slot_name=f"latency_{url.database}",
+        )
         engine = prepare(settings, with_triggers=args.capture == "changelog")
         with psycopg.connect(libpq(url), autocommit=True) as conn:
             conn.execute("SET session_replication_role = replica")  # no capture of the seed
             conn.execute(_insert_rows(1, 1000))
         if args.capture == "logical":
-            slots.install(engine, [read_table(engine, t) for t in settings.table_refs],
-                          settings.slot_name, settings.publication_name)
+            slots.install(
+                engine,
+                [read_table(engine, t) for t in settings.table_refs],
+                settings.slot_name,
+                settings.publication_name,
+            )
         stop = threading.Event()
-        publisher = Timed(EventBridgePublisher.from_environment(
-            bus, concurrency=settings.publish_concurrency, stop=stop))
+        publisher = Timed(
+            EventBridgePublisher.from_environment(
+                bus, concurrency=settings.publish_concurrency, stop=stop
+            )
+        )
         worker = Worker(settings, open_source(settings, engine), publisher, stop)
         thread = threading.Thread(target=worker.run, daemon=True)
         thread.start()
@@ -91,8 +105,10 @@ def main() -> None:
                         time.sleep(wait)
                     else:
                         behind = max(behind, -wait)
-                    conn.execute(f"UPDATE {LEGACY_TABLE} SET balance = balance + 1 "
-                                 "WHERE id = %s", (i % 1000 + 1,))
+                    conn.execute(
+                        f"UPDATE {LEGACY_TABLE} SET balance = balance + 1 WHERE id = %s",
+                        (i % 1000 + 1,),
+                    )
                 written = time.monotonic() - started
             deadline = time.monotonic() + 60
             while len(publisher.latencies) < total and time.monotonic() < deadline:
@@ -110,14 +126,20 @@ def main() -> None:
     if len(latencies) < total:
         raise SystemExit(f"only {len(latencies)} of {total} changes were accepted")
     p50, p99 = percentile(latencies, 0.50), percentile(latencies, 0.99)
-    print(f"latency, commit to bus acceptance: {args.capture} mode, {total:,} single-row "
-          f"transactions at {args.rate:,}/s for {args.seconds:g}s (written in {written:.1f}s, "
-          f"writer at most {behind * 1000:.0f} ms behind schedule), moto at {endpoint}")
-    print(f"  {len(latencies):,} events in {worker.stats.batches:,} batches; "
-          f"mean {statistics.fmean(latencies):.1f} ms")
-    print(f"  p50 {p50:.1f} ms (target < 20: {'PASS' if p50 < 20 else 'MISS'}), "
-          f"p99 {p99:.1f} ms (target < 100: {'PASS' if p99 < 100 else 'MISS'}), "
-          f"max {max(latencies):.1f} ms")
+    print(
+        f"latency, commit to bus acceptance: {args.capture} mode, {total:,} single-row "
+        f"transactions at {args.rate:,}/s for {args.seconds:g}s (written in {written:.1f}s, "
+        f"writer at most {behind * 1000:.0f} ms behind schedule), moto at {endpoint}"
+    )
+    print(
+        f"  {len(latencies):,} events in {worker.stats.batches:,} batches; "
+        f"mean {statistics.fmean(latencies):.1f} ms"
+    )
+    print(
+        f"  p50 {p50:.1f} ms (target < 20: {'PASS' if p50 < 20 else 'MISS'}), "
+        f"p99 {p99:.1f} ms (target < 100: {'PASS' if p99 < 100 else 'MISS'}), "
+        f"max {max(latencies):.1f} ms"
+    )
 
 
 if __name__ == "__main__":

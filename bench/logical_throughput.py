@@ -57,9 +57,11 @@ PUBLICATION = "cdc_bench_pub"
 # A side that takes longer than this is abandoned (the run fails, the slots are still dropped).
 SIDE_TIMEOUT = 240.0
 # The same update as bench/common.py's fill_changelog.
-UPDATE = ("UPDATE public.accounts SET balance = balance + 10.5, "
-          "updated_at = updated_at + interval '1 day', active = NOT active "
-          "WHERE id BETWEEN {start:d} AND {stop:d}")
+UPDATE = (
+    "UPDATE public.accounts SET balance = balance + 10.5, "
+    "updated_at = updated_at + interval '1 day', active = NOT active "
+    "WHERE id BETWEEN {start:d} AND {stop:d}"
+)
 
 
 @dataclass(frozen=True)
@@ -95,8 +97,14 @@ class BaselineRun:
 
 def worker_settings(url: URL, batch_size: int) -> Settings:
     assert url.database is not None
-    return capture_settings(url, bus="null", capture="logical", batch_size=str(batch_size),
-                            slot_name=f"{url.database}_worker", publication_name=PUBLICATION)
+    return capture_settings(
+        url,
+        bus="null",
+        capture="logical",
+        batch_size=str(batch_size),
+        slot_name=f"{url.database}_worker",
+        publication_name=PUBLICATION,
+    )
 
 
 def baseline_slot(url: URL) -> str:
@@ -113,8 +121,9 @@ def create_slots(url: URL, settings: Settings) -> None:
     finally:
         engine.dispose()
     with psycopg.connect(libpq(url), autocommit=True) as conn:
-        conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')",
-                     (baseline_slot(url),))
+        conn.execute(
+            "SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (baseline_slot(url),)
+        )
 
 
 def drop_slots(url: URL, timeout: float = 30.0) -> None:
@@ -124,8 +133,10 @@ def drop_slots(url: URL, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     with psycopg.connect(libpq(url), autocommit=True) as conn:
         while True:
-            rows = conn.execute("SELECT slot_name, active_pid FROM pg_replication_slots "
-                                "WHERE database = current_database()").fetchall()
+            rows = conn.execute(
+                "SELECT slot_name, active_pid FROM pg_replication_slots "
+                "WHERE database = current_database()"
+            ).fetchall()
             if not rows:
                 return
             for name, pid in rows:
@@ -201,31 +212,50 @@ def recvlogical_side(url: URL, written: Written) -> BaselineRun:
     """Seconds for pg_recvlogical to stream the baseline slot from its start to the end LSN
     into /dev/null (process start and connection included, as the worker's connection is)."""
     command = [
-        "pg_recvlogical", "--dbname", libpq(url), "--slot", baseline_slot(url), "--start",
-        "--endpos", format_lsn(written.end_lsn), "--file", "/dev/null", "--no-loop",
-        "--plugin", "pgoutput", "-o", "proto_version=1", "-o", f"publication_names={PUBLICATION}",
+        "pg_recvlogical",
+        "--dbname",
+        libpq(url),
+        "--slot",
+        baseline_slot(url),
+        "--start",
+        "--endpos",
+        format_lsn(written.end_lsn),
+        "--file",
+        "/dev/null",
+        "--no-loop",
+        "--plugin",
+        "pgoutput",
+        "-o",
+        "proto_version=1",
+        "-o",
+        f"publication_names={PUBLICATION}",
     ]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, timeout=SIDE_TIMEOUT,
-                          check=False)
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=SIDE_TIMEOUT, check=False
+    )
     seconds = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise SystemExit(f"pg_recvlogical failed ({done.returncode}): {done.stderr.strip()}")
     with psycopg.connect(libpq(url)) as conn:
-        row = conn.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots "
-                           "WHERE slot_name = %s", (baseline_slot(url),)).fetchone()
+        row = conn.execute(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
+            (baseline_slot(url),),
+        ).fetchone()
     assert row is not None
     if parse_lsn(str(row[0])) < written.end_lsn:
-        raise SystemExit(f"pg_recvlogical stopped at {row[0]}, before the end LSN "
-                         f"{format_lsn(written.end_lsn)}")
+        raise SystemExit(
+            f"pg_recvlogical stopped at {row[0]}, before the end LSN {format_lsn(written.end_lsn)}"
+        )
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     return BaselineRun(seconds, cpu)
 
 
-def worker_side(url: URL, batch_size: int, expected: int,
-                profile: cProfile.Profile | None = None) -> WorkerRun:
+def worker_side(
+    url: URL, batch_size: int, expected: int, profile: cProfile.Profile | None = None
+) -> WorkerRun:
     """Seconds for ``Worker.step()`` on the logical source to acknowledge every change."""
     settings = worker_settings(url, batch_size)
     engine = database.connect(settings)
@@ -246,8 +276,10 @@ def worker_side(url: URL, batch_size: int, expected: int,
         # The replication connection opens in the first read, inside the timing.
         while worker.stats.changes < expected:
             if time.monotonic() > deadline:
-                raise SystemExit(f"worker acknowledged {worker.stats.changes} of {expected} "
-                                 f"changes in {SIDE_TIMEOUT:.0f} s")
+                raise SystemExit(
+                    f"worker acknowledged {worker.stats.changes} of {expected} "
+                    f"changes in {SIDE_TIMEOUT:.0f} s"
+                )
             worker.step()
 
     cpu_started = time.process_time()
@@ -266,8 +298,10 @@ def worker_side(url: URL, batch_size: int, expected: int,
     else:  # no clear_refs: ru_maxrss only shows growth past the process's earlier peak
         growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - maxrss_before
     if worker.stats.changes != expected or publisher.accepted != expected:
-        raise SystemExit(f"worker acknowledged {worker.stats.changes} changes and published "
-                         f"{publisher.accepted}, expected {expected}")
+        raise SystemExit(
+            f"worker acknowledged {worker.stats.changes} changes and published "
+            f"{publisher.accepted}, expected {expected}"
+        )
     return WorkerRun(seconds, cpu, worker.stats.batches, growth, peak)
 
 
@@ -293,18 +327,33 @@ def _reset_peak_rss() -> bool:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--changes", type=int, default=200_000,
-                        help="row changes per workload and run (default 200000)")
-    parser.add_argument("--rounds", type=int, default=2,
-                        help="pg_recvlogical/worker pairs per workload; medians are reported "
-                             "(default 2)")
-    parser.add_argument("--batch-size", type=int, default=500,
-                        help="the worker's CDC_BATCH_SIZE (default 500, the shipped default)")
-    parser.add_argument("--profile", action="store_true",
-                        help="profile the worker side with cProfile and print the top functions "
-                             "(slows the worker down: its figures are then not comparable)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--changes",
+        type=int,
+        default=200_000,
+        help="row changes per workload and run (default 200000)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="pg_recvlogical/worker pairs per workload; medians are reported (default 2)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=500,
+        help="the worker's CDC_BATCH_SIZE (default 500, the shipped default)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="profile the worker side with cProfile and print the top functions "
+        "(slows the worker down: its figures are then not comparable)",
+    )
     args = parser.parse_args()
     if shutil.which("pg_recvlogical") is None:
         raise SystemExit("pg_recvlogical is not on PATH (postgresql-client)")
@@ -322,9 +371,11 @@ def main() -> None:
         settings = worker_settings(url, args.batch_size)
         prepare(settings, with_triggers=False).dispose()
         small = -(-args.changes // SMALL_TRANSACTION_ROWS)
-        print(f"logical capture throughput: {args.changes:,} changes per workload and run "
-              f"(half inserts, half updates), one transaction or {small:,} transactions of "
-              f"{SMALL_TRANSACTION_ROWS} rows; {args.rounds} round(s), batch {args.batch_size}")
+        print(
+            f"logical capture throughput: {args.changes:,} changes per workload and run "
+            f"(half inserts, half updates), one transaction or {small:,} transactions of "
+            f"{SMALL_TRANSACTION_ROWS} rows; {args.rounds} round(s), batch {args.batch_size}"
+        )
         for workload in workloads:
             baseline: list[BaselineRun] = []
             captured: list[WorkerRun] = []
@@ -336,30 +387,42 @@ def main() -> None:
                 reset_table(url)
                 with slots_dropped(url):
                     create_slots(url, settings)
-                    written.append(write_changes(url, args.changes,
-                                                 workload.rows_per_transaction))
+                    written.append(write_changes(url, args.changes, workload.rows_per_transaction))
                     # Which side goes first alternates by round: the second one finds the WAL
                     # in the page cache, and drift on a noisy machine hits both alike.
-                    order = ("baseline", "worker") if round_number % 2 == 0 else (
-                        "worker", "baseline")
+                    order = (
+                        ("baseline", "worker") if round_number % 2 == 0 else ("worker", "baseline")
+                    )
                     for side in order:
                         if side == "baseline":
                             baseline.append(recvlogical_side(url, written[-1]))
                         else:
-                            captured.append(worker_side(url, args.batch_size, args.changes,
-                                                        profile))
+                            captured.append(
+                                worker_side(url, args.batch_size, args.changes, profile)
+                            )
                 b, w = baseline[-1], captured[-1]
-                print(f"  {workload.name}, round {round_number + 1}: pg_recvlogical "
-                      f"{args.changes / b.seconds:,.0f} /s ({b.seconds:.2f} s, cpu "
-                      f"{b.cpu_seconds:.2f} s); worker {args.changes / w.seconds:,.0f} /s "
-                      f"({w.seconds:.2f} s, cpu {w.cpu_seconds:.2f} s, {w.batches} batches); "
-                      f"ratio {b.seconds / w.seconds:.2f}; peak RSS +{w.rss_growth_kb / 1024:.1f}"
-                      f" MB (VmHWM {w.peak_rss_kb / 1024:.1f} MB); WAL "
-                      f"{written[-1].wal_bytes / 2**20:.0f} MB", flush=True)
+                print(
+                    f"  {workload.name}, round {round_number + 1}: pg_recvlogical "
+                    f"{args.changes / b.seconds:,.0f} /s ({b.seconds:.2f} s, cpu "
+                    f"{b.cpu_seconds:.2f} s); worker {args.changes / w.seconds:,.0f} /s "
+                    f"({w.seconds:.2f} s, cpu {w.cpu_seconds:.2f} s, {w.batches} batches); "
+                    f"ratio {b.seconds / w.seconds:.2f}; peak RSS +{w.rss_growth_kb / 1024:.1f}"
+                    f" MB (VmHWM {w.peak_rss_kb / 1024:.1f} MB); WAL "
+                    f"{written[-1].wal_bytes / 2**20:.0f} MB",
+                    flush=True,
+                )
             worker_rate = median([args.changes / r.seconds for r in captured])
             baseline_rate = median([args.changes / r.seconds for r in baseline])
-            figures.append(Figure(f"worker, {workload.name}", worker_rate, baseline_rate,
-                                  "changes/s", TARGET_RATE, TARGET_RATIO))
+            figures.append(
+                Figure(
+                    f"worker, {workload.name}",
+                    worker_rate,
+                    baseline_rate,
+                    "changes/s",
+                    TARGET_RATE,
+                    TARGET_RATIO,
+                )
+            )
             worker_us, bare_us = 1e6 / worker_rate, 1e6 / baseline_rate
             cpu_us = 1e6 * median([r.cpu_seconds for r in captured]) / args.changes
             notes.append(
@@ -371,8 +434,11 @@ def main() -> None:
                 f"{max(r.peak_rss_kb for r in captured) / 1024:.1f} MB) while streaming "
                 f"{median([x.wal_bytes for x in written]) / 2**20:.0f} MB of WAL"
             )
-    print_table("changes/s, Worker.step() on the logical source -> NullPublisher vs "
-                "pg_recvlogical -> /dev/null (median of rounds)", figures)
+    print_table(
+        "changes/s, Worker.step() on the logical source -> NullPublisher vs "
+        "pg_recvlogical -> /dev/null (median of rounds)",
+        figures,
+    )
     for note in notes:
         print(note)
     for name, profile in profiles.items():

@@ -54,8 +54,10 @@ SIDE_TIMEOUT = 60.0  # seconds; either side draining N events slower than this i
 
 # The legacy table and mapping of tests/integration/test_sync_back.py (newer_wins upserts).
 ORDERS_TABLE = "public.orders"
-ORDERS_DDL = ("CREATE TABLE public.orders (id int PRIMARY KEY, total numeric(10,2) NOT NULL, "
-              "customer text, updated_at timestamptz NOT NULL, note text)")
+ORDERS_DDL = (
+    "CREATE TABLE public.orders (id int PRIMARY KEY, total numeric(10,2) NOT NULL, "
+    "customer text, updated_at timestamptz NOT NULL, note text)"
+)
 MAPPING = """
 [[sync_back.mappings]]
 detail_type = "OrderPlaced"
@@ -79,15 +81,31 @@ def bodies(events: int) -> list[str]:
     """SQS bodies as an EventBridge rule delivers them: one OrderPlaced per order id."""
     out = []
     for order_id in range(1, events + 1):
-        detail = {"id": str(uuid.uuid4()),
-                  "order": {"id": order_id, "total": f"{order_id % 1000}.{order_id % 100:02d}",
-                            "customer": {"name": f"customer {order_id}"},
-                            "updated_at": f"2026-11-28T{order_id % 24:02d}:00:00Z",
-                            "note": "bench"}}
-        out.append(json.dumps({
-            "version": "0", "id": str(uuid.uuid4()), "detail-type": "OrderPlaced",
-            "source": "shop.orders", "account": "123456789012", "time": "2026-11-28T12:00:00Z",
-            "region": "us-east-1", "resources": [], "detail": detail}))
+        detail = {
+            "id": str(uuid.uuid4()),
+            "order": {
+                "id": order_id,
+                "total": f"{order_id % 1000}.{order_id % 100:02d}",
+                "customer": {"name": f"customer {order_id}"},
+                "updated_at": f"2026-11-28T{order_id % 24:02d}:00:00Z",
+                "note": "bench",
+            },
+        }
+        out.append(
+            json.dumps(
+                {
+                    "version": "0",
+                    "id": str(uuid.uuid4()),
+                    "detail-type": "OrderPlaced",
+                    "source": "shop.orders",
+                    "account": "123456789012",
+                    "time": "2026-11-28T12:00:00Z",
+                    "region": "us-east-1",
+                    "resources": [],
+                    "detail": detail,
+                }
+            )
+        )
     return out
 
 
@@ -111,10 +129,16 @@ def reset_database(url: URL, schema: str) -> None:
     with psycopg.connect(libpq(url), autocommit=True) as conn:
         with conn.transaction():
             conn.execute("SET LOCAL session_replication_role = replica")  # silences triggers
-            conn.execute(f"TRUNCATE {ORDERS_TABLE}, {schema}.inbox, {schema}.synced_rows, "
-                         f"{schema}.changelog RESTART IDENTITY")
-        for table in (ORDERS_TABLE, f"{schema}.inbox", f"{schema}.synced_rows",
-                      f"{schema}.changelog"):
+            conn.execute(
+                f"TRUNCATE {ORDERS_TABLE}, {schema}.inbox, {schema}.synced_rows, "
+                f"{schema}.changelog RESTART IDENTITY"
+            )
+        for table in (
+            ORDERS_TABLE,
+            f"{schema}.inbox",
+            f"{schema}.synced_rows",
+            f"{schema}.changelog",
+        ):
             conn.execute(f"VACUUM ANALYZE {table}")
 
 
@@ -124,25 +148,33 @@ def database_counts(url: URL, schema: str) -> tuple[int, int, int, int]:
         row = conn.execute(
             f"SELECT (SELECT count(*) FROM {ORDERS_TABLE}), (SELECT count(*) FROM {schema}.inbox),"
             f" (SELECT count(*) FROM {schema}.inbox WHERE outcome = 'applied'),"
-            f" (SELECT count(*) FROM {schema}.changelog)").fetchone()
+            f" (SELECT count(*) FROM {schema}.changelog)"
+        ).fetchone()
     assert row is not None
     return int(row[0]), int(row[1]), int(row[2]), int(row[3])
 
 
 def fill_queue(sqs: Any, queue: str, messages: list[str]) -> None:
     for start in range(0, len(messages), 10):
-        reply = sqs.send_message_batch(QueueUrl=queue, Entries=[
-            {"Id": str(i), "MessageBody": body}
-            for i, body in enumerate(messages[start:start + 10])])
+        reply = sqs.send_message_batch(
+            QueueUrl=queue,
+            Entries=[
+                {"Id": str(i), "MessageBody": body}
+                for i, body in enumerate(messages[start : start + 10])
+            ],
+        )
         if reply.get("Failed"):
             raise SystemExit(f"moto refused messages: {reply['Failed'][:3]}")
 
 
 def queue_depth(sqs: Any, queue: str) -> int:
-    attributes = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=[
-        "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
-    return (int(attributes["ApproximateNumberOfMessages"])
-            + int(attributes["ApproximateNumberOfMessagesNotVisible"]))
+    attributes = sqs.get_queue_attributes(
+        QueueUrl=queue,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return int(attributes["ApproximateNumberOfMessages"]) + int(
+        attributes["ApproximateNumberOfMessagesNotVisible"]
+    )
 
 
 # -- the breakdown -------------------------------------------------------------------------
@@ -163,6 +195,7 @@ class Clock:
             finally:
                 self.seconds[name] += time.perf_counter() - started
                 self.calls[name] += 1
+
         return timed_call
 
 
@@ -208,14 +241,18 @@ class ConsumerSide:
         sqs: Any = boto3.client("sqs")  # as sync_back.cli builds it
         sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])  # warm, untimed
         # Reflects the legacy table (check_columns), so the pool holds a connection already.
-        self.consumer = Consumer(settings, engine,
-                                 state_tables("postgresql", settings.state_schema),
-                                 load_mappings(settings.sync_back, settings.default_schema),
-                                 TimedSqs(sqs, clock))
+        self.consumer = Consumer(
+            settings,
+            engine,
+            state_tables("postgresql", settings.state_schema),
+            load_mappings(settings.sync_back, settings.default_schema),
+            TimedSqs(sqs, clock),
+        )
         applier = self.consumer.applier
         # The consumer applies a received batch with apply_many (apply is its one-event form).
         applier.apply_many = clock.wrap(  # type: ignore[method-assign]
-            "Applier.apply_many", applier.apply_many)
+            "Applier.apply_many", applier.apply_many
+        )
 
     def drain(self, events: int, deadline: float) -> None:
         """Poll until ``events`` more events were applied."""
@@ -223,8 +260,10 @@ class ConsumerSide:
         target = stats.applied + events
         while stats.applied < target and stats.received <= target:
             if time.monotonic() > deadline:
-                raise SystemExit(f"the consumer applied {stats.applied} of {target} events "
-                                 f"in {SIDE_TIMEOUT:.0f} s ({stats})")
+                raise SystemExit(
+                    f"the consumer applied {stats.applied} of {target} events "
+                    f"in {SIDE_TIMEOUT:.0f} s ({stats})"
+                )
             self.consumer.poll_once()
 
     def check(self, events: int) -> None:
@@ -247,14 +286,21 @@ class BareSide:
         target = self.received + events
         while self.received < target:
             if time.monotonic() > deadline:
-                raise SystemExit(f"the bare loop received {self.received} of {target} "
-                                 f"messages in {SIDE_TIMEOUT:.0f} s")
-            messages = self.sqs.receive_message(QueueUrl=self.queue, MaxNumberOfMessages=10,
-                                                WaitTimeSeconds=0).get("Messages", [])
+                raise SystemExit(
+                    f"the bare loop received {self.received} of {target} "
+                    f"messages in {SIDE_TIMEOUT:.0f} s"
+                )
+            messages = self.sqs.receive_message(
+                QueueUrl=self.queue, MaxNumberOfMessages=10, WaitTimeSeconds=0
+            ).get("Messages", [])
             if messages:
-                self.sqs.delete_message_batch(QueueUrl=self.queue, Entries=[
-                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
-                    for i, m in enumerate(messages)])
+                self.sqs.delete_message_batch(
+                    QueueUrl=self.queue,
+                    Entries=[
+                        {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
+                        for i, m in enumerate(messages)
+                    ],
+                )
                 self.received += len(messages)
 
     def check(self, events: int) -> None:
@@ -289,7 +335,7 @@ class Run:
         seconds = 0.0
         with statement_clock(self.engine, clock):
             for start in range(0, events, self.depth):
-                chunk = self.messages[start:start + self.depth]
+                chunk = self.messages[start : start + self.depth]
                 fill_queue(self.sqs, self.queue, chunk)  # untimed
                 started = time.perf_counter()
                 side.drain(len(chunk), deadline)
@@ -299,8 +345,10 @@ class Run:
         if which == "consumer":
             legacy, inbox, applied, self.changelog = database_counts(self.url, schema)
             if (legacy, inbox, applied) != (events, events, events):
-                raise SystemExit(f"after the consumer: {legacy} legacy rows, {inbox} inbox "
-                                 f"entries ({applied} applied), expected {events}")
+                raise SystemExit(
+                    f"after the consumer: {legacy} legacy rows, {inbox} inbox "
+                    f"entries ({applied} applied), expected {events}"
+                )
         depth = queue_depth(self.sqs, self.queue)
         if depth:
             raise SystemExit(f"{depth} messages left on the queue after the {which} side")
@@ -308,18 +356,27 @@ class Run:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=2_000,
-                        help="events (SQS messages) per run (default 2000)")
-    parser.add_argument("--depth", type=int, default=DEFAULT_DEPTH,
-                        help="messages put on the queue at a time: the events go through in "
-                             "slices of this many, each filled (untimed) once the previous one "
-                             f"is drained; 0 fills all of them at once (default {DEFAULT_DEPTH}; "
-                             "moto's receive costs grow with the queue's depth)")
-    parser.add_argument("--rounds", type=int, default=2,
-                        help="bare/consumer pairs, in alternating order; medians are reported "
-                             "(default 2)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--events", type=int, default=2_000, help="events (SQS messages) per run (default 2000)"
+    )
+    parser.add_argument(
+        "--depth",
+        type=int,
+        default=DEFAULT_DEPTH,
+        help="messages put on the queue at a time: the events go through in "
+        "slices of this many, each filled (untimed) once the previous one "
+        f"is drained; 0 fills all of them at once (default {DEFAULT_DEPTH}; "
+        "moto's receive costs grow with the queue's depth)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="bare/consumer pairs, in alternating order; medians are reported (default 2)",
+    )
     args = parser.parse_args()
     if args.events < 1 or args.rounds < 1 or args.depth < 0:
         parser.error("--events and --rounds must be positive, --depth 0 or more")
@@ -329,39 +386,62 @@ def main() -> None:
     bare: list[float] = []
     consumed: list[float] = []
     clocks = {"consumer": Clock(), "bare": Clock()}
-    with (moto_server() as endpoint, scratch_database() as url,
-          tempfile.TemporaryDirectory() as scratch):
+    with (
+        moto_server() as endpoint,
+        scratch_database() as url,
+        tempfile.TemporaryDirectory() as scratch,
+    ):
         sqs = boto3.client("sqs")
         queue = sqs.create_queue(QueueName=f"cdc-bench-sync-{uuid.uuid4().hex[:8]}")["QueueUrl"]
         config = Path(scratch) / "cdc.toml"
         config.write_text(MAPPING)
-        settings = capture_settings(url, tables=ORDERS_TABLE, config=str(config),
-                                    sync_queue_url=queue, sync_wait_seconds="0")
+        settings = capture_settings(
+            url,
+            tables=ORDERS_TABLE,
+            config=str(config),
+            sync_queue_url=queue,
+            sync_wait_seconds="0",
+        )
         engine = prepare_orders(settings)
         try:
             run = Run(settings, engine, url, queue, sqs, bodies(events), depth)
-            print(f"sync back throughput: {events:,} OrderPlaced events per run, at most "
-                  f"{depth:,} on the queue at a time, from moto's SQS at {endpoint} into "
-                  f"{ORDERS_TABLE} (capture triggers on), {args.rounds} round(s)")
+            print(
+                f"sync back throughput: {events:,} OrderPlaced events per run, at most "
+                f"{depth:,} on the queue at a time, from moto's SQS at {endpoint} into "
+                f"{ORDERS_TABLE} (capture triggers on), {args.rounds} round(s)"
+            )
             for round_number in range(args.rounds):
                 order = ["consumer", "bare"] if round_number % 2 else ["bare", "consumer"]
                 seconds = {which: run.side(which, clocks[which]) for which in order}
                 b, c = events / seconds["bare"], events / seconds["consumer"]
                 bare.append(b)
                 consumed.append(c)
-                print(f"  round {round_number + 1} ({order[0]} first): bare receive+delete "
-                      f"{b:,.0f} /s, consumer {c:,.0f} /s, ratio {c / b:.2f}")
+                print(
+                    f"  round {round_number + 1} ({order[0]} first): bare receive+delete "
+                    f"{b:,.0f} /s, consumer {c:,.0f} /s, ratio {c / b:.2f}"
+                )
             changelog = run.changelog
         finally:
             engine.dispose()
-    print(f"  after every consumer run: {events:,} legacy rows and {events:,} inbox entries "
-          f"(applied), queue empty; {changelog:,} change-log rows (sync back's writes, tagged "
-          "with their origin)")
-    print_table("events/s from SQS (moto) into PostgreSQL, consumer vs bare receive+delete of "
-                "the same messages (median of rounds)", [
-                    Figure("Consumer.poll_once -> legacy rows", median(consumed), median(bare),
-                           "events/s", None, TARGET_RATIO),
-                ])
+    print(
+        f"  after every consumer run: {events:,} legacy rows and {events:,} inbox entries "
+        f"(applied), queue empty; {changelog:,} change-log rows (sync back's writes, tagged "
+        "with their origin)"
+    )
+    print_table(
+        "events/s from SQS (moto) into PostgreSQL, consumer vs bare receive+delete of "
+        "the same messages (median of rounds)",
+        [
+            Figure(
+                "Consumer.poll_once -> legacy rows",
+                median(consumed),
+                median(bare),
+                "events/s",
+                None,
+                TARGET_RATIO,
+            ),
+        ],
+    )
     print_breakdown(clocks, events * args.rounds)
 
 
@@ -376,19 +456,29 @@ def print_breakdown(clocks: dict[str, Clock], events: int) -> None:
     statements = consumer.seconds["db statements"]
     rows: list[tuple[str, float | None, float | None]] = []
     for name in ("sqs receive_message", "sqs delete_message_batch"):
-        label = (f"{name} ({consumer.calls[name] / events * 10:.1f} / "
-                 f"{bare.calls[name] / events * 10:.1f} calls per 10 events)")
+        label = (
+            f"{name} ({consumer.calls[name] / events * 10:.1f} / "
+            f"{bare.calls[name] / events * 10:.1f} calls per 10 events)"
+        )
         rows.append((label, consumer.seconds[name], bare.seconds[name]))
     rows += [
         ("Applier.apply_many (one transaction per received batch)", apply_seconds, None),
-        (f"  in cursor.execute ({consumer.calls['db statements'] / events * 10:.1f} calls "
-         "per 10 events)",
-         statements, None),
-        ("  outside it (SQLAlchemy, COMMIT, a pre-ping after a pause)",
-         apply_seconds - statements, None),
-        ("the rest (parsing, mapping, loop)",
-         consumer.seconds["total"] - sqs_seconds(consumer) - apply_seconds,
-         bare.seconds["total"] - sqs_seconds(bare)),
+        (
+            f"  in cursor.execute ({consumer.calls['db statements'] / events * 10:.1f} calls "
+            "per 10 events)",
+            statements,
+            None,
+        ),
+        (
+            "  outside it (SQLAlchemy, COMMIT, a pre-ping after a pause)",
+            apply_seconds - statements,
+            None,
+        ),
+        (
+            "the rest (parsing, mapping, loop)",
+            consumer.seconds["total"] - sqs_seconds(consumer) - apply_seconds,
+            bare.seconds["total"] - sqs_seconds(bare),
+        ),
         ("total", consumer.seconds["total"], bare.seconds["total"]),
     ]
     width = max(len(name) for name, _, _ in rows)
@@ -401,8 +491,10 @@ def print_breakdown(clocks: dict[str, Clock], events: int) -> None:
         return f"{seconds / events * 1e6:7,.0f} ({seconds / total:4.0%})"
 
     for name, c, b in rows:
-        print(f"  {name.ljust(width)}  {cell(c, consumer.seconds['total']):>16}  "
-              f"{cell(b, bare.seconds['total']):>16}")
+        print(
+            f"  {name.ljust(width)}  {cell(c, consumer.seconds['total']):>16}  "
+            f"{cell(b, bare.seconds['total']):>16}"
+        )
 
 
 if __name__ == "__main__":

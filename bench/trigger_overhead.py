@@ -89,11 +89,23 @@ def pgbench_path() -> str:
 def pgbench(url: URL, script: Path, rows: int, seconds: int) -> tuple[float, int]:
     """Run pgbench for ``seconds``; its tps (without connection time) and transactions."""
     command = [
-        pgbench_path(), "--no-vacuum", "--client", str(CLIENTS), "--jobs", str(CLIENTS),
-        "--time", str(seconds), "--define", f"rows={rows}", "--file", str(script), libpq(url),
+        pgbench_path(),
+        "--no-vacuum",
+        "--client",
+        str(CLIENTS),
+        "--jobs",
+        str(CLIENTS),
+        "--time",
+        str(seconds),
+        "--define",
+        f"rows={rows}",
+        "--file",
+        str(script),
+        libpq(url),
     ]
-    done = subprocess.run(command, capture_output=True, text=True,
-                          timeout=seconds + 60, check=False)
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=seconds + 60, check=False
+    )
     if done.returncode != 0:
         raise SystemExit(f"pgbench failed ({done.returncode}):\n{done.stderr}{done.stdout}")
     tps = re.search(r"tps = ([\d.]+) \(without initial connection time\)", done.stdout)
@@ -118,8 +130,9 @@ def baseline_run(url: URL, script: Path, rows: int, seconds: int) -> Run:
     return Run(tps, transactions)
 
 
-def triggers_only_run(url: URL, settings: Settings, engine: Engine, script: Path, rows: int,
-                      seconds: int) -> Run:
+def triggers_only_run(
+    url: URL, settings: Settings, engine: Engine, script: Path, rows: int, seconds: int
+) -> Run:
     """Triggers installed, no worker: splits the overhead into the triggers' own cost and the
     cost of a worker competing for the same two cores."""
     install_triggers(settings, engine)
@@ -134,8 +147,15 @@ def triggers_only_run(url: URL, settings: Settings, engine: Engine, script: Path
     return Run(tps, transactions, backlog)
 
 
-def capture_run(url: URL, settings: Settings, engine: Engine, script: Path, rows: int,
-                seconds: int, drain_timeout: float) -> Run:
+def capture_run(
+    url: URL,
+    settings: Settings,
+    engine: Engine,
+    script: Path,
+    rows: int,
+    seconds: int,
+    drain_timeout: float,
+) -> Run:
     install_triggers(settings, engine)
     try:
         settle(url)
@@ -160,12 +180,12 @@ def capture_run(url: URL, settings: Settings, engine: Engine, script: Path, rows
         if left:
             raise SystemExit(f"the worker left {left} changes after {drain_timeout:.0f}s")
         if worker.stats.changes != transactions:
-            raise SystemExit(f"the worker captured {worker.stats.changes} changes for "
-                             f"{transactions} updates")
+            raise SystemExit(
+                f"the worker captured {worker.stats.changes} changes for {transactions} updates"
+            )
     finally:
         drop_triggers(settings, engine)
     return Run(tps, transactions, backlog, captured, drain, batches, cpu)
-
 
 
 # -- logical mode -----------------------------------------------------------------------------
@@ -174,9 +194,15 @@ def capture_run(url: URL, settings: Settings, engine: Engine, script: Path, rows
 def logical_settings(url: URL, batch_size: int, poll_interval: str) -> Settings:
     """The worker's settings in logical mode, with a slot and a publication unique to the run
     (the scratch database's name is random)."""
-    return capture_settings(url, bus="null", capture="logical", batch_size=str(batch_size),
-                            poll_interval=poll_interval, slot_name=f"{url.database}_overhead",
-                            publication_name=f"{url.database}_pub")
+    return capture_settings(
+        url,
+        bus="null",
+        capture="logical",
+        batch_size=str(batch_size),
+        poll_interval=poll_interval,
+        slot_name=f"{url.database}_overhead",
+        publication_name=f"{url.database}_pub",
+    )
 
 
 def install_slot(settings: Settings, engine: Engine) -> None:
@@ -204,7 +230,9 @@ def slot_position(url: URL, slot: str) -> SlotPosition:
         row = conn.execute(
             "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint, "
             "pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, active_pid "
-            "FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()
+            "FROM pg_replication_slots WHERE slot_name = %s",
+            (slot,),
+        ).fetchone()
     if row is None:
         raise SystemExit(f"replication slot {slot} is missing")
     return SlotPosition(int(row[0] or 0), int(row[1] or 0), row[2])
@@ -260,8 +288,15 @@ def wait_streaming(url: URL, slot: str, runner: WorkerThread, timeout: float = 6
         time.sleep(0.05)
 
 
-def logical_capture_run(url: URL, settings: Settings, engine: Engine, script: Path, rows: int,
-                        seconds: int, drain_timeout: float) -> Run:
+def logical_capture_run(
+    url: URL,
+    settings: Settings,
+    engine: Engine,
+    script: Path,
+    rows: int,
+    seconds: int,
+    drain_timeout: float,
+) -> Run:
     """Slot and publication installed, the worker streaming the slot while pgbench runs; then
     wait until it has acknowledged every change pgbench made, and drop both."""
     install_slot(settings, engine)
@@ -292,9 +327,11 @@ def logical_capture_run(url: URL, settings: Settings, engine: Engine, script: Pa
                 while worker.stats.changes < transactions:
                     runner.check()
                     if time.perf_counter() - started > drain_timeout:
-                        raise SystemExit(f"the worker acknowledged {worker.stats.changes} of "
-                                         f"{transactions} changes {drain_timeout:.0f}s after "
-                                         "the run")
+                        raise SystemExit(
+                            f"the worker acknowledged {worker.stats.changes} of "
+                            f"{transactions} changes {drain_timeout:.0f}s after "
+                            "the run"
+                        )
                     time.sleep(0.01)
                 catch_up = time.perf_counter() - started
             finally:
@@ -302,16 +339,27 @@ def logical_capture_run(url: URL, settings: Settings, engine: Engine, script: Pa
         finally:
             source.close()  # the replication connection, and its engine
         if worker.stats.changes != transactions:
-            raise SystemExit(f"the worker acknowledged {worker.stats.changes} changes for "
-                             f"{transactions} updates")
+            raise SystemExit(
+                f"the worker acknowledged {worker.stats.changes} changes for {transactions} updates"
+            )
     finally:
         drop_slot(url, settings, engine)
-    return Run(tps, transactions, transactions - captured, captured, catch_up, batches, cpu,
-               behind, sender_cpu)
+    return Run(
+        tps,
+        transactions,
+        transactions - captured,
+        captured,
+        catch_up,
+        batches,
+        cpu,
+        behind,
+        sender_cpu,
+    )
 
 
-def slot_only_run(url: URL, settings: Settings, engine: Engine, script: Path, rows: int,
-                  seconds: int) -> Run:
+def slot_only_run(
+    url: URL, settings: Settings, engine: Engine, script: Path, rows: int, seconds: int
+) -> Run:
     """Slot and publication installed, no worker: what the slot alone costs the writes (its
     WAL is retained, so checkpoints cannot recycle segments), apart from the decoding
     walsender and the worker competing for the same two cores."""
@@ -326,29 +374,59 @@ def slot_only_run(url: URL, settings: Settings, engine: Engine, script: Path, ro
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--capture", choices=("changelog", "logical"), default="changelog",
-                        help="capture mode to measure (default changelog)")
-    parser.add_argument("--seconds", type=int, default=15,
-                        help="length of each pgbench run (default 15)")
-    parser.add_argument("--rounds", type=int, default=2,
-                        help="baseline/capture pairs; medians are reported (default 2)")
-    parser.add_argument("--rows", type=int, default=100_000,
-                        help="rows in the legacy table (default 100000)")
-    parser.add_argument("--warmup", type=int, default=3,
-                        help="seconds of unmeasured pgbench before the first run (default 3)")
-    parser.add_argument("--batch-size", type=int, default=500,
-                        help="the worker's batch size, CDC_BATCH_SIZE (default 500)")
-    parser.add_argument("--poll-interval", default="0.2",
-                        help="the worker's CDC_POLL_INTERVAL in seconds (default 0.2, as shipped)")
-    parser.add_argument("--no-triggers-only", "--no-slot-only", dest="no_info_run",
-                        action="store_true",
-                        help="skip the extra run in each round: triggers but no worker "
-                             "(changelog), slot but no worker (logical)")
-    parser.add_argument("--drain-timeout", type=float, default=120.0,
-                        help="longest wait for the worker to empty the log (changelog) or "
-                             "acknowledge every change (logical) after a run")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--capture",
+        choices=("changelog", "logical"),
+        default="changelog",
+        help="capture mode to measure (default changelog)",
+    )
+    parser.add_argument(
+        "--seconds", type=int, default=15, help="length of each pgbench run (default 15)"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="baseline/capture pairs; medians are reported (default 2)",
+    )
+    parser.add_argument(
+        "--rows", type=int, default=100_000, help="rows in the legacy table (default 100000)"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=3,
+        help="seconds of unmeasured pgbench before the first run (default 3)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=500,
+        help="the worker's batch size, CDC_BATCH_SIZE (default 500)",
+    )
+    parser.add_argument(
+        "--poll-interval",
+        default="0.2",
+        help="the worker's CDC_POLL_INTERVAL in seconds (default 0.2, as shipped)",
+    )
+    parser.add_argument(
+        "--no-triggers-only",
+        "--no-slot-only",
+        dest="no_info_run",
+        action="store_true",
+        help="skip the extra run in each round: triggers but no worker "
+        "(changelog), slot but no worker (logical)",
+    )
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=120.0,
+        help="longest wait for the worker to empty the log (changelog) or "
+        "acknowledge every change (logical) after a run",
+    )
     args = parser.parse_args()
     logical = args.capture == "logical"
     target = TARGET_RATIOS[args.capture]
@@ -358,98 +436,145 @@ def main() -> None:
     baselines: list[Run] = []
     captures: list[Run] = []
     info_runs: list[Run] = []
-    with (tempfile.TemporaryDirectory() as tmp, scratch_database() as url,
-          database_slots_dropped(url)):
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        scratch_database() as url,
+        database_slots_dropped(url),
+    ):
         script = Path(tmp) / "update.sql"
         script.write_text(PGBENCH_SCRIPT)
         if logical:
             settings = logical_settings(url, args.batch_size, args.poll_interval)
         else:
-            settings = capture_settings(url, bus="null", batch_size=str(args.batch_size),
-                                        poll_interval=args.poll_interval)
+            settings = capture_settings(
+                url, bus="null", batch_size=str(args.batch_size), poll_interval=args.poll_interval
+            )
         engine = prepare(settings, with_triggers=False)
         try:
             seed_legacy(url, args.rows)
             if logical:
-                print(f"logical capture overhead: pgbench single-row updates, {CLIENTS} clients, "
-                      f"{args.rows:,} rows, {args.seconds}s per run, {args.rounds} round(s), "
-                      f"worker batch {args.batch_size}, poll {args.poll_interval}s; slot "
-                      f"{settings.slot_name}, publication {settings.publication_name}")
+                print(
+                    f"logical capture overhead: pgbench single-row updates, {CLIENTS} clients, "
+                    f"{args.rows:,} rows, {args.seconds}s per run, {args.rounds} round(s), "
+                    f"worker batch {args.batch_size}, poll {args.poll_interval}s; slot "
+                    f"{settings.slot_name}, publication {settings.publication_name}"
+                )
             else:
-                print(f"trigger overhead: pgbench single-row updates, {CLIENTS} clients, "
-                      f"{args.rows:,} rows, {args.seconds}s per run, {args.rounds} round(s), "
-                      f"worker batch {args.batch_size}, poll {args.poll_interval}s")
+                print(
+                    f"trigger overhead: pgbench single-row updates, {CLIENTS} clients, "
+                    f"{args.rows:,} rows, {args.seconds}s per run, {args.rounds} round(s), "
+                    f"worker batch {args.batch_size}, poll {args.poll_interval}s"
+                )
             if args.warmup:
                 pgbench(url, script, args.rows, args.warmup)
             for round_number in range(1, args.rounds + 1):
                 base = baseline_run(url, script, args.rows, args.seconds)
                 baselines.append(base)
                 if logical:
-                    capture = logical_capture_run(url, settings, engine, script, args.rows,
-                                                  args.seconds, args.drain_timeout)
+                    capture = logical_capture_run(
+                        url, settings, engine, script, args.rows, args.seconds, args.drain_timeout
+                    )
                 else:
-                    capture = capture_run(url, settings, engine, script, args.rows,
-                                          args.seconds, args.drain_timeout)
+                    capture = capture_run(
+                        url, settings, engine, script, args.rows, args.seconds, args.drain_timeout
+                    )
                 captures.append(capture)
-                line = (f"  round {round_number}: baseline {base.tps:,.0f} tps, "
-                        f"{with_capture} {capture.tps:,.0f} tps "
-                        f"(ratio {capture.tps / base.tps:.2f})")
+                line = (
+                    f"  round {round_number}: baseline {base.tps:,.0f} tps, "
+                    f"{with_capture} {capture.tps:,.0f} tps "
+                    f"(ratio {capture.tps / base.tps:.2f})"
+                )
                 if not args.no_info_run:
                     if logical:
-                        alone = slot_only_run(url, settings, engine, script, args.rows,
-                                              args.seconds)
+                        alone = slot_only_run(
+                            url, settings, engine, script, args.rows, args.seconds
+                        )
                     else:
-                        alone = triggers_only_run(url, settings, engine, script, args.rows,
-                                                  args.seconds)
+                        alone = triggers_only_run(
+                            url, settings, engine, script, args.rows, args.seconds
+                        )
                     info_runs.append(alone)
                     line += f", {info_name} {alone.tps:,.0f} tps"
                     if logical:
                         line += f" (WAL retained {alone.wal_behind / 2**20:,.0f} MB)"
                 print(line)
                 if logical:
-                    sender = ("" if capture.walsender_cpu is None
-                              else f", walsender {capture.walsender_cpu:.0%} of a core")
-                    print(f"    worker: {capture.captured:,} of {capture.transactions:,} changes "
-                          f"acknowledged during the run in {capture.batches:,} batches, "
-                          f"{capture.worker_cpu:.0%} of a core{sender}; behind by "
-                          f"{capture.backlog:,} changes ({capture.wal_behind / 2**20:.1f} MB "
-                          f"of WAL) at the end, caught up in {capture.drain_seconds:.2f}s",
-                          flush=True)
+                    sender = (
+                        ""
+                        if capture.walsender_cpu is None
+                        else f", walsender {capture.walsender_cpu:.0%} of a core"
+                    )
+                    print(
+                        f"    worker: {capture.captured:,} of {capture.transactions:,} changes "
+                        f"acknowledged during the run in {capture.batches:,} batches, "
+                        f"{capture.worker_cpu:.0%} of a core{sender}; behind by "
+                        f"{capture.backlog:,} changes ({capture.wal_behind / 2**20:.1f} MB "
+                        f"of WAL) at the end, caught up in {capture.drain_seconds:.2f}s",
+                        flush=True,
+                    )
                 else:
-                    print(f"    worker: {capture.captured:,} of {capture.transactions:,} changes "
-                          f"acknowledged during the run in {capture.batches:,} batches, "
-                          f"{capture.worker_cpu:.0%} of a core; backlog {capture.backlog:,} at "
-                          f"the end, drained in {capture.drain_seconds:.2f}s")
+                    print(
+                        f"    worker: {capture.captured:,} of {capture.transactions:,} changes "
+                        f"acknowledged during the run in {capture.batches:,} batches, "
+                        f"{capture.worker_cpu:.0%} of a core; backlog {capture.backlog:,} at "
+                        f"the end, drained in {capture.drain_seconds:.2f}s"
+                    )
         finally:
             engine.dispose()
 
     backlog = median([run.backlog for run in captures])
     kept_up = median([run.captured / run.transactions for run in captures])
     baseline_tps = median([r.tps for r in baselines])
-    figures = [Figure(f"updates/s, {with_capture}", median([r.tps for r in captures]),
-                      baseline_tps, "tps", None, target)]
+    figures = [
+        Figure(
+            f"updates/s, {with_capture}",
+            median([r.tps for r in captures]),
+            baseline_tps,
+            "tps",
+            None,
+            target,
+        )
+    ]
     if info_runs:
-        figures.append(Figure(f"updates/s, {info_name} (info)",
-                              median([r.tps for r in info_runs]), baseline_tps, "tps"))
+        figures.append(
+            Figure(
+                f"updates/s, {info_name} (info)",
+                median([r.tps for r in info_runs]),
+                baseline_tps,
+                "tps",
+            )
+        )
     if logical:
-        print_table("legacy updates/s with logical capture vs without (baseline: no slot, no "
-                    "publication, no worker; median of rounds)", figures)
+        print_table(
+            "legacy updates/s with logical capture vs without (baseline: no slot, no "
+            "publication, no worker; median of rounds)",
+            figures,
+        )
         senders = [r.walsender_cpu for r in captures if r.walsender_cpu is not None]
         sender = f", walsender {median(senders):.0%} of a core" if senders else ""
-        print(f"behind at the end of a run (median): {backlog:,.0f} changes, "
-              f"{median([r.wal_behind for r in captures]) / 2**20:.1f} MB of WAL; the worker "
-              f"had acknowledged {kept_up:.1%} of the changes by then; caught up after the run "
-              f"in {median([r.drain_seconds for r in captures]):.2f}s; worker "
-              f"{median([r.worker_cpu for r in captures]):.0%} of a core{sender}")
+        print(
+            f"behind at the end of a run (median): {backlog:,.0f} changes, "
+            f"{median([r.wal_behind for r in captures]) / 2**20:.1f} MB of WAL; the worker "
+            f"had acknowledged {kept_up:.1%} of the changes by then; caught up after the run "
+            f"in {median([r.drain_seconds for r in captures]):.2f}s; worker "
+            f"{median([r.worker_cpu for r in captures]):.0%} of a core{sender}"
+        )
         if info_runs:
-            print(f"WAL retained by the slot alone at the end of a run (median): "
-                  f"{median([r.wal_behind for r in info_runs]) / 2**20:,.0f} MB")
+            print(
+                f"WAL retained by the slot alone at the end of a run (median): "
+                f"{median([r.wal_behind for r in info_runs]) / 2**20:,.0f} MB"
+            )
     else:
-        print_table("legacy updates/s with capture vs without (baseline: no triggers, no "
-                    "worker; median of rounds)", figures)
-        print(f"backlog at the end of a run (median): {backlog:,.0f} changes; the worker had "
-              f"acknowledged {kept_up:.1%} of the changes by then; drain after the run "
-              f"{median([r.drain_seconds for r in captures]):.2f}s")
+        print_table(
+            "legacy updates/s with capture vs without (baseline: no triggers, no "
+            "worker; median of rounds)",
+            figures,
+        )
+        print(
+            f"backlog at the end of a run (median): {backlog:,.0f} changes; the worker had "
+            f"acknowledged {kept_up:.1%} of the changes by then; drain after the run "
+            f"{median([r.drain_seconds for r in captures]):.2f}s"
+        )
 
 
 if __name__ == "__main__":

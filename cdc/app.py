@@ -48,15 +48,24 @@ def open_source(settings: Settings, engine: Engine) -> Source:
     from cdc.core.database import conninfo_of
 
     return LogicalSource(
-        engine, tables, conninfo_of(settings.url), settings.slot_name, settings.publication_name,
-        settings.default_schema, poll_interval=settings.poll_interval,
+        engine,
+        tables,
+        conninfo_of(settings.url),
+        settings.slot_name,
+        settings.publication_name,
+        settings.default_schema,
+        poll_interval=settings.poll_interval,
         heartbeat_seconds=settings.heartbeat_interval,
     )
 
 
 def open_backfiller(settings: Settings, engine: Engine, source: Source) -> Backfiller:
-    return Backfiller(engine, state_tables(engine.dialect.name, settings.state_schema),
-                      settings.capture, source.table)
+    return Backfiller(
+        engine,
+        state_tables(engine.dialect.name, settings.state_schema),
+        settings.capture,
+        source.table,
+    )
 
 
 def require_postgres(settings: Settings) -> None:
@@ -68,11 +77,16 @@ def prepare_embedded(settings: Settings, engine: Engine) -> None:
     """The embedded default sets itself up: state tables, demo table, triggers, first rows."""
     database.migrate(engine, settings)
     created = demo.create_demo_table(engine)
-    triggers.install(engine, [read_table(engine, t) for t in settings.table_refs], settings.state_schema)
+    triggers.install(
+        engine, [read_table(engine, t) for t in settings.table_refs], settings.state_schema
+    )
     if created:
         demo.seed(engine)
-    log.info("embedded demo: legacy database %s, events in %s; run `cdc demo` to change rows",
-             settings.display_url, settings.bus_file)
+    log.info(
+        "embedded demo: legacy database %s, events in %s; run `cdc demo` to change rows",
+        settings.display_url,
+        settings.bus_file,
+    )
 
 
 def open_worker(settings: Settings, engine: Engine) -> Worker:
@@ -81,9 +95,15 @@ def open_worker(settings: Settings, engine: Engine) -> Worker:
     install_signal_handlers(stop)
     source = open_source(settings, engine)
     lease = Lease(engine, lease_name(settings)) if settings.dialect == "postgresql" else None
-    return Worker(settings, source, open_publisher(settings, stop), stop,
-                  on_published=failpoint_hook(settings.failpoint), lease=lease,
-                  backfill=open_backfiller(settings, engine, source))
+    return Worker(
+        settings,
+        source,
+        open_publisher(settings, stop),
+        stop,
+        on_published=failpoint_hook(settings.failpoint),
+        lease=lease,
+        backfill=open_backfiller(settings, engine, source),
+    )
 
 
 def close_worker(worker: Worker) -> None:

@@ -67,7 +67,9 @@ log = logging.getLogger(__name__)
 ORIGIN = "sync_back"
 Outcome = Literal["applied", "duplicate", "skip_stale", "skip_conflict", "parked"]
 _OUTCOMES: dict[Decision, Outcome] = {
-    "apply": "applied", "skip_stale": "skip_stale", "skip_conflict": "skip_conflict",
+    "apply": "applied",
+    "skip_stale": "skip_stale",
+    "skip_conflict": "skip_conflict",
     "park": "parked",
 }
 # A connection is kept from one batch to the next for this long: taking it from the pool each
@@ -125,12 +127,19 @@ class Applier:
     def table(self, ref: TableRef) -> Table:
         found = self._tables.get(ref)
         if found is None:
-            schema = None if self.engine.dialect.name == "sqlite" and ref.schema == "main" else ref.schema
+            schema = (
+                None
+                if self.engine.dialect.name == "sqlite" and ref.schema == "main"
+                else ref.schema
+            )
             try:
                 found = Table(ref.name, MetaData(), schema=schema, autoload_with=self.engine)
             except NoSuchTableError:
-                raise ConfigError("CDC_CONFIG", f"sync_back maps to {ref.qualified}, which does "
-                                  "not exist in the legacy database") from None
+                raise ConfigError(
+                    "CDC_CONFIG",
+                    f"sync_back maps to {ref.qualified}, which does "
+                    "not exist in the legacy database",
+                ) from None
             self._tables[ref] = found
         return found
 
@@ -139,8 +148,9 @@ class Applier:
         table = self.table(ref)
         missing = [c for c in columns if c not in table.c]
         if missing:
-            raise ConfigError("CDC_CONFIG", f"sync_back maps columns {missing} that "
-                              f"{ref.qualified} does not have")
+            raise ConfigError(
+                "CDC_CONFIG", f"sync_back maps columns {missing} that {ref.qualified} does not have"
+            )
 
     def apply_many(self, pending: Sequence[Pending]) -> list[Outcome]:
         """Apply writes in one transaction (one commit for a received batch: the commit is the
@@ -151,8 +161,10 @@ class Applier:
             now = now.isoformat()
         connection = self._connection()
         try:
-            with connection.begin(), origin_tag(connection, ORIGIN, logical=self.logical,
-                                                to_commit=True):
+            with (
+                connection.begin(),
+                origin_tag(connection, ORIGIN, logical=self.logical, to_commit=True),
+            ):
                 outcomes = self._apply_in(connection, pending, now)
         except BaseException as exc:
             # Rolled back; a connection that failed (or an error of ours) is not kept.
@@ -162,8 +174,9 @@ class Applier:
         self._kept_until = time.monotonic() + KEEP_CONNECTION_SECONDS
         for item, outcome in zip(pending, outcomes, strict=True):
             if outcome != "applied":
-                log.info("event %s for %s: %s", item.write.event_id, item.write.table.qualified,
-                         outcome)
+                log.info(
+                    "event %s for %s: %s", item.write.event_id, item.write.table.qualified, outcome
+                )
         return outcomes
 
     def close(self) -> None:
@@ -182,24 +195,35 @@ class Applier:
 
     # -- the batch --------------------------------------------------------------------------
 
-    def _apply_in(self, connection: Connection, pending: Sequence[Pending], now: Any
-                  ) -> list[Outcome]:
+    def _apply_in(
+        self, connection: Connection, pending: Sequence[Pending], now: Any
+    ) -> list[Outcome]:
         outcomes: list[Outcome] = ["duplicate"] * len(pending)
         first: dict[str, int] = {}  # event id -> its first place in the batch
         for index, item in enumerate(pending):
             first.setdefault(item.write.event_id, index)
         claimed = self._claim(connection, [pending[i] for i in first.values()], now)
-        items = [_Item(i, pending[i], _key_text(pending[i].write.key))
-                 for i in sorted(first.values()) if pending[i].write.event_id in claimed]
+        items = [
+            _Item(i, pending[i], _key_text(pending[i].write.key))
+            for i in sorted(first.values())
+            if pending[i].write.event_id in claimed
+        ]
         parked: list[dict[str, Any]] = []
         for segment in _segments(items):
             self._apply_segment(connection, segment, outcomes, parked, now)
         if parked:
             conflicts = self.state.conflicts
-            connection.execute(self._insert(conflicts).on_conflict_do_nothing(
-                index_elements=[conflicts.c.event_id]), parked)
-        changed = [{"e_id": pending[item.index].write.event_id, "e_outcome": outcomes[item.index]}
-                   for item in items if outcomes[item.index] != _PROVISIONAL]
+            connection.execute(
+                self._insert(conflicts).on_conflict_do_nothing(
+                    index_elements=[conflicts.c.event_id]
+                ),
+                parked,
+            )
+        changed = [
+            {"e_id": pending[item.index].write.event_id, "e_outcome": outcomes[item.index]}
+            for item in items
+            if outcomes[item.index] != _PROVISIONAL
+        ]
         if changed:
             connection.execute(self._statement(("outcome",), self._outcome_statement), changed)
         return outcomes
@@ -209,90 +233,164 @@ class Applier:
         already holds are duplicates). Inserted in id order, so that two consumers claiming
         overlapping batches take their locks in the same order."""
         inbox = self.state.inbox
-        rows = sorted(({"event_id": p.write.event_id, "detail_type": p.detail_type,
-                        "table_name": p.write.table.qualified, "outcome": _PROVISIONAL,
-                        "applied_at": now} for p in pending), key=lambda r: r["event_id"])
-        statement = self._statement(("claim",), lambda: self._insert(inbox).on_conflict_do_nothing(
-            index_elements=[inbox.c.event_id]).returning(inbox.c.event_id))
+        rows = sorted(
+            (
+                {
+                    "event_id": p.write.event_id,
+                    "detail_type": p.detail_type,
+                    "table_name": p.write.table.qualified,
+                    "outcome": _PROVISIONAL,
+                    "applied_at": now,
+                }
+                for p in pending
+            ),
+            key=lambda r: r["event_id"],
+        )
+        statement = self._statement(
+            ("claim",),
+            lambda: (
+                self._insert(inbox)
+                .on_conflict_do_nothing(index_elements=[inbox.c.event_id])
+                .returning(inbox.c.event_id)
+            ),
+        )
         return {row[0] for row in connection.execute(statement, rows)}
 
-    def _apply_segment(self, connection: Connection, segment: _Segment, outcomes: list[Outcome],
-                       parked: list[dict[str, Any]], now: Any) -> None:
+    def _apply_segment(
+        self,
+        connection: Connection,
+        segment: _Segment,
+        outcomes: list[Outcome],
+        parked: list[dict[str, Any]],
+        now: Any,
+    ) -> None:
         ref = segment.table
         table = self.table(ref)
         rows = self._lock_rows(connection, table, segment)
         # The versions sync back last wrote, for the rows that exist and whose policy asks
         # whether the legacy application changed them since; read after the rows were locked.
-        asked = [item.key_text for item in segment.items
-                 if item.index in rows and reads_synced_version(item.pending.write.policy)]
+        asked = [
+            item.key_text
+            for item in segment.items
+            if item.index in rows and reads_synced_version(item.pending.write.policy)
+        ]
         synced: dict[str, str | None] = {}
         if asked:
-            synced = {key: version for key, version in connection.execute(
-                self._statement(("synced",), self._synced_statement),
-                {"s_table": ref.qualified, "s_keys": asked})}
+            synced = {
+                key: version
+                for key, version in connection.execute(
+                    self._statement(("synced",), self._synced_statement),
+                    {"s_table": ref.qualified, "s_keys": asked},
+                )
+            }
         applied: list[_Item] = []
         for item in segment.items:
             write, version_column = item.pending.write, item.pending.version_column
             current = rows.get(item.index)
-            legacy_version = (current[version_column] if current is not None and version_column
-                              else None)
+            legacy_version = (
+                current[version_column] if current is not None and version_column else None
+            )
             if isinstance(legacy_version, str) and isinstance(write.version, datetime):
                 legacy_version = parse_iso(legacy_version)  # SQLite keeps timestamps as text
-            decision = decide(write.policy, current is not None, legacy_version, write.version,
-                              synced.get(item.key_text))
+            decision = decide(
+                write.policy,
+                current is not None,
+                legacy_version,
+                write.version,
+                synced.get(item.key_text),
+            )
             outcomes[item.index] = _OUTCOMES[decision]
             if decision == "apply":
                 applied.append(item)
             elif decision == "park":
-                parked.append({
-                    "event_id": write.event_id, "table_name": ref.qualified,
-                    "row_key": item.key_text,
-                    "reason": (f"legacy version {version_text(legacy_version)}, event version "
-                               f"{version_text(write.version)}, policy {write.policy}"),
-                    "body": item.pending.body, "created_at": now,
-                })
+                parked.append(
+                    {
+                        "event_id": write.event_id,
+                        "table_name": ref.qualified,
+                        "row_key": item.key_text,
+                        "reason": (
+                            f"legacy version {version_text(legacy_version)}, event version "
+                            f"{version_text(write.version)}, policy {write.policy}"
+                        ),
+                        "body": item.pending.body,
+                        "created_at": now,
+                    }
+                )
         # The writes, in the events' order. A run of upserts of one shape is one call with a
         # parameter set per row; RETURNING has SQLAlchemy send it as one multi-row INSERT
         # ("insertmanyvalues", from the statement compiled once; the keys of a segment differ,
         # so no row is written twice by it). A run of deletes is one executemany.
         for shape, run in _runs(applied, table):
             if shape[2] == "delete":
-                connection.execute(self._statement(shape, self._delete_statement, table, shape),
-                                   [_delete_parameters(shape, item.pending.write) for item in run])
+                connection.execute(
+                    self._statement(shape, self._delete_statement, table, shape),
+                    [_delete_parameters(shape, item.pending.write) for item in run],
+                )
             else:
-                connection.execute(self._statement(shape, self._upsert_statement, table, shape),
-                                   [_upsert_parameters(shape, item.pending.write) for item in run])
-        remembered = [{"s_table": ref.qualified, "s_key": item.key_text,
-                       "s_version": _synced_version(item.pending.write),
-                       "s_event": item.pending.write.event_id}
-                      for item in applied if item.pending.write.op != "delete"]
+                connection.execute(
+                    self._statement(shape, self._upsert_statement, table, shape),
+                    [_upsert_parameters(shape, item.pending.write) for item in run],
+                )
+        remembered = [
+            {
+                "s_table": ref.qualified,
+                "s_key": item.key_text,
+                "s_version": _synced_version(item.pending.write),
+                "s_event": item.pending.write.event_id,
+            }
+            for item in applied
+            if item.pending.write.op != "delete"
+        ]
         if remembered:
             connection.execute(self._statement(("remember",), self._remember_statement), remembered)
-        forgotten = [{"s_table": ref.qualified, "s_key": item.key_text}
-                     for item in applied if item.pending.write.op == "delete"]
+        forgotten = [
+            {"s_table": ref.qualified, "s_key": item.key_text}
+            for item in applied
+            if item.pending.write.op == "delete"
+        ]
         if forgotten:
             connection.execute(self._statement(("forget",), self._forget_statement), forgotten)
 
-    def _lock_rows(self, connection: Connection, table: Table, segment: _Segment
-                   ) -> dict[int, dict[str, Any]]:
+    def _lock_rows(
+        self, connection: Connection, table: Table, segment: _Segment
+    ) -> dict[int, dict[str, Any]]:
         """The segment's legacy rows that exist (their key and version columns), by the place
         of their event in the batch, locked (``FOR UPDATE``, in key order) until the
         transaction ends: one query for all."""
         key_columns = segment.key_columns
-        versions = tuple(sorted({item.pending.version_column for item in segment.items
-                                 if item.pending.version_column} - set(key_columns)))
+        versions = tuple(
+            sorted(
+                {
+                    item.pending.version_column
+                    for item in segment.items
+                    if item.pending.version_column
+                }
+                - set(key_columns)
+            )
+        )
         names = (*key_columns, *versions)
         keys = [tuple(item.pending.write.key[c] for c in key_columns) for item in segment.items]
-        statement = self._statement(("lock", segment.table, key_columns, versions),
-                                    self._lock_statement, table, key_columns, versions)
+        statement = self._statement(
+            ("lock", segment.table, key_columns, versions),
+            self._lock_statement,
+            table,
+            key_columns,
+            versions,
+        )
         returned = connection.execute(
-            statement, {"l_keys": [k[0] for k in keys] if len(key_columns) == 1 else keys}).all()
+            statement, {"l_keys": [k[0] for k in keys] if len(key_columns) == 1 else keys}
+        ).all()
         rows: dict[int, dict[str, Any]] = {}
         try:
-            found = {tuple(row[:len(key_columns)]): dict(zip(names, row, strict=True))
-                     for row in returned}
-            rows = {item.index: found[key] for item, key in zip(segment.items, keys, strict=True)
-                    if key in found}
+            found = {
+                tuple(row[: len(key_columns)]): dict(zip(names, row, strict=True))
+                for row in returned
+            }
+            rows = {
+                item.index: found[key]
+                for item, key in zip(segment.items, keys, strict=True)
+                if key in found
+            }
         except TypeError:  # a key value Python cannot hash
             found = {}
         if len(rows) == len(found) == len(returned):
@@ -300,8 +398,13 @@ class Applier:
         # A row that matches no event's key as Python compares them (a key type the driver
         # returns in another form, a collation that folds case): ask for each key alone, as
         # SQL compares it (the rows are locked already).
-        single = self._statement(("lock one", segment.table, key_columns, versions),
-                                 self._lock_one_statement, table, key_columns, versions)
+        single = self._statement(
+            ("lock one", segment.table, key_columns, versions),
+            self._lock_one_statement,
+            table,
+            key_columns,
+            versions,
+        )
         rows = {}
         for item, key in zip(segment.items, keys, strict=True):
             row = connection.execute(single, {f"l_{j}": v for j, v in enumerate(key)}).first()
@@ -311,40 +414,52 @@ class Applier:
 
     # -- statements, built once per shape ---------------------------------------------------
 
-    def _statement(self, shape: tuple[Any, ...], build: Callable[..., Executable], *args: Any
-                   ) -> Executable:
+    def _statement(
+        self, shape: tuple[Any, ...], build: Callable[..., Executable], *args: Any
+    ) -> Executable:
         found = self._statements.get(shape)
         if found is None:
             found = self._statements[shape] = build(*args)
         return found
 
-    def _lock_statement(self, table: Table, key_columns: tuple[str, ...],
-                        versions: tuple[str, ...]) -> Executable:
+    def _lock_statement(
+        self, table: Table, key_columns: tuple[str, ...], versions: tuple[str, ...]
+    ) -> Executable:
         keys = [table.c[c] for c in key_columns]
-        where = (keys[0].in_(bindparam("l_keys", expanding=True)) if len(keys) == 1
-                 else tuple_(*keys).in_(bindparam("l_keys", expanding=True)))
+        where = (
+            keys[0].in_(bindparam("l_keys", expanding=True))
+            if len(keys) == 1
+            else tuple_(*keys).in_(bindparam("l_keys", expanding=True))
+        )
         columns = [*keys, *(table.c[c] for c in versions)]
         return select(*columns).where(where).order_by(*keys).with_for_update()
 
-    def _lock_one_statement(self, table: Table, key_columns: tuple[str, ...],
-                            versions: tuple[str, ...]) -> Executable:
+    def _lock_one_statement(
+        self, table: Table, key_columns: tuple[str, ...], versions: tuple[str, ...]
+    ) -> Executable:
         keys = [table.c[c] for c in key_columns]
         columns = [*keys, *(table.c[c] for c in versions)]
-        return select(*columns).where(
-            and_(*(column == bindparam(f"l_{j}") for j, column in enumerate(keys)))
-        ).with_for_update()
+        return (
+            select(*columns)
+            .where(and_(*(column == bindparam(f"l_{j}") for j, column in enumerate(keys))))
+            .with_for_update()
+        )
 
     def _synced_statement(self) -> Executable:
         synced = self.state.synced_rows
         return select(synced.c.row_key, synced.c.version).where(
             synced.c.table_name == bindparam("s_table"),
-            synced.c.row_key.in_(bindparam("s_keys", expanding=True)))
+            synced.c.row_key.in_(bindparam("s_keys", expanding=True)),
+        )
 
     def _remember_statement(self) -> Executable:
         synced = self.state.synced_rows
         statement = self._insert(synced).values(
-            table_name=bindparam("s_table"), row_key=bindparam("s_key"),
-            version=bindparam("s_version"), event_id=bindparam("s_event"))
+            table_name=bindparam("s_table"),
+            row_key=bindparam("s_key"),
+            version=bindparam("s_version"),
+            event_id=bindparam("s_event"),
+        )
         return statement.on_conflict_do_update(
             index_elements=[synced.c.table_name, synced.c.row_key],
             set_={"version": statement.excluded.version, "event_id": statement.excluded.event_id},
@@ -352,18 +467,23 @@ class Applier:
 
     def _forget_statement(self) -> Executable:
         synced = self.state.synced_rows
-        return delete(synced).where(synced.c.table_name == bindparam("s_table"),
-                                    synced.c.row_key == bindparam("s_key"))
+        return delete(synced).where(
+            synced.c.table_name == bindparam("s_table"), synced.c.row_key == bindparam("s_key")
+        )
 
     def _outcome_statement(self) -> Executable:
         inbox = self.state.inbox
-        return (update(inbox).where(inbox.c.event_id == bindparam("e_id"))
-                .values(outcome=bindparam("e_outcome")))
+        return (
+            update(inbox)
+            .where(inbox.c.event_id == bindparam("e_id"))
+            .values(outcome=bindparam("e_outcome"))
+        )
 
     def _delete_statement(self, table: Table, shape: tuple[Any, ...]) -> Executable:
         key_columns = shape[3]
-        return delete(table).where(and_(*(
-            table.c[c] == bindparam(f"k_{j}") for j, c in enumerate(key_columns))))
+        return delete(table).where(
+            and_(*(table.c[c] == bindparam(f"k_{j}") for j, c in enumerate(key_columns)))
+        )
 
     def _upsert_statement(self, table: Table, shape: tuple[Any, ...]) -> Executable:
         key_columns, columns = shape[3], shape[4]
@@ -371,13 +491,19 @@ class Applier:
         for j, (column, as_json_text) in enumerate(columns):
             # json columns arrive as JSON text (every digit kept): cast by the database, not
             # serialised again by SQLAlchemy's JSON type, which would store a JSON string.
-            values[column] = (cast(bindparam(f"v_{j}", type_=Text()), table.c[column].type)
-                              if as_json_text else bindparam(f"v_{j}", type_=table.c[column].type))
+            values[column] = (
+                cast(bindparam(f"v_{j}", type_=Text()), table.c[column].type)
+                if as_json_text
+                else bindparam(f"v_{j}", type_=table.c[column].type)
+            )
         statement = self._insert(table).values(values)
         others = {c: statement.excluded[c] for c, _ in columns if c not in key_columns}
         index_elements = [table.c[c] for c in key_columns]
-        upsert = (statement.on_conflict_do_update(index_elements=index_elements, set_=others)
-                  if others else statement.on_conflict_do_nothing(index_elements=index_elements))
+        upsert = (
+            statement.on_conflict_do_update(index_elements=index_elements, set_=others)
+            if others
+            else statement.on_conflict_do_nothing(index_elements=index_elements)
+        )
         return upsert.returning(index_elements[0])
 
 
@@ -410,8 +536,12 @@ def _segments(items: list[_Item]) -> Iterator[_Segment]:
         write = item.pending.write
         key_columns = tuple(sorted(write.key))
         loose = tuple(_loose(write.key[c]) for c in key_columns)
-        if (segment is None or segment.table != write.table
-                or segment.key_columns != key_columns or loose in segment.seen):
+        if (
+            segment is None
+            or segment.table != write.table
+            or segment.key_columns != key_columns
+            or loose in segment.seen
+        ):
             if segment is not None:
                 yield segment
             segment = _Segment(write.table, key_columns)
@@ -433,7 +563,8 @@ def _runs(applied: list[_Item], table: Table) -> Iterator[tuple[tuple[Any, ...],
         else:
             columns = tuple(
                 (column, isinstance(value, str) and isinstance(table.c[column].type, sqltypes.JSON))
-                for column, value in write.values.items())
+                for column, value in write.values.items()
+            )
             this = ("write", write.table, "upsert", key_columns, columns)
         if this != shape and run:
             assert shape is not None

@@ -36,6 +36,7 @@ from sync_back.rows import to_write
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+
 @dataclass
 class ConsumerStats:
     """Running counts since the consumer started, for metrics to read."""
@@ -83,9 +84,15 @@ class Consumer:
         for mapping in self.mappings:
             self.applier.check_columns(mapping.table, list(mapping.columns))
         self._retrying = db_retrying(self.stop, self._count_retry, "the legacy database")
-        self.queue = Queue(self.sqs, self.settings.sync_queue_url, "CDC_SYNC_QUEUE_URL",
-                           self.settings.sync_wait_seconds, self.settings.sync_visibility_timeout,
-                           self.stop, self.stats)
+        self.queue = Queue(
+            self.sqs,
+            self.settings.sync_queue_url,
+            "CDC_SYNC_QUEUE_URL",
+            self.settings.sync_wait_seconds,
+            self.settings.sync_visibility_timeout,
+            self.stop,
+            self.stats,
+        )
         self._own_source = self.settings.event_source  # computed from the URL: once
 
     # -- the loop ---------------------------------------------------------------------------
@@ -94,7 +101,9 @@ class Consumer:
         """Poll until stopped. While a full batch is applied, the next one is received on a
         thread of its own (against SQS a receive takes about as long as applying ten events);
         a partial batch means the queue is nearly empty, and the next receive waits its turn."""
-        log.info("syncing back from %s into %s", self.settings.sync_queue_url, self.settings.display_url)
+        log.info(
+            "syncing back from %s into %s", self.settings.sync_queue_url, self.settings.display_url
+        )
         ahead: Received | None = None
         while not self.stop.is_set():
             received = ahead.wait() if ahead is not None else self.queue.receive()
@@ -115,8 +124,9 @@ class Consumer:
         # A stop request lets the batch in hand finish (ten messages at most); only a database
         # outage that outlasts the request leaves it to come back from the queue.
         try:
-            self.handle_batch([(m["Body"], m["MessageId"]) for m in messages],
-                              self.queue.keep_visible(received))
+            self.handle_batch(
+                [(m["Body"], m["MessageId"]) for m in messages], self.queue.keep_visible(received)
+            )
         except Interrupted:
             return 0
         # Deleted only now, after their transaction committed: a crash before this line
@@ -130,8 +140,9 @@ class Consumer:
         """Apply one message body; what became of it."""
         return self.handle_batch([(body, message_id)])[0]
 
-    def handle_batch(self, items: Sequence[tuple[str, str]],
-                     tick: Callable[[int], None] | None = None) -> list[str]:
+    def handle_batch(
+        self, items: Sequence[tuple[str, str]], tick: Callable[[int], None] | None = None
+    ) -> list[str]:
         """Apply message bodies, the valid ones in one transaction; what became of each."""
         results: list[str] = ["" for _ in items]
         pending: list[tuple[int, Pending, str]] = []
@@ -147,8 +158,11 @@ class Consumer:
         if pending:
             outcomes: list[str]
             try:
-                outcomes = list(self._with_retry(
-                    lambda: self.applier.apply_many([item for _, item, _ in pending])))
+                outcomes = list(
+                    self._with_retry(
+                        lambda: self.applier.apply_many([item for _, item, _ in pending])
+                    )
+                )
             except DBAPIError as exc:
                 if is_transient_db_error(exc):
                     raise
@@ -190,12 +204,15 @@ class Consumer:
                 return "own_event"
             mapping = self.mappings.find(envelope.detail_type, envelope.source)
             if mapping is None:
-                raise Invalid(f"no mapping for detail-type {envelope.detail_type!r} "
-                              f"(source {envelope.source!r}); add one to [sync_back]")
+                raise Invalid(
+                    f"no mapping for detail-type {envelope.detail_type!r} "
+                    f"(source {envelope.source!r}); add one to [sync_back]"
+                )
             table = mapping.table.qualified
             event_id = event_id_of(envelope, mapping.id_parts)
-            return Pending(to_write(envelope, mapping), envelope.detail_type,
-                           mapping.version_column, body)
+            return Pending(
+                to_write(envelope, mapping), envelope.detail_type, mapping.version_column, body
+            )
         except Invalid as exc:
             self._dead_letter(message_id, detail_type, exc.reason, body, event_id, table)
             return "dead_letter"
@@ -207,24 +224,46 @@ class Consumer:
             if is_transient_db_error(exc):
                 raise
             # A constraint or a value the legacy database cannot hold.
-            reason = "the legacy database refused the write: " + str(exc.orig).strip().split("\n")[0]
-            self._dead_letter(message_id, item.detail_type, reason, item.body,
-                              item.write.event_id, item.write.table.qualified)
+            reason = (
+                "the legacy database refused the write: " + str(exc.orig).strip().split("\n")[0]
+            )
+            self._dead_letter(
+                message_id,
+                item.detail_type,
+                reason,
+                item.body,
+                item.write.event_id,
+                item.write.table.qualified,
+            )
             return "dead_letter"
 
-    def _dead_letter(self, message_id: str, detail_type: str | None, reason: str, body: str,
-                     event_id: str | None = None, table_name: str | None = None) -> None:
+    def _dead_letter(
+        self,
+        message_id: str,
+        detail_type: str | None,
+        reason: str,
+        body: str,
+        event_id: str | None = None,
+        table_name: str | None = None,
+    ) -> None:
         # Before the body is parsed (or mapped) its event id (or table) is not known.
-        log.warning("dead letter: event %s of %s (message %s, %s): %s", event_id or "unknown",
-                    table_name or "no table", message_id, detail_type, reason)
+        log.warning(
+            "dead letter: event %s of %s (message %s, %s): %s",
+            event_id or "unknown",
+            table_name or "no table",
+            message_id,
+            detail_type,
+            reason,
+        )
         self.stats.dead_letters += 1
         table = self.state.sync_dead_letters
         insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
         now: Any = datetime.now(UTC)
         if self.engine.dialect.name == "sqlite":
             now = now.isoformat()
-        statement = insert(table).values(message_id=message_id, detail_type=detail_type,
-                                         reason=reason, body=body, created_at=now)
+        statement = insert(table).values(
+            message_id=message_id, detail_type=detail_type, reason=reason, body=body, created_at=now
+        )
         statement = statement.on_conflict_do_update(
             index_elements=[table.c.message_id],
             set_={"reason": statement.excluded.reason, "attempts": table.c.attempts + 1},
@@ -242,8 +281,18 @@ class Consumer:
         table = self.state.sync_dead_letters
         with self.engine.connect() as connection:
             rows = connection.execute(select(table).order_by(table.c.id).limit(limit)).mappings()
-            return [DeadLetter(r["id"], r["message_id"], r["detail_type"], r["reason"], r["body"],
-                               str(r["created_at"]), r["attempts"]) for r in rows]
+            return [
+                DeadLetter(
+                    r["id"],
+                    r["message_id"],
+                    r["detail_type"],
+                    r["reason"],
+                    r["body"],
+                    str(r["created_at"]),
+                    r["attempts"],
+                )
+                for r in rows
+            ]
 
     def replay(self, letters: list[DeadLetter]) -> dict[str, str]:
         """Apply dead letters again (after the mapping was fixed); those that now go through

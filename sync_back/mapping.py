@@ -80,7 +80,9 @@ def _table(value: Any, info: ValidationInfo) -> TableRef:
     except ValueError as exc:
         raise ValueError(f"{exc}; write schema.table, e.g. 'public.orders'") from None
     if not table.schema:
-        raise ValueError(f"empty schema name in {value!r}; write schema.table, e.g. 'public.orders'")
+        raise ValueError(
+            f"empty schema name in {value!r}; write schema.table, e.g. 'public.orders'"
+        )
     return table
 
 
@@ -191,7 +193,7 @@ class Mapping(BaseModel):
                     raise ValueError(
                         f"id_path: {self.id_path!r} is also where column {name!r} is read; the "
                         f"event id must identify the event, not the row. Point id_path at the "
-                        f"event's own id field, or set id_path = \"\" to use the envelope id"
+                        f'event\'s own id field, or set id_path = "" to use the envelope id'
                     )
         return self
 

@@ -25,12 +25,19 @@ Policy = Literal["newer_wins", "new_system_wins", "legacy_wins", "park"]
 Decision = Literal["apply", "skip_stale", "skip_conflict", "park"]
 
 
-def decide(policy: Policy, row_exists: bool, legacy_version: Any, event_version: Any,
-           synced_version: str | None) -> Decision:
+def decide(
+    policy: Policy,
+    row_exists: bool,
+    legacy_version: Any,
+    event_version: Any,
+    synced_version: str | None,
+) -> Decision:
     if not row_exists or event_version is None or legacy_version is None:
         return "apply"
     stale = legacy_version >= event_version
-    changed_by_legacy = synced_version is not None and synced_version != version_text(legacy_version)
+    changed_by_legacy = synced_version is not None and synced_version != version_text(
+        legacy_version
+    )
     if policy == "new_system_wins":
         return "apply"
     if policy == "park":

@@ -97,8 +97,11 @@ def _paths(mapping: Mapping) -> _Paths:
         if len(_PATHS) >= 1000:  # mappings loaded again and again (tests): start over
             _PATHS.clear()
         found = _PATHS[id(mapping)] = _Paths(
-            mapping, mapping.root_parts, mapping.id_parts,
-            tuple((name, spec, spec.parts) for name, spec in mapping.columns.items()))
+            mapping,
+            mapping.root_parts,
+            mapping.id_parts,
+            tuple((name, spec, spec.parts) for name, spec in mapping.columns.items()),
+        )
     return found
 
 
@@ -207,8 +210,9 @@ def _first_unused(scope: dict[str, Any], mapping: Mapping) -> str | None:
     return _unused_under(scope, mapping.root_parts, used, prefixes)
 
 
-def _unused_under(node: Any, at: tuple[str, ...], used: set[tuple[str, ...]],
-                  prefixes: set[tuple[str, ...]]) -> str | None:
+def _unused_under(
+    node: Any, at: tuple[str, ...], used: set[tuple[str, ...]], prefixes: set[tuple[str, ...]]
+) -> str | None:
     # Recursion only follows the mapping's own paths, so its depth is theirs, not Detail's.
     items = node.items() if isinstance(node, dict) else enumerate(node)
     for key, value in items:
@@ -365,7 +369,9 @@ def _emit(value: Any, out: list[str]) -> None:
     elif isinstance(value, Decimal):
         # jsonb stores numbers as numeric, with numeric's range.
         if not _fits_numeric(value):
-            raise _Refused(f"the number {describe(value)} in the value is out of the range of numeric")
+            raise _Refused(
+                f"the number {describe(value)} in the value is out of the range of numeric"
+            )
         out.append(str(value))
     elif isinstance(value, dict):
         out.append("{")

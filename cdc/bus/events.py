@@ -72,13 +72,22 @@ class BusEntry(NamedTuple):
     def create(
         cls, event_id: str, table: str, source: str, detail_type: str, time: datetime, detail: str
     ) -> BusEntry:
-        return cls(event_id, table, source, detail_type, time, detail,
-                   entry_size(source, detail_type, detail))
+        return cls(
+            event_id,
+            table,
+            source,
+            detail_type,
+            time,
+            detail,
+            entry_size(source, detail_type, detail),
+        )
 
 
 def entry_size(source: str, detail_type: str, detail: str, resources: Sequence[str] = ()) -> int:
     """Size of a PutEvents entry by the AWS formula (Time counts 14 bytes; we always set it)."""
-    size = TIME_FIELD_BYTES + len(source.encode()) + len(detail_type.encode()) + len(detail.encode())
+    size = (
+        TIME_FIELD_BYTES + len(source.encode()) + len(detail_type.encode()) + len(detail.encode())
+    )
     return size + sum(len(r.encode()) for r in resources)
 
 
@@ -125,7 +134,11 @@ def event_id(source: str, identity: str, part: int = 0) -> str:
 def _json_default(value: object) -> JsonValue:
     # Numbers inside embedded json/jsonb documents may arrive as Decimal.
     if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() and "E" not in str(value) else float(value)
+        return (
+            int(value)
+            if value == value.to_integral_value() and "E" not in str(value)
+            else float(value)
+        )
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
@@ -162,8 +175,11 @@ class EventRenderer:
         found = self._tables.get((table, op))
         if found is None:
             name = render_detail_type(self._template_for(table), table, op)
-            found = (table.qualified, name,
-                     TIME_FIELD_BYTES + self._source_bytes + len(name.encode()))
+            found = (
+                table.qualified,
+                name,
+                TIME_FIELD_BYTES + self._source_bytes + len(name.encode()),
+            )
             self._tables[(table, op)] = found
         return found
 
@@ -186,33 +202,53 @@ class EventRenderer:
             old_key = _key(before, key_columns)
             if old_key != key:
                 # The two halves sort right after the change's own position, in this order.
-                out.append(self._entry(change, 1, "delete", old_key, before, None,
-                                       change.position + ".1"))
-                out.append(self._entry(change, 2, "insert", key, None, after,
-                                       change.position + ".2"))
+                out.append(
+                    self._entry(change, 1, "delete", old_key, before, None, change.position + ".1")
+                )
+                out.append(
+                    self._entry(change, 2, "insert", key, None, after, change.position + ".2")
+                )
                 return
         out.append(self._entry(change, 0, change.op, key, before, after, change.position))
 
-    def _entry(self, change: Change, part: int, op: Op, key: Row | None, before: Row | None,
-               after: Row | None, position: str) -> BusEntry:
+    def _entry(
+        self,
+        change: Change,
+        part: int,
+        op: Op,
+        key: Row | None,
+        before: Row | None,
+        after: Row | None,
+        position: str,
+    ) -> BusEntry:
         identifier = self._event_id(change.identity, part)
         table, detail_type, fixed_bytes = self._table(change.table, op)
-        detail = orjson.dumps({
-            "id": identifier,
-            "op": op,
-            "table": table,
-            "key": key,
-            "before": before,
-            "after": after,
-            "position": position,
-            "txid": change.txid,
-            "committed_at": self._iso(change.committed_at),
-            "origin": change.origin,
-            "unchanged": change.unchanged,
-            "schema_version": SCHEMA_VERSION,
-        }, default=_json_default)
-        return BusEntry(identifier, table, self.source, detail_type, change.committed_at,
-                        detail.decode(), fixed_bytes + len(detail))
+        detail = orjson.dumps(
+            {
+                "id": identifier,
+                "op": op,
+                "table": table,
+                "key": key,
+                "before": before,
+                "after": after,
+                "position": position,
+                "txid": change.txid,
+                "committed_at": self._iso(change.committed_at),
+                "origin": change.origin,
+                "unchanged": change.unchanged,
+                "schema_version": SCHEMA_VERSION,
+            },
+            default=_json_default,
+        )
+        return BusEntry(
+            identifier,
+            table,
+            self.source,
+            detail_type,
+            change.committed_at,
+            detail.decode(),
+            fixed_bytes + len(detail),
+        )
 
 
 def parse_iso(text: str) -> datetime:
@@ -233,14 +269,25 @@ def json_object(text: str) -> dict[str, JsonValue]:
 
 
 def entry_to_json(entry: BusEntry) -> str:
-    return json.dumps({
-        "Source": entry.source, "DetailType": entry.detail_type,
-        "Time": entry.time.isoformat(), "Detail": entry.detail,
-        "EventId": entry.event_id, "Table": entry.table,
-    })
+    return json.dumps(
+        {
+            "Source": entry.source,
+            "DetailType": entry.detail_type,
+            "Time": entry.time.isoformat(),
+            "Detail": entry.detail,
+            "EventId": entry.event_id,
+            "Table": entry.table,
+        }
+    )
 
 
 def entry_from_json(text: str) -> BusEntry:
     data: dict[str, Any] = json.loads(text)
-    return BusEntry.create(data["EventId"], data["Table"], data["Source"], data["DetailType"],
-                           parse_iso(data["Time"]), data["Detail"])
+    return BusEntry.create(
+        data["EventId"],
+        data["Table"],
+        data["Source"],
+        data["DetailType"],
+        parse_iso(data["Time"]),
+        data["Detail"],
+    )

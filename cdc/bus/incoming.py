@@ -68,7 +68,9 @@ def _constant(name: str) -> Any:
 
 
 # One decoder, reused (json.loads builds a new one per call when given hooks).
-_DECODER = json.JSONDecoder(parse_float=Decimal, parse_constant=_constant, object_pairs_hook=_object)
+_DECODER = json.JSONDecoder(
+    parse_float=Decimal, parse_constant=_constant, object_pairs_hook=_object
+)
 
 
 def text_problem(value: str) -> str | None:

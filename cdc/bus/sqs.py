@@ -34,7 +34,7 @@ QUEUE_MISSING_CODES = frozenset({"QueueDoesNotExist", "AWS.SimpleQueueService.No
 
 def backoff(attempt: int, initial: float = 0.2, maximum: float = 10.0) -> float:
     """Seconds to wait before try ``attempt + 1``: exponential, with full jitter."""
-    return random.uniform(0, min(maximum, initial * 2 ** attempt))
+    return random.uniform(0, min(maximum, initial * 2**attempt))
 
 
 class QueueStats(Protocol):
@@ -87,8 +87,16 @@ class Received:
 
 
 class Queue:
-    def __init__(self, sqs: Any, url: str | None, setting: str, wait_seconds: int,
-                 visibility_timeout: int, stop: threading.Event, stats: QueueStats) -> None:
+    def __init__(
+        self,
+        sqs: Any,
+        url: str | None,
+        setting: str,
+        wait_seconds: int,
+        visibility_timeout: int,
+        stop: threading.Event,
+        stats: QueueStats,
+    ) -> None:
         self.sqs = sqs
         self.url = url
         self.setting = setting  # the setting that names the queue, for error messages
@@ -101,8 +109,10 @@ class Queue:
     def receive(self) -> Received:
         try:
             reply = self.sqs.receive_message(
-                QueueUrl=self.url, MaxNumberOfMessages=RECEIVE_MAX,
-                WaitTimeSeconds=self.wait_seconds, VisibilityTimeout=self.visibility_timeout,
+                QueueUrl=self.url,
+                MaxNumberOfMessages=RECEIVE_MAX,
+                WaitTimeSeconds=self.wait_seconds,
+                VisibilityTimeout=self.visibility_timeout,
             )
         except Exception as exc:
             self._receive_failures += 1
@@ -130,10 +140,15 @@ class Queue:
         pending = {str(i): m["ReceiptHandle"] for i, m in enumerate(messages)}
         for attempt in range(1, DELETE_ATTEMPTS + 1):
             try:
-                reply = self.sqs.delete_message_batch(
-                    QueueUrl=self.url,
-                    Entries=[{"Id": i, "ReceiptHandle": handle} for i, handle in pending.items()],
-                ) or {}
+                reply = (
+                    self.sqs.delete_message_batch(
+                        QueueUrl=self.url,
+                        Entries=[
+                            {"Id": i, "ReceiptHandle": handle} for i, handle in pending.items()
+                        ],
+                    )
+                    or {}
+                )
             except Exception as exc:
                 codes = [self.error_code("DeleteMessageBatch", exc)] * len(pending)
             else:
@@ -148,25 +163,39 @@ class Queue:
             if attempt < DELETE_ATTEMPTS:
                 self.stop.wait(backoff(attempt))
         self.stats.undeleted += len(pending)
-        log.warning("%d handled messages could not be deleted from the queue (%s); they will "
-                    "come back after the visibility timeout and be skipped as duplicates",
-                    len(pending), ",".join(sorted(set(codes))))
+        log.warning(
+            "%d handled messages could not be deleted from the queue (%s); they will "
+            "come back after the visibility timeout and be skipped as duplicates",
+            len(pending),
+            ",".join(sorted(set(codes))),
+        )
 
     def release(self, messages: list[dict[str, Any]]) -> None:
         """Make received, unhandled messages visible again now (for another consumer)."""
         try:
-            self.sqs.change_message_visibility_batch(QueueUrl=self.url, Entries=[
-                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
-                for i, m in enumerate(messages)])
+            self.sqs.change_message_visibility_batch(
+                QueueUrl=self.url,
+                Entries=[
+                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
+                    for i, m in enumerate(messages)
+                ],
+            )
         except Exception as exc:  # they come back after their visibility timeout anyway
             log.warning("could not release %d received messages (%s)", len(messages), exc)
 
     def extend(self, messages: list[dict[str, Any]]) -> None:
         try:
-            self.sqs.change_message_visibility_batch(QueueUrl=self.url, Entries=[
-                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"],
-                 "VisibilityTimeout": self.visibility_timeout}
-                for i, m in enumerate(messages)])
+            self.sqs.change_message_visibility_batch(
+                QueueUrl=self.url,
+                Entries=[
+                    {
+                        "Id": str(i),
+                        "ReceiptHandle": m["ReceiptHandle"],
+                        "VisibilityTimeout": self.visibility_timeout,
+                    }
+                    for i, m in enumerate(messages)
+                ],
+            )
         except Exception as exc:
             # The work goes on: if the messages come back meanwhile, whoever receives them
             # finds them recorded (inbox, claims).
@@ -180,8 +209,9 @@ class Queue:
         code = self.error_code(call, exc)
         self._count([code])
         delay = backoff(failures)
-        log.warning("SQS %s failed with %s; attempt %d, retrying in %.2fs", call, code, failures,
-                    delay)
+        log.warning(
+            "SQS %s failed with %s; attempt %d, retrying in %.2fs", call, code, failures, delay
+        )
         self.stop.wait(delay)
 
     def error_code(self, call: str, exc: Exception) -> str:
@@ -190,14 +220,18 @@ class Queue:
             code = exc.response.get("Error", {}).get("Code") or "Unknown"
             message = exc.response.get("Error", {}).get("Message", "")
             if code in QUEUE_MISSING_CODES:
-                raise PermanentError(f"SQS {call} failed with {code}: {self.setting} "
-                                     f"{self.url!r} names no queue in this account and "
-                                     "region") from exc
+                raise PermanentError(
+                    f"SQS {call} failed with {code}: {self.setting} "
+                    f"{self.url!r} names no queue in this account and "
+                    "region"
+                ) from exc
             if classify_aws_error(code) != "retry":
-                raise PermanentError(f"SQS {call} failed with {code}: {message}. Check the AWS "
-                                     "credentials and that the IAM identity may call "
-                                     "sqs:ReceiveMessage, sqs:DeleteMessage and "
-                                     "sqs:ChangeMessageVisibility on the queue.") from exc
+                raise PermanentError(
+                    f"SQS {call} failed with {code}: {message}. Check the AWS "
+                    "credentials and that the IAM identity may call "
+                    "sqs:ReceiveMessage, sqs:DeleteMessage and "
+                    "sqs:ChangeMessageVisibility on the queue."
+                ) from exc
             return code
         if is_transient_transport_error(exc):
             return type(exc).__name__

@@ -167,10 +167,14 @@ class TableReader:
 
     def _key_types(self, connection: Connection) -> dict[str, str]:
         ref = self.info.ref
-        rows = connection.execute(text(
-            "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
-            "WHERE a.attrelid = CAST(:table AS regclass) AND a.attnum > 0 AND NOT a.attisdropped"
-        ), {"table": ref.quoted}).all()
+        rows = connection.execute(
+            text(
+                "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+                "WHERE a.attrelid = CAST(:table AS regclass) AND a.attnum > 0 "
+                "AND NOT a.attisdropped"
+            ),
+            {"table": ref.quoted},
+        ).all()
         return {name: kind for name, kind in rows}
 
     def sql(self, after: list[Any] | None) -> str:
@@ -178,8 +182,9 @@ class TableReader:
         where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
         return f"{self._head}{where} {self._order} {self._limit}"
 
-    def page(self, raw: Any, after: list[Any] | None, limit: int
-             ) -> tuple[list[dict[str, Any]], list[Any] | None]:
+    def page(
+        self, raw: Any, after: list[Any] | None, limit: int
+    ) -> tuple[list[dict[str, Any]], list[Any] | None]:
         """Rows after ``after`` (a key as ``last_key`` gave it), and the last key read."""
         cursor = raw.cursor()
         cursor.execute(self.sql(after), (*(after or ()), limit))
@@ -191,15 +196,17 @@ class TableReader:
 
     def count(self, connection: Connection) -> int:
         where = f" WHERE {self._where}" if self._where else ""
-        return int(connection.execute(text(f"SELECT count(*) FROM {self._source}{where}"))
-                   .scalar() or 0)
+        return int(
+            connection.execute(text(f"SELECT count(*) FROM {self._source}{where}")).scalar() or 0
+        )
 
 
 class Backfiller:
     """The worker's side of backfills: reads chunks, weaves them into batches, records progress."""
 
-    def __init__(self, engine: Engine, state: StateTables, mode: Mode,
-                 table_info: Callable[[str], TableInfo]) -> None:
+    def __init__(
+        self, engine: Engine, state: StateTables, mode: Mode, table_info: Callable[[str], TableInfo]
+    ) -> None:
         self.engine = engine
         self.state = state
         self.mode = mode
@@ -253,9 +260,13 @@ class Backfiller:
     def _refresh(self) -> None:
         table = self.state.backfills
         with self.engine.connect() as connection:
-            rows = connection.execute(
-                select(table).where(table.c.status == "running").order_by(table.c.id)
-            ).mappings().all()
+            rows = (
+                connection.execute(
+                    select(table).where(table.c.status == "running").order_by(table.c.id)
+                )
+                .mappings()
+                .all()
+            )
         known = {r.id: r for r in self.runs}
         self.runs = [known.get(row["id"]) or run_of(row) for row in rows]
 
@@ -272,8 +283,11 @@ class Backfiller:
             reader = self._reader(run, connection)
             raw: Any = connection.connection.driver_connection
             invisible, snapshot = self._snapshot(raw)
-            if snapshot is not None and self.mode == "logical" and any(
-                    not snapshot.sees_xid32(xid) for xid in self._recent):
+            if (
+                snapshot is not None
+                and self.mode == "logical"
+                and any(not snapshot.sees_xid32(xid) for xid in self._recent)
+            ):
                 # A transaction we already streamed is not yet visible to new snapshots; it
                 # will be in a moment. Reading now could miss its rows: try again next round.
                 raw.rollback()
@@ -291,9 +305,17 @@ class Backfiller:
             self._store_progress(run, done=True)
             return
         key = reader.key
-        pending = Pending(run, reader.info, rows, [key_of(r, key) for r in rows], last,
-                          len(rows) >= run.chunk_size, invisible, uuid.uuid4().hex,
-                          datetime.now(UTC))
+        pending = Pending(
+            run,
+            reader.info,
+            rows,
+            [key_of(r, key) for r in rows],
+            last,
+            len(rows) >= run.chunk_size,
+            invisible,
+            uuid.uuid4().hex,
+            datetime.now(UTC),
+        )
         self._write_watermark(pending)
         self.pending = pending
         if not pending.ready:
@@ -304,16 +326,19 @@ class Backfiller:
         if self.sqlite:
             # One writer at a time, and ids taken in commit order: a change is invisible to
             # the read exactly when its id is past the highest id given out before it.
-            cursor.execute("SELECT seq FROM sqlite_sequence WHERE name = ?",
-                           (self.state.changelog.name,))
+            cursor.execute(
+                "SELECT seq FROM sqlite_sequence WHERE name = ?", (self.state.changelog.name,)
+            )
             found = cursor.fetchone()
             seen = int(found[0]) if found else 0
             return (lambda change: int(change.position) > seen), None
         cursor.execute("SELECT pg_current_snapshot()::text")
         snapshot = Snapshot.parse(cursor.fetchone()[0])
         if self.mode == "logical":
-            return (lambda change: change.txid is None or not snapshot.sees_xid32(change.txid),
-                    snapshot)
+            return (
+                lambda change: change.txid is None or not snapshot.sees_xid32(change.txid),
+                snapshot,
+            )
         return (lambda change: change.txid is None or not snapshot.sees(change.txid)), snapshot
 
     def _write_watermark(self, pending: Pending) -> None:
@@ -321,20 +346,26 @@ class Backfiller:
             raw: Any = connection.connection.driver_connection
             cursor = raw.cursor()
             if self.mode == "logical":
-                cursor.execute("SELECT pg_logical_emit_message(true, %s, %s)",
-                               (WATERMARK_PREFIX, pending.token))
+                cursor.execute(
+                    "SELECT pg_logical_emit_message(true, %s, %s)",
+                    (WATERMARK_PREFIX, pending.token),
+                )
                 return
             log_table = self.state.qualified(self.state.changelog)
             payload = orjson.dumps({"token": pending.token}).decode()
             if self.sqlite:
-                cursor.execute(f"INSERT INTO {log_table} (table_name, op, after) VALUES (?, ?, ?)",
-                               (pending.run.table, WATERMARK_OP, payload))
+                cursor.execute(
+                    f"INSERT INTO {log_table} (table_name, op, after) VALUES (?, ?, ?)",
+                    (pending.run.table, WATERMARK_OP, payload),
+                )
                 pending.position = f"{cursor.lastrowid:020d}"
                 pending.ready = True
                 return
-            cursor.execute(f"INSERT INTO {log_table} (table_name, op, after) "
-                           "VALUES (%s, %s, %s::json) RETURNING id, txid",
-                           (pending.run.table, WATERMARK_OP, payload))
+            cursor.execute(
+                f"INSERT INTO {log_table} (table_name, op, after) "
+                "VALUES (%s, %s, %s::json) RETURNING id, txid",
+                (pending.run.table, WATERMARK_OP, payload),
+            )
             watermark_id, own = cursor.fetchone()
         # A transaction that took a lower id wrote its legacy row (and got its xid) before
         # that, so before the watermark got its xid: it has a lower xid.
@@ -348,7 +379,8 @@ class Backfiller:
             return
         with self.engine.connect() as connection:
             oldest = connection.execute(
-                text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")).scalar_one()
+                text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
+            ).scalar_one()
             connection.rollback()
         pending.ready = int(oldest) > pending.writers_below
 
@@ -408,8 +440,20 @@ class Backfiller:
             for row, key in zip(pending.rows, pending.keys, strict=True):
                 if key in dropped:
                     continue
-                out.append(Change(ref, "read", None, row, f"{prefix}{len(out):08d}", None, moment,
-                                  "legacy", (), identity + key.decode()))
+                out.append(
+                    Change(
+                        ref,
+                        "read",
+                        None,
+                        row,
+                        f"{prefix}{len(out):08d}",
+                        None,
+                        moment,
+                        "legacy",
+                        (),
+                        identity + key.decode(),
+                    )
+                )
         pending.emitted = len(out)
         return out
 
@@ -434,12 +478,18 @@ class Backfiller:
         if pending is None or pending.emitted < 0:
             return
         run = pending.run
-        progress = replace(run, last_key=pending.last_key,
-                           rows_done=run.rows_done + len(pending.rows),
-                           chunks_done=run.chunks_done + 1)
+        progress = replace(
+            run,
+            last_key=pending.last_key,
+            rows_done=run.rows_done + len(pending.rows),
+            chunks_done=run.chunks_done + 1,
+        )
         self._store_progress(progress, done=not pending.full)
-        run.last_key, run.rows_done, run.chunks_done = (progress.last_key, progress.rows_done,
-                                                        progress.chunks_done)
+        run.last_key, run.rows_done, run.chunks_done = (
+            progress.last_key,
+            progress.rows_done,
+            progress.chunks_done,
+        )
         self.rows_published += pending.emitted
         self.pending = None
         if run.rate:
@@ -450,24 +500,39 @@ class Backfiller:
         now = _now(self.sqlite)
         values: dict[str, Any] = {
             "last_key": None if run.last_key is None else orjson.dumps(run.last_key).decode(),
-            "rows_done": run.rows_done, "chunks_done": run.chunks_done, "updated_at": now,
+            "rows_done": run.rows_done,
+            "chunks_done": run.chunks_done,
+            "updated_at": now,
         }
         if done:
             values.update(status="done", finished_at=now)
         with self.engine.begin() as connection:
-            connection.execute(table.update().where(table.c.id == run.id,
-                                                    table.c.status == "running").values(**values))
+            connection.execute(
+                table.update()
+                .where(table.c.id == run.id, table.c.status == "running")
+                .values(**values)
+            )
         if done:
-            log.info("backfill #%d of %s done: %d rows in %d chunks", run.id, run.table,
-                     run.rows_done, run.chunks_done)
+            log.info(
+                "backfill #%d of %s done: %d rows in %d chunks",
+                run.id,
+                run.table,
+                run.rows_done,
+                run.chunks_done,
+            )
             self.runs = [r for r in self.runs if r.id != run.id]
 
     def _fail(self, run: Run, reason: str) -> None:
         log.error("backfill #%d of %s stopped: %s", run.id, run.table, reason)
         table = self.state.backfills
         with self.engine.begin() as connection:
-            connection.execute(table.update().where(table.c.id == run.id).values(
-                status="failed", updated_at=_now(self.sqlite), finished_at=_now(self.sqlite)))
+            connection.execute(
+                table.update()
+                .where(table.c.id == run.id)
+                .values(
+                    status="failed", updated_at=_now(self.sqlite), finished_at=_now(self.sqlite)
+                )
+            )
         self.runs = [r for r in self.runs if r.id != run.id]
 
     def forget_pending(self) -> None:
@@ -482,61 +547,103 @@ def _now(sqlite: bool) -> Any:
 
 def run_of(row: Any) -> Run:
     last = row["last_key"]
-    return Run(row["id"], row["table_name"], row["where_clause"], row["chunk_size"], row["rate"],
-               None if last is None else orjson.loads(last), row["rows_done"], row["chunks_done"],
-               row["rows_total"], row["status"], row["started_at"], row["updated_at"])
+    return Run(
+        row["id"],
+        row["table_name"],
+        row["where_clause"],
+        row["chunk_size"],
+        row["rate"],
+        None if last is None else orjson.loads(last),
+        row["rows_done"],
+        row["chunks_done"],
+        row["rows_total"],
+        row["status"],
+        row["started_at"],
+        row["updated_at"],
+    )
 
 
 # -- the operator's side: start, resume, list ------------------------------------------
 
 
-def start(engine: Engine, state: StateTables, info: TableInfo, where: str | None,
-          chunk_size: int, rate: float | None) -> tuple[Run, bool]:
+def start(
+    engine: Engine,
+    state: StateTables,
+    info: TableInfo,
+    where: str | None,
+    chunk_size: int,
+    rate: float | None,
+) -> tuple[Run, bool]:
     """A running backfill of the table, resumed if one with the same ``where`` exists, else
     a new one; and whether it was resumed."""
     table = state.backfills
     name = info.ref.qualified
     sqlite = engine.dialect.name == "sqlite"
     with engine.begin() as connection:
-        row = connection.execute(select(table).where(
-            table.c.table_name == name, table.c.status == "running")).mappings().first()
+        row = (
+            connection.execute(
+                select(table).where(table.c.table_name == name, table.c.status == "running")
+            )
+            .mappings()
+            .first()
+        )
         if row is not None:
             run = run_of(row)
             if (run.where or None) != (where or None):
                 raise CdcError(
                     f"backfill #{run.id} of {name} is running with --where {run.where!r}; let it "
-                    f"finish, or cancel it first (cdc backfill --cancel {name})")
+                    f"finish, or cancel it first (cdc backfill --cancel {name})"
+                )
             if run.chunk_size != chunk_size or run.rate != rate:
-                connection.execute(table.update().where(table.c.id == run.id).values(
-                    chunk_size=chunk_size, rate=rate))
+                connection.execute(
+                    table.update()
+                    .where(table.c.id == run.id)
+                    .values(chunk_size=chunk_size, rate=rate)
+                )
                 run.chunk_size, run.rate = chunk_size, rate
             return run, True
         reader = TableReader(connection, info, where)
         try:
             total = reader.count(connection)
         except Exception as exc:
-            raise CdcError(f"cannot read {name} with --where {where!r}: "
-                           f"{str(exc).splitlines()[0]}") from None
+            raise CdcError(
+                f"cannot read {name} with --where {where!r}: {str(exc).splitlines()[0]}"
+            ) from None
         now = _now(sqlite)
-        new_id = connection.execute(table.insert().values(
-            table_name=name, where_clause=where or None, chunk_size=chunk_size, rate=rate,
-            status="running", last_key=None, rows_total=total, rows_done=0, chunks_done=0,
-            started_at=now, updated_at=now,
-        ).returning(table.c.id)).scalar_one()
+        new_id = connection.execute(
+            table.insert()
+            .values(
+                table_name=name,
+                where_clause=where or None,
+                chunk_size=chunk_size,
+                rate=rate,
+                status="running",
+                last_key=None,
+                rows_total=total,
+                rows_done=0,
+                chunks_done=0,
+                started_at=now,
+                updated_at=now,
+            )
+            .returning(table.c.id)
+        ).scalar_one()
     return Run(new_id, name, where or None, chunk_size, rate, None, 0, 0, total), False
 
 
 def cancel(engine: Engine, state: StateTables, name: str) -> int:
     table = state.backfills
     with engine.begin() as connection:
-        result = connection.execute(table.update().where(
-            table.c.table_name == name, table.c.status == "running").values(
-            status="cancelled", updated_at=_now(engine.dialect.name == "sqlite")))
+        result = connection.execute(
+            table.update()
+            .where(table.c.table_name == name, table.c.status == "running")
+            .values(status="cancelled", updated_at=_now(engine.dialect.name == "sqlite"))
+        )
     return int(result.rowcount)
 
 
-def runs(engine: Engine, state: StateTables, ids: Sequence[int] | None = None,
-         limit: int = 50) -> list[Run]:
+def runs(
+    engine: Engine, state: StateTables, ids: Sequence[int] | None = None, limit: int = 50
+) -> list[Run]:
     table = state.backfills
     query = select(table).order_by(table.c.id.desc()).limit(limit)
     if ids is not None:
@@ -548,5 +655,7 @@ def runs(engine: Engine, state: StateTables, ids: Sequence[int] | None = None,
 def running_count(engine: Engine, state: StateTables) -> int:
     table = state.backfills
     with engine.connect() as connection:
-        return int(connection.execute(
-            select(func.count()).where(table.c.status == "running")).scalar() or 0)
+        return int(
+            connection.execute(select(func.count()).where(table.c.status == "running")).scalar()
+            or 0
+        )

@@ -7,13 +7,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Engine
 from sqlalchemy import types as sqltypes
-from sqlalchemy.exc import NoSuchTableError
 
 from cdc.bus.events import json_object
 from cdc.capture.values import RowConvert, exact_in_doubles, row_converters
-from cdc.core.errors import SetupError
+from cdc.core.catalog import reflect
 from cdc.core.tables import TableRef
 
 
@@ -41,24 +40,16 @@ def _fast_parse(text: str) -> dict[str, Any]:
 
 
 def read_table(engine: Engine, ref: TableRef) -> TableInfo:
-    inspector = inspect(engine)
-    schema = None if engine.dialect.name == "sqlite" and ref.schema == "main" else ref.schema
-    try:
-        columns = inspector.get_columns(ref.name, schema=schema)
-    except NoSuchTableError:
-        raise SetupError(
-            f"table {ref.qualified} does not exist; check CDC_TABLES (names are schema.table)"
-        ) from None
-    if not columns:
-        raise SetupError(f"table {ref.qualified} does not exist; check CDC_TABLES")
-    key = tuple(inspector.get_pk_constraint(ref.name, schema=schema).get("constrained_columns") or ())
-    types = {column["name"]: column["type"] for column in columns}
+    shape = reflect(engine, ref)
+    types = shape.types
     dialect = engine.dialect.name
     # orjson parses an image about four times faster than the json module, but into doubles:
-    # taken only where every exact numeric column fits a double (see cdc.values).
+    # taken only where every exact numeric column fits a double (see cdc.capture.values).
     fast = dialect == "postgresql" and exact_in_doubles(types)
     convert, convert_known = row_converters(types, dialect, numerics_as_doubles=fast)
-    return TableInfo(ref, types, key, convert, _fast_parse if fast else json_object, convert_known)
+    return TableInfo(
+        ref, types, shape.key, convert, _fast_parse if fast else json_object, convert_known
+    )
 
 
 class Catalog:

@@ -33,7 +33,9 @@ def _upsert(dialect: str, table: str) -> str:
     )
 
 
-def store(connection: Connection, tables: StateTables, stream: str, position: str, count: int) -> None:
+def store(
+    connection: Connection, tables: StateTables, stream: str, position: str, count: int
+) -> None:
     """Record an acknowledged batch, inside the caller's transaction."""
     sql = _upsert(connection.dialect.name, tables.qualified(tables.checkpoints))
     raw: Any = connection.connection.driver_connection

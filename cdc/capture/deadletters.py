@@ -35,8 +35,13 @@ def store(connection: Connection, tables: StateTables, rejections: Sequence[Reje
         return
     now = datetime.now(UTC)
     rows = [
-        {"event_id": r.entry.event_id, "table_name": r.entry.table, "reason": r.reason,
-         "entry": entry_to_json(r.entry), "created_at": _moment(connection, now)}
+        {
+            "event_id": r.entry.event_id,
+            "table_name": r.entry.table,
+            "reason": r.reason,
+            "entry": entry_to_json(r.entry),
+            "created_at": _moment(connection, now),
+        }
         for r in rejections
     ]
     table = tables.dead_letters
@@ -58,19 +63,29 @@ def listing(engine: Engine, tables: StateTables, limit: int = 100) -> list[DeadL
     with engine.connect() as connection:
         rows = connection.execute(select(table).order_by(table.c.id).limit(limit)).mappings()
         return [
-            DeadLetter(row["id"], row["event_id"], row["table_name"], row["reason"],
-                       str(row["created_at"]), row["attempts"], entry_from_json(row["entry"]))
+            DeadLetter(
+                row["id"],
+                row["event_id"],
+                row["table_name"],
+                row["reason"],
+                str(row["created_at"]),
+                row["attempts"],
+                entry_from_json(row["entry"]),
+            )
             for row in rows
         ]
 
 
 def count(engine: Engine, tables: StateTables) -> int:
     with engine.connect() as connection:
-        return int(connection.execute(select(func.count()).select_from(tables.dead_letters)).scalar_one())
+        return int(
+            connection.execute(select(func.count()).select_from(tables.dead_letters)).scalar_one()
+        )
 
 
-def resolve(engine: Engine, tables: StateTables, accepted: Sequence[str],
-            rejected: Sequence[Rejection]) -> None:
+def resolve(
+    engine: Engine, tables: StateTables, accepted: Sequence[str], rejected: Sequence[Rejection]
+) -> None:
     """After a resend: accepted events leave the table, rejected ones get the new reason."""
     table = tables.dead_letters
     with engine.begin() as connection:
@@ -78,6 +93,7 @@ def resolve(engine: Engine, tables: StateTables, accepted: Sequence[str],
             connection.execute(delete(table).where(table.c.event_id.in_(accepted)))
         for rejection in rejected:
             connection.execute(
-                update(table).where(table.c.event_id == rejection.entry.event_id)
+                update(table)
+                .where(table.c.event_id == rejection.entry.event_id)
                 .values(reason=rejection.reason, attempts=table.c.attempts + 1)
             )

@@ -16,10 +16,12 @@ def create_demo_table(engine: Engine) -> bool:
     if inspect(engine).has_table("widgets"):
         return False
     with engine.begin() as connection:
-        connection.execute(text(
-            "CREATE TABLE widgets (id INTEGER PRIMARY KEY, name TEXT NOT NULL, "
-            "price NUMERIC, updated_at TEXT)"
-        ))
+        connection.execute(
+            text(
+                "CREATE TABLE widgets (id INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+                "price NUMERIC, updated_at TEXT)"
+            )
+        )
     return True
 
 

@@ -38,7 +38,11 @@ class WorkerCollector(Collector):
         for name, help_text, value in (
             ("cdc_changes_captured", "changes read and acknowledged", stats.changes),
             ("cdc_events_published", "events the bus accepted", stats.published),
-            ("cdc_changes_skipped", "changes not published (their origin is skipped)", stats.skipped),
+            (
+                "cdc_changes_skipped",
+                "changes not published (their origin is skipped)",
+                stats.skipped,
+            ),
             ("cdc_dead_letters", "events the bus can never accept", stats.dead_letters),
             ("cdc_batches", "batches acknowledged", stats.batches),
             ("cdc_database_retries", "database operations retried", stats.db_retries),
@@ -49,17 +53,22 @@ class WorkerCollector(Collector):
         publisher_stats = getattr(self.worker.publisher, "stats", None)
         retries = getattr(publisher_stats, "retries_by_code", None)
         if retries is not None:
-            counter = CounterMetricFamily("cdc_publish_retries", "entries sent again, by error code",
-                                          labels=["code"])
+            counter = CounterMetricFamily(
+                "cdc_publish_retries", "entries sent again, by error code", labels=["code"]
+            )
             for code, count in sorted(retries.items()):
                 counter.add_metric([code], count)
             yield counter
-        lag = GaugeMetricFamily("cdc_lag_seconds",
-                                "now minus the commit time of the newest acknowledged change")
-        lag.add_metric([], time.time() - stats.last_committed_at if stats.last_committed_at else 0.0)
+        lag = GaugeMetricFamily(
+            "cdc_lag_seconds", "now minus the commit time of the newest acknowledged change"
+        )
+        lag.add_metric(
+            [], time.time() - stats.last_committed_at if stats.last_committed_at else 0.0
+        )
         yield lag
-        last = GaugeMetricFamily("cdc_last_read_timestamp_seconds",
-                                 "when the worker last reached its source")
+        last = GaugeMetricFamily(
+            "cdc_last_read_timestamp_seconds", "when the worker last reached its source"
+        )
         last.add_metric([], stats.last_read_at)
         yield last
         yield from self._backfill()
@@ -69,15 +78,21 @@ class WorkerCollector(Collector):
         filler = self.worker.backfill
         if filler is None:
             return
-        published = CounterMetricFamily("cdc_backfill_rows_published",
-                                         "rows published by backfills ('read' events)")
+        published = CounterMetricFamily(
+            "cdc_backfill_rows_published", "rows published by backfills ('read' events)"
+        )
         published.add_metric([], filler.rows_published)
         yield published
-        done = GaugeMetricFamily("cdc_backfill_rows_done", "rows done by each running backfill",
-                                 labels=["table", "backfill"])
-        total = GaugeMetricFamily("cdc_backfill_rows_total",
-                                  "rows to do by each running backfill (counted at its start)",
-                                  labels=["table", "backfill"])
+        done = GaugeMetricFamily(
+            "cdc_backfill_rows_done",
+            "rows done by each running backfill",
+            labels=["table", "backfill"],
+        )
+        total = GaugeMetricFamily(
+            "cdc_backfill_rows_total",
+            "rows to do by each running backfill (counted at its start)",
+            labels=["table", "backfill"],
+        )
         for run in list(filler.runs):
             labels = [run.table, str(run.id)]
             done.add_metric(labels, run.rows_done)
@@ -92,8 +107,9 @@ class WorkerCollector(Collector):
         try:
             if isinstance(source, ChangeLogSource):
                 count, _ = source.pending()
-                pending = GaugeMetricFamily("cdc_pending_changes",
-                                            "change-log rows not yet published")
+                pending = GaugeMetricFamily(
+                    "cdc_pending_changes", "change-log rows not yet published"
+                )
                 pending.add_metric([], count)
                 yield pending
             elif isinstance(source, LogicalSource):
@@ -101,12 +117,16 @@ class WorkerCollector(Collector):
                 retained = GaugeMetricFamily(
                     "cdc_slot_retained_wal_bytes",
                     "WAL the replication slot holds back (current LSN minus its restart LSN)",
-                    labels=["slot"])
+                    labels=["slot"],
+                )
                 retained.add_metric([source.slot], status.retained_bytes or 0)
                 yield retained
                 behind = GaugeMetricFamily(
-                    "cdc_slot_lag_bytes", "WAL not yet confirmed as published (current LSN "
-                    "minus the slot's confirmed flush LSN)", labels=["slot"])
+                    "cdc_slot_lag_bytes",
+                    "WAL not yet confirmed as published (current LSN "
+                    "minus the slot's confirmed flush LSN)",
+                    labels=["slot"],
+                )
                 behind.add_metric([source.slot], status.lag_bytes or 0)
                 yield behind
         except Exception as exc:
@@ -115,7 +135,6 @@ class WorkerCollector(Collector):
 
 def serve(worker: Worker, port: int, ready_within: float = 30.0) -> ThreadingHTTPServer:
     """Start the worker's endpoints on ``port`` (0: any free port) in a daemon thread."""
-    return serve_endpoints(WorkerCollector(worker), lambda: worker.stats.last_read_at, port,
-                           ready_within)
-
-
+    return serve_endpoints(
+        WorkerCollector(worker), lambda: worker.stats.last_read_at, port, ready_within
+    )

@@ -52,9 +52,11 @@ class Lease:
         try:
             if self._connection is None:
                 self._connection = self.engine.connect().execution_options(
-                    isolation_level="AUTOCOMMIT")
-            held = self._connection.execute(text("SELECT pg_try_advisory_lock(:k)"),
-                                            {"k": self.key}).scalar()
+                    isolation_level="AUTOCOMMIT"
+                )
+            held = self._connection.execute(
+                text("SELECT pg_try_advisory_lock(:k)"), {"k": self.key}
+            ).scalar()
         except Exception as exc:
             log.warning("lease %s: database unavailable (%s)", self.name, exc)
             self._drop()

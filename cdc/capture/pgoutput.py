@@ -314,8 +314,14 @@ _DECODERS: Final = {
 }
 # Types that only later protocol versions or options send: named so the error says what to fix.
 _NOT_VERSION_1: Final = {
-    "S": "Stream Start", "E": "Stream Stop", "c": "Stream Commit", "A": "Stream Abort",
-    "b": "Begin Prepare", "P": "Prepare", "K": "Commit Prepared", "r": "Rollback Prepared",
+    "S": "Stream Start",
+    "E": "Stream Stop",
+    "c": "Stream Commit",
+    "A": "Stream Abort",
+    "b": "Begin Prepare",
+    "P": "Prepare",
+    "K": "Commit Prepared",
+    "r": "Rollback Prepared",
     "p": "Stream Prepare",
 }
 

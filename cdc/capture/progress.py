@@ -18,7 +18,9 @@ log = logging.getLogger("cdc.backfill")
 LOG_EVERY = 10.0  # seconds between progress lines when not in a terminal
 
 
-def follow(read: Callable[[], Sequence[Run]], stop: threading.Event, every: float = 0.5) -> list[Run]:
+def follow(
+    read: Callable[[], Sequence[Run]], stop: threading.Event, every: float = 0.5
+) -> list[Run]:
     """Show the runs' progress until none is running or ``stop`` is set; the last reading."""
     if sys.stdout.isatty():
         return _bars(read, stop, every)
@@ -39,16 +41,28 @@ def _bars(read: Callable[[], Sequence[Run]], stop: threading.Event, every: float
         TransferSpeedColumn,
     )
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TransferSpeedColumn(), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
     runs = list(read())
     with Progress(*columns) as bars:
-        tasks = {r.id: bars.add_task(f"#{r.id} {r.table}", total=r.rows_total or None,
-                                     completed=r.rows_done) for r in runs}
+        tasks = {
+            r.id: bars.add_task(
+                f"#{r.id} {r.table}", total=r.rows_total or None, completed=r.rows_done
+            )
+            for r in runs
+        }
         while True:
             for run in runs:
-                bars.update(tasks[run.id], completed=run.rows_done,
-                            description=f"#{run.id} {run.table} ({run.status})")
+                bars.update(
+                    tasks[run.id],
+                    completed=run.rows_done,
+                    description=f"#{run.id} {run.table} ({run.status})",
+                )
             if not _running(runs) or stop.wait(every):
                 return runs
             runs = list(read())

@@ -19,8 +19,6 @@ from cdc.core.tables import quote_ident
 log = logging.getLogger(__name__)
 
 
-
-
 def check_server(connection: Connection) -> None:
     level = connection.execute(text("SHOW wal_level")).scalar_one()
     if level != "logical":
@@ -28,13 +26,14 @@ def check_server(connection: Connection) -> None:
             f"wal_level is {level!r}; logical decoding needs 'logical'. As a superuser: "
             "ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL."
         )
-    allowed = connection.execute(text(
-        "SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user"
-    )).scalar_one()
+    allowed = connection.execute(
+        text("SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user")
+    ).scalar_one()
     if not allowed:
         user = connection.execute(text("SELECT current_user")).scalar_one()
         raise SetupError(
-            f"role {user!r} may not stream changes; as a superuser: ALTER ROLE {quote_ident(user)} WITH REPLICATION;"
+            f"role {user!r} may not stream changes; as a superuser: "
+            f"ALTER ROLE {quote_ident(user)} WITH REPLICATION;"
         )
 
 
@@ -64,17 +63,25 @@ def install(engine: Engine, infos: Iterable[TableInfo], slot: str, publication: 
             text("SELECT 1 FROM pg_publication WHERE pubname = :p"), {"p": publication}
         ).first()
         if exists is None:
-            connection.execute(text(f"CREATE PUBLICATION {quote_ident(publication)} FOR TABLE {', '.join(names)}"))
+            connection.execute(
+                text(f"CREATE PUBLICATION {quote_ident(publication)} FOR TABLE {', '.join(names)}")
+            )
             log.info("publication %s created", publication)
         else:
             published = {
-                f"{row.schemaname}.{row.tablename}" for row in connection.execute(
-                    text("SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = :p"),
-                    {"p": publication})
+                f"{row.schemaname}.{row.tablename}"
+                for row in connection.execute(
+                    text(
+                        "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = :p"
+                    ),
+                    {"p": publication},
+                )
             }
             for info, name in zip(infos, names, strict=True):
                 if info.ref.qualified not in published:
-                    connection.execute(text(f"ALTER PUBLICATION {quote_ident(publication)} ADD TABLE {name}"))
+                    connection.execute(
+                        text(f"ALTER PUBLICATION {quote_ident(publication)} ADD TABLE {name}")
+                    )
                     log.info("%s added to publication %s", info.ref.qualified, publication)
     # A slot cannot be created in a transaction that has written (it must be the first thing).
     with engine.connect() as connection:
@@ -88,14 +95,17 @@ def install(engine: Engine, infos: Iterable[TableInfo], slot: str, publication: 
             connection.commit()
             log.info("replication slot %s created", slot)
         elif row.plugin != "pgoutput":
-            raise SetupError(f"replication slot {slot!r} exists with the {row.plugin!r} plugin; "
-                             "name another slot in CDC_SLOT_NAME or drop it")
+            raise SetupError(
+                f"replication slot {slot!r} exists with the {row.plugin!r} plugin; "
+                "name another slot in CDC_SLOT_NAME or drop it"
+            )
 
 
 def drop(engine: Engine, slot: str, publication: str) -> None:
     with engine.connect() as connection:
-        if connection.execute(text("SELECT 1 FROM pg_replication_slots WHERE slot_name = :s"),
-                              {"s": slot}).first():
+        if connection.execute(
+            text("SELECT 1 FROM pg_replication_slots WHERE slot_name = :s"), {"s": slot}
+        ).first():
             connection.execute(text("SELECT pg_drop_replication_slot(:s)"), {"s": slot})
         connection.execute(text(f"DROP PUBLICATION IF EXISTS {quote_ident(publication)}"))
         connection.commit()

@@ -57,12 +57,8 @@ def drop(engine: Engine, tables: Iterable[TableRef], state_schema: str) -> None:
             log.info("capture triggers removed from %s", ref.qualified)
 
 
-
-
 def _literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
-
-
 
 
 def _require_capture_function(connection: Connection, state_schema: str) -> None:
@@ -78,14 +74,18 @@ def _require_capture_function(connection: Connection, state_schema: str) -> None
 def _install_postgres(connection: Connection, ref: TableRef, state_schema: str) -> None:
     function = f"{quote_ident(state_schema)}.capture()"
     name = f"{state_schema}_capture"
-    connection.execute(text(
-        f"CREATE TRIGGER {quote_ident(name)} AFTER INSERT OR UPDATE OR DELETE ON {ref.quoted} "
-        f"FOR EACH ROW EXECUTE FUNCTION {function}"
-    ))
-    connection.execute(text(
-        f"CREATE TRIGGER {quote_ident(name + '_truncate')} AFTER TRUNCATE ON {ref.quoted} "
-        f"FOR EACH STATEMENT EXECUTE FUNCTION {function}"
-    ))
+    connection.execute(
+        text(
+            f"CREATE TRIGGER {quote_ident(name)} AFTER INSERT OR UPDATE OR DELETE ON {ref.quoted} "
+            f"FOR EACH ROW EXECUTE FUNCTION {function}"
+        )
+    )
+    connection.execute(
+        text(
+            f"CREATE TRIGGER {quote_ident(name + '_truncate')} AFTER TRUNCATE ON {ref.quoted} "
+            f"FOR EACH STATEMENT EXECUTE FUNCTION {function}"
+        )
+    )
 
 
 def _drop_postgres(connection: Connection, ref: TableRef, state_schema: str) -> None:
@@ -119,15 +119,19 @@ def _install_sqlite(connection: Connection, info: TableInfo) -> None:
     }
     for op in _SQLITE_OPS:
         before, after = images[op]
-        connection.execute(text(
-            f"CREATE TRIGGER {quote_ident(_sqlite_trigger_name(ref, op))} AFTER {op.upper()} "
-            f"ON {quote_ident(ref.name)} BEGIN "
-            f"INSERT INTO cdc_changelog (table_name, op, before, after, origin) VALUES ("
-            f"{_literal(ref.qualified)}, {_literal(op)}, {before}, {after}, "
-            f"(SELECT origin FROM cdc_origin LIMIT 1)); END"
-        ))
+        connection.execute(
+            text(
+                f"CREATE TRIGGER {quote_ident(_sqlite_trigger_name(ref, op))} AFTER {op.upper()} "
+                f"ON {quote_ident(ref.name)} BEGIN "
+                f"INSERT INTO cdc_changelog (table_name, op, before, after, origin) VALUES ("
+                f"{_literal(ref.qualified)}, {_literal(op)}, {before}, {after}, "
+                f"(SELECT origin FROM cdc_origin LIMIT 1)); END"
+            )
+        )
 
 
 def _drop_sqlite(connection: Connection, ref: TableRef) -> None:
     for op in _SQLITE_OPS:
-        connection.execute(text(f"DROP TRIGGER IF EXISTS {quote_ident(_sqlite_trigger_name(ref, op))}"))
+        connection.execute(
+            text(f"DROP TRIGGER IF EXISTS {quote_ident(_sqlite_trigger_name(ref, op))}")
+        )

@@ -2,9 +2,11 @@
 
 Row images reach the worker as JSON text written by the capture triggers (PostgreSQL's
 ``row_to_json(row)``, SQLite's ``json_object``), parsed with ``parse_float=Decimal`` so no
-digit is lost, or into doubles where every exact numeric column fits one (``exact_in_doubles``). This module turns each value into the event contract's form: exact numerics as
-strings, timestamps with a zone in UTC, bytes as base64, uuid as text, json embedded, arrays
-as lists. Conversion is decided once per column from the catalog type, not per value.
+digit is lost, or into doubles where every exact numeric column fits one
+(``exact_in_doubles``). This module turns each value into the event contract's form: exact
+numerics as strings, timestamps with a zone in UTC, bytes as base64, uuid as text, json
+embedded, arrays as lists. Conversion is decided once per column from the catalog type, not
+per value.
 """
 
 from __future__ import annotations
@@ -98,7 +100,11 @@ def _sqlite_blob(value: Any) -> Any:
 def plain_json(value: Any) -> Any:
     """Numbers of embedded json documents: Decimal back to int or float."""
     if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() and "E" not in str(value) else float(value)
+        return (
+            int(value)
+            if value == value.to_integral_value() and "E" not in str(value)
+            else float(value)
+        )
     if isinstance(value, dict):
         return {k: plain_json(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -109,8 +115,10 @@ def plain_json(value: Any) -> Any:
 def _array_of(element: Convert) -> Convert:
     def convert(value: Any) -> Any:
         if isinstance(value, list):
-            return [convert(v) if isinstance(v, list) else (None if v is None else element(v))
-                    for v in value]
+            return [
+                convert(v) if isinstance(v, list) else (None if v is None else element(v))
+                for v in value
+            ]
         return value
 
     return convert
@@ -137,22 +145,27 @@ def exact_in_doubles(column_types: Mapping[str, sqltypes.TypeEngine[Any]]) -> bo
     for column_type in column_types.values():
         if isinstance(column_type, sqltypes.ARRAY):
             column_type = column_type.item_type
-        if isinstance(column_type, sqltypes.Numeric) and not isinstance(column_type, sqltypes.Float):
+        if isinstance(column_type, sqltypes.Numeric) and not isinstance(
+            column_type, sqltypes.Float
+        ):
             precision = column_type.precision
             if precision is None or precision > _DOUBLE_DIGITS or column_type.scale is None:
                 return False
     return True
 
 
-def converter(column_type: sqltypes.TypeEngine[Any], dialect: str,
-              numerics_as_doubles: bool = False) -> Convert:
+def converter(
+    column_type: sqltypes.TypeEngine[Any], dialect: str, numerics_as_doubles: bool = False
+) -> Convert:
     """The conversion for one column, from its reflected SQLAlchemy type."""
     if isinstance(column_type, sqltypes.ARRAY):
         return _array_of(converter(column_type.item_type, dialect, numerics_as_doubles))
     if dialect == "sqlite":
         # SQLite stores what it is given: blobs need unwrapping whatever the declared type, and
         # a NUMERIC/DECIMAL column is published as an exact string as on PostgreSQL.
-        if isinstance(column_type, sqltypes.Numeric) and not isinstance(column_type, sqltypes.Float):
+        if isinstance(column_type, sqltypes.Numeric) and not isinstance(
+            column_type, sqltypes.Float
+        ):
             return lambda value: _exact_number(_sqlite_blob(value))
         return _sqlite_blob
     if isinstance(column_type, sqltypes.Float):
@@ -174,14 +187,20 @@ def converter(column_type: sqltypes.TypeEngine[Any], dialect: str,
     return plain_json  # anything else (composites, domains of numbers): no Decimal may leak
 
 
-def row_converters(column_types: Mapping[str, sqltypes.TypeEngine[Any]], dialect: str,
-                   numerics_as_doubles: bool = False) -> tuple[RowConvert, RowConvert]:
+def row_converters(
+    column_types: Mapping[str, sqltypes.TypeEngine[Any]],
+    dialect: str,
+    numerics_as_doubles: bool = False,
+) -> tuple[RowConvert, RowConvert]:
     """Two functions converting a parsed row image in place: the first also handles columns
     the catalog does not know (added since it was read); the second is for images the caller
     has checked to hold only known columns. Only columns that need work cost anything, which
     matters at tens of thousands of rows a second."""
-    work = tuple((name, conv) for name, t in column_types.items()
-                 if (conv := converter(t, dialect, numerics_as_doubles)) is not _identity)
+    work = tuple(
+        (name, conv)
+        for name, t in column_types.items()
+        if (conv := converter(t, dialect, numerics_as_doubles)) is not _identity
+    )
     known = column_types.keys()
     fallback = _sqlite_blob if dialect == "sqlite" else plain_json
 
@@ -203,7 +222,10 @@ def row_converters(column_types: Mapping[str, sqltypes.TypeEngine[Any]], dialect
     return convert, convert_known
 
 
-def row_converter(column_types: Mapping[str, sqltypes.TypeEngine[Any]], dialect: str,
-                  numerics_as_doubles: bool = False) -> RowConvert:
+def row_converter(
+    column_types: Mapping[str, sqltypes.TypeEngine[Any]],
+    dialect: str,
+    numerics_as_doubles: bool = False,
+) -> RowConvert:
     """The first of ``row_converters``: for images that may hold unknown columns."""
     return row_converters(column_types, dialect, numerics_as_doubles)[0]

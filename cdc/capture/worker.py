@@ -74,8 +74,10 @@ class Worker:
         pause = 0.0 if self.source.waits_for_changes else self.settings.poll_interval
         while not self.stop.is_set():
             if self.lease is not None and not self.lease.still_held():
-                raise CdcError(f"lost the lease {self.lease.name} (its database session ended); "
-                               "stopping, so that two workers never capture at once")
+                raise CdcError(
+                    f"lost the lease {self.lease.name} (its database session ended); "
+                    "stopping, so that two workers never capture at once"
+                )
             # A full batch means more may be waiting; anything less means the source is
             # drained for now, and waiting a little makes the next batch worth its fixed cost
             # (a stream waits inside ``read`` instead, and returns as soon as changes come).
@@ -126,15 +128,22 @@ class Worker:
         try:
             rejections = self.publisher.publish(entries) if entries else []
         except Interrupted:
-            log.warning("stop requested while the bus was failing; %d changes stay unacknowledged "
-                        "and will be published again", len(changes))
+            log.warning(
+                "stop requested while the bus was failing; %d changes stay unacknowledged "
+                "and will be published again",
+                len(changes),
+            )
             return False
         self.stats.batches += 1
         if self.on_published is not None:
             self.on_published(self.stats.batches)
         for rejection in rejections:
-            log.error("dead letter: event %s of %s: %s", rejection.entry.event_id,
-                      rejection.entry.table, rejection.reason)
+            log.error(
+                "dead letter: event %s of %s: %s",
+                rejection.entry.event_id,
+                rejection.entry.table,
+                rejection.reason,
+            )
         acked = self._with_db_retry(lambda: self._ack(batch, rejections))
         if acked is None:
             return False
@@ -142,8 +151,9 @@ class Worker:
         self.stats.published += len(entries) - len(rejections)
         self.stats.dead_letters += len(rejections)
         if batch.changes:
-            self.stats.last_committed_at = max(self.stats.last_committed_at,
-                                               batch.changes[-1].committed_at.timestamp())
+            self.stats.last_committed_at = max(
+                self.stats.last_committed_at, batch.changes[-1].committed_at.timestamp()
+            )
         return True
 
     def _ack(self, batch: Batch, rejections: Sequence[Rejection]) -> bool:
@@ -204,4 +214,3 @@ def failpoint_hook(spec: str | None) -> Callable[[int], None] | None:
             os.kill(os.getpid(), signal.SIGKILL)
 
     return hook
-

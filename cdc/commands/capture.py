@@ -15,13 +15,15 @@ from cdc.app import close_worker, open_publisher, open_worker, prepare_embedded,
 from cdc.bus.events import parse_iso
 from cdc.capture import backfill, deadletters, demo, progress, slots, triggers
 from cdc.capture.catalog import read_table
+from cdc.capture.grants import capture_grants
 from cdc.capture.sources.changelog import ChangeLogSource
 from cdc.core import database
 from cdc.core.database import check_migrated
 from cdc.core.errors import CdcError, ConfigError
 from cdc.core.settings import Settings
 from cdc.core.state import state_tables
-from cdc.core.tables import TableRef, quote_ident
+from cdc.core.tables import TableRef
+from cdc.validate.grants import validator_grants
 
 log = logging.getLogger("cdc")
 
@@ -37,12 +39,16 @@ def cmd_setup(settings: Settings, args: argparse.Namespace) -> int:
     engine = database.connect(settings)
     if args.drop and settings.capture == "logical":
         slots.drop(engine, settings.slot_name, settings.publication_name)
-        print(f"replication slot {settings.slot_name} and publication "
-              f"{settings.publication_name} removed")
+        print(
+            f"replication slot {settings.slot_name} and publication "
+            f"{settings.publication_name} removed"
+        )
         return 0
     if args.drop:
         triggers.drop(engine, settings.table_refs, settings.state_schema)
-        print("capture triggers removed from " + ", ".join(t.qualified for t in settings.table_refs))
+        print(
+            "capture triggers removed from " + ", ".join(t.qualified for t in settings.table_refs)
+        )
         return 0
     check_migrated(settings, engine)
     infos = [read_table(engine, t) for t in settings.table_refs]
@@ -50,8 +56,10 @@ def cmd_setup(settings: Settings, args: argparse.Namespace) -> int:
     if settings.capture == "logical":
         require_postgres(settings)
         slots.install(engine, infos, settings.slot_name, settings.publication_name)
-        print(f"publication {settings.publication_name} covers {names}; "
-              f"replication slot {settings.slot_name} is ready")
+        print(
+            f"publication {settings.publication_name} covers {names}; "
+            f"replication slot {settings.slot_name} is ready"
+        )
         return 0
     triggers.install(engine, infos, settings.state_schema)
     print("capture triggers installed on " + names)
@@ -90,8 +98,9 @@ def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
         print_backfills(backfill.runs(engine, tables))
         return 0
     if not args.tables:
-        raise CdcError("name the tables to backfill (cdc backfill TABLE [TABLE...]), "
-                       "or ask for --status")
+        raise CdcError(
+            "name the tables to backfill (cdc backfill TABLE [TABLE...]), or ask for --status"
+        )
     refs = [TableRef.parse(name, settings.default_schema) for name in args.tables]
     if args.cancel:
         for ref in refs:
@@ -106,14 +115,18 @@ def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
     started = []
     for ref in refs:
         if ref.qualified not in tracked:
-            raise CdcError(f"{ref.qualified} is not a tracked table; backfill publishes the "
-                           f"tables of CDC_TABLES ({', '.join(sorted(tracked))})")
+            raise CdcError(
+                f"{ref.qualified} is not a tracked table; backfill publishes the "
+                f"tables of CDC_TABLES ({', '.join(sorted(tracked))})"
+            )
         info = read_table(engine, ref)
         triggers.check_capturable(info)
         run, resumed = backfill.start(engine, tables, info, args.where, args.chunk_size, args.rate)
         if resumed:
-            print(f"backfill #{run.id} of {run.table}: resuming after {run.rows_done} of "
-                  f"{run.rows_total} rows")
+            print(
+                f"backfill #{run.id} of {run.table}: resuming after {run.rows_done} of "
+                f"{run.rows_total} rows"
+            )
         else:
             print(f"backfill #{run.id} of {run.table}: {run.rows_total} rows to publish")
         started.append(run.id)
@@ -151,8 +164,10 @@ def follow_backfills(settings: Settings, engine: Engine, ids: list[int]) -> int:
     # Read again: the worker may have finished a chunk after the last progress reading.
     unfinished = [r for r in backfill.runs(engine, tables, ids) if r.status != "done"]
     for run in unfinished:
-        print(f"backfill #{run.id} of {run.table}: {run.status} after {run.rows_done} rows"
-              + ("; run the same command again to resume" if run.status == "running" else ""))
+        print(
+            f"backfill #{run.id} of {run.table}: {run.status} after {run.rows_done} rows"
+            + ("; run the same command again to resume" if run.status == "running" else "")
+        )
     return 1 if unfinished else 0
 
 
@@ -164,8 +179,10 @@ def print_backfills(runs: Sequence[backfill.Run]) -> None:
     for run in runs:
         total = run.rows_total or 0
         share = f"{100 * run.rows_done / total:5.1f}%" if total else "     -"
-        print(f"{run.id:>5}  {run.table:<28} {run.status:<10} "
-              f"{run.rows_done:>10}/{total:<10}  {share}  {run.updated_at}")
+        print(
+            f"{run.id:>5}  {run.table:<28} {run.status:<10} "
+            f"{run.rows_done:>10}/{total:<10}  {share}  {run.updated_at}"
+        )
 
 
 def cmd_status(settings: Settings, _args: argparse.Namespace) -> int:
@@ -173,11 +190,16 @@ def cmd_status(settings: Settings, _args: argparse.Namespace) -> int:
     check_migrated(settings, engine)
     tables = state_tables(engine.dialect.name, settings.state_schema)
     with engine.connect() as connection:
-        row = connection.execute(
-            tables.checkpoints.select().where(tables.checkpoints.c.stream == settings.capture)
-        ).mappings().first()
+        row = (
+            connection.execute(
+                tables.checkpoints.select().where(tables.checkpoints.c.stream == settings.capture)
+            )
+            .mappings()
+            .first()
+        )
     print(f"database:        {settings.display_url}")
-    print(f"capture:         {settings.capture} ({', '.join(t.qualified for t in settings.table_refs)})")
+    names = ", ".join(t.qualified for t in settings.table_refs)
+    print(f"capture:         {settings.capture} ({names})")
     if settings.capture == "logical":
         from cdc.capture.sources.logical import slot_status
 
@@ -186,18 +208,24 @@ def cmd_status(settings: Settings, _args: argparse.Namespace) -> int:
             print(f"slot:            {settings.slot_name} does not exist (run `cdc setup`)")
         else:
             lag = _seconds_since(row["updated_at"]) if row and slot.lag_bytes else 0.0
-            print(f"slot:            {settings.slot_name} (wal_status {slot.wal_status}, "
-                  f"{'active' if slot.active else 'inactive'}, confirmed {slot.confirmed_flush_lsn})")
-            print(f"lag:             {slot.lag_bytes} bytes of WAL retained, "
-                  f"{lag:.1f}s since the last acknowledgement")
+            print(
+                f"slot:            {settings.slot_name} (wal_status {slot.wal_status}, "
+                f"{'active' if slot.active else 'inactive'}, confirmed {slot.confirmed_flush_lsn})"
+            )
+            print(
+                f"lag:             {slot.lag_bytes} bytes of WAL retained, "
+                f"{lag:.1f}s since the last acknowledgement"
+            )
     else:
         pending, oldest = ChangeLogSource(engine, tables, settings.default_schema).pending()
         lag = (datetime.now(UTC) - oldest).total_seconds() if oldest else 0.0
         print(f"pending changes: {pending}")
         print(f"lag:             {lag:.1f}s (oldest unpublished change)")
     if row:
-        print(f"last position:   {row['position']} ({row['published']} changes published, "
-              f"last at {row['updated_at']})")
+        print(
+            f"last position:   {row['position']} ({row['published']} changes published, "
+            f"last at {row['updated_at']})"
+        )
     else:
         print("last position:   none yet")
     print(f"dead letters:    {deadletters.count(engine, tables)}")
@@ -222,8 +250,10 @@ def cmd_dead_letters(settings: Settings, args: argparse.Namespace) -> int:
         if not letters:
             print("no dead letters")
         for letter in letters:
-            print(f"{letter.id}\t{letter.created_at}\t{letter.table}\t{letter.event_id}\t"
-                  f"{letter.entry.size} bytes\tattempts={letter.attempts}\t{letter.reason}")
+            print(
+                f"{letter.id}\t{letter.created_at}\t{letter.table}\t{letter.event_id}\t"
+                f"{letter.entry.size} bytes\tattempts={letter.attempts}\t{letter.reason}"
+            )
         return 0
     chosen = [x for x in letters if not args.resend or x.id in args.resend]
     if not chosen:
@@ -245,77 +275,31 @@ def cmd_dead_letters(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_grants(settings: Settings, args: argparse.Namespace) -> int:
-    print(grants_sql(settings, args.capture_role, args.sync_role, args.validator_role))
+    print(grants_sql(settings, args.capture_role, args.validator_role))
     return 0
 
 
-def grants_sql(settings: Settings, capture_role: str, sync_role: str,
-               validator_role: str = "cdc_validator") -> str:
-    """Least-privilege SQL for the capture worker's role and the sync-back consumer's role."""
-    from sync_back.mapping import load_mappings
-
-    schema = quote_ident(settings.state_schema)
-    tables = ", ".join(t.quoted for t in settings.table_refs)
-    capture, sync = quote_ident(capture_role), quote_ident(sync_role)
-    lines = [
-        f"-- Capture worker ({settings.capture} mode). `cdc migrate` and `cdc setup` run as the",
-        "-- owner of the legacy tables (triggers and publications need it); the worker does not.",
-        f"CREATE ROLE {capture} LOGIN PASSWORD 'change-me';",
-        f"GRANT USAGE ON SCHEMA {schema} TO {capture};",
-        f"GRANT SELECT, INSERT, UPDATE ON {schema}.checkpoints TO {capture};",
-        f"GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.dead_letters TO {capture};",
-        f"GRANT SELECT, INSERT, UPDATE ON {schema}.backfills TO {capture};",
-        f"GRANT SELECT ON {schema}.alembic_version TO {capture};",
-        f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema} TO {capture};",
-        f"GRANT SELECT ON {tables} TO {capture};",
-    ]
-    if settings.capture == "changelog":
-        # INSERT: a backfill's watermarks are change-log rows
-        lines.append(f"GRANT SELECT, INSERT, DELETE ON {schema}.changelog TO {capture};")
-        lines.append("-- Legacy writers need nothing: the capture function runs as its owner.")
-    else:
-        lines.append(f"ALTER ROLE {capture} WITH REPLICATION;  -- streams the slot; nothing more")
-    mappings = load_mappings(settings.sync_back, settings.default_schema)
-    lines += [
-        "",
-        "-- Sync-back consumer: its inbox and bookkeeping, and only the mapped legacy tables.",
-        f"CREATE ROLE {sync} LOGIN PASSWORD 'change-me';",
-        f"GRANT USAGE ON SCHEMA {schema} TO {sync};",
-        f"GRANT SELECT, INSERT, UPDATE ON {schema}.inbox, {schema}.conflicts TO {sync};",
-        f"GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.synced_rows, "
-        f"{schema}.sync_dead_letters TO {sync};",
-        f"GRANT SELECT ON {schema}.alembic_version TO {sync};",
-        f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema} TO {sync};",
-    ]
-    privileges: dict[str, set[str]] = {}
-    for mapping in mappings:
-        name = mapping.table.quoted
-        wanted = {"SELECT", "DELETE"} if mapping.op == "delete" else {"SELECT", "INSERT", "UPDATE"}
-        privileges.setdefault(name, set()).update(wanted)
-    for name, wanted in sorted(privileges.items()):
-        lines.append(f"GRANT {', '.join(sorted(wanted))} ON {name} TO {sync};")
-    if not privileges:
-        lines.append("-- (no [[sync_back.mappings]] configured: no legacy table to grant)")
-    validator = quote_ident(validator_role)
-    lines += [
-        "",
-        "-- Validator (cdc validate): its claims and dead letters; no legacy table at all.",
-        f"CREATE ROLE {validator} LOGIN PASSWORD 'change-me';",
-        f"GRANT USAGE ON SCHEMA {schema} TO {validator};",
-        f"GRANT SELECT, INSERT, UPDATE ON {schema}.republished TO {validator};",
-        f"GRANT SELECT, INSERT, UPDATE ON {schema}.validation_dead_letters TO {validator};",
-        f"GRANT SELECT ON {schema}.alembic_version TO {validator};",
-        f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema} TO {validator};",
-    ]
-    return "\n".join(lines)
+def grants_sql(settings: Settings, capture_role: str, validator_role: str = "cdc_validator") -> str:
+    """Least-privilege SQL for the capture worker's role and the validator's role; the
+    sync-back role's depends on its mappings, and ``sync-back grants`` prints it."""
+    return "\n".join(
+        [
+            *capture_grants(settings, capture_role),
+            "",
+            "-- Sync-back consumer: `sync-back grants` prints its role (the mapped legacy tables).",
+            "",
+            *validator_grants(settings, validator_role),
+        ]
+    )
 
 
 def cmd_demo(settings: Settings, _args: argparse.Namespace) -> int:
     if not settings.embedded:
-        raise ConfigError("CDC_DATABASE_URL", "`cdc demo` changes the embedded demo database only; unset it")
+        raise ConfigError(
+            "CDC_DATABASE_URL", "`cdc demo` changes the embedded demo database only; unset it"
+        )
     engine = database.connect(settings)
     prepare_embedded(settings, engine)
     for line in demo.make_changes(engine):
         print(line)
     return 0
-

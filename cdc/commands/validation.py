@@ -24,23 +24,35 @@ def add_commands(sub: Any) -> None:
     schemas = sub.add_parser("schemas", help="JSON Schemas of the events, per DetailType")
     schemas_sub = schemas.add_subparsers(dest="schemas_command", required=True)
     generate = schemas_sub.add_parser(
-        "generate", help="write a schema per DetailType of CDC_TABLES into CDC_SCHEMAS_DIR")
+        "generate", help="write a schema per DetailType of CDC_TABLES into CDC_SCHEMAS_DIR"
+    )
     generate.add_argument("--dir", help="write here instead of CDC_SCHEMAS_DIR")
-    generate.add_argument("--force", action="store_true",
-                          help="overwrite existing files (they may have been edited)")
+    generate.add_argument(
+        "--force", action="store_true", help="overwrite existing files (they may have been edited)"
+    )
     generate.set_defaults(func=cmd_schemas_generate)
 
     validate = sub.add_parser(
-        "validate", help="validate events from CDC_VALIDATE_QUEUE_URL and republish valid ones "
-                         "as valid.<source> to CDC_CENTRAL_BUS_NAME")
+        "validate",
+        help="validate events from CDC_VALIDATE_QUEUE_URL and republish valid ones "
+        "as valid.<source> to CDC_CENTRAL_BUS_NAME",
+    )
     what = validate.add_mutually_exclusive_group()
-    what.add_argument("--dead-letters", action="store_true",
-                      help="list invalid events with their errors instead")
-    what.add_argument("--in-doubt", action="store_true",
-                      help="list events claimed but never confirmed (a crash mid-send)")
-    what.add_argument("--resend", nargs="*", metavar="EVENT_ID",
-                      help="send events in doubt (all listed ones when no id is given) once "
-                           "you have checked the consumers did not get them")
+    what.add_argument(
+        "--dead-letters", action="store_true", help="list invalid events with their errors instead"
+    )
+    what.add_argument(
+        "--in-doubt",
+        action="store_true",
+        help="list events claimed but never confirmed (a crash mid-send)",
+    )
+    what.add_argument(
+        "--resend",
+        nargs="*",
+        metavar="EVENT_ID",
+        help="send events in doubt (all listed ones when no id is given) once "
+        "you have checked the consumers did not get them",
+    )
     validate.add_argument("--limit", type=int, default=100)
     validate.set_defaults(func=cmd_validate, needs_tables=False)
 
@@ -58,14 +70,16 @@ def cmd_schemas_generate(settings: Settings, args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from cdc.core import database
-    from cdc.validate.schemas import reflect_columns, table_schemas, write_schemas
+    from cdc.core.catalog import reflect
+    from cdc.validate.schemas import table_schemas, write_schemas
 
     directory = Path(args.dir) if args.dir else settings.schemas_dir
     engine = database.connect(settings)
     for ref in settings.table_refs:
-        shape = reflect_columns(engine, ref)
-        schemas = table_schemas(shape, settings.detail_type_for(ref), settings.event_source,
-                                engine.dialect.name)
+        shape = reflect(engine, ref)
+        schemas = table_schemas(
+            shape, settings.detail_type_for(ref), settings.event_source, engine.dialect.name
+        )
         for path, written in write_schemas(directory, schemas, overwrite=args.force):
             print(f"wrote {path}" if written else f"kept {path} (exists; --force overwrites)")
     return 0
@@ -76,8 +90,9 @@ def check_validation_state(settings: Settings, engine: Engine) -> None:
 
     revision = database.current_revision(engine, settings)
     if revision is None or revision < VALIDATION_REVISION:
-        raise CdcError(f"the validator's tables are missing in {settings.display_url}; "
-                       "run `cdc migrate` first")
+        raise CdcError(
+            f"the validator's tables are missing in {settings.display_url}; run `cdc migrate` first"
+        )
 
 
 def _central_publisher(settings: Settings) -> Any:
@@ -88,13 +103,17 @@ def _central_publisher(settings: Settings) -> Any:
     except ConfigError as exc:
         if exc.setting != "CDC_EVENT_BUS_NAME":
             raise
-        raise ConfigError("CDC_CENTRAL_BUS_NAME", f"there is no event bus named "
-                          f"{settings.central_bus_name!r}; run `cdc topology apply` or correct "
-                          "the name") from None
+        raise ConfigError(
+            "CDC_CENTRAL_BUS_NAME",
+            f"there is no event bus named "
+            f"{settings.central_bus_name!r}; run `cdc topology apply` or correct "
+            "the name",
+        ) from None
     # No stop event: once a batch's claims are committed, its send must get a verdict, or the
     # events would be in doubt. A stop waits for the batch in hand.
-    return EventBridgePublisher.from_environment(settings.central_bus_name,
-                                                 settings.max_entry_bytes, concurrency=1)
+    return EventBridgePublisher.from_environment(
+        settings.central_bus_name, settings.max_entry_bytes, concurrency=1
+    )
 
 
 def cmd_validate(settings: Settings, args: argparse.Namespace) -> int:
@@ -112,8 +131,10 @@ def cmd_validate(settings: Settings, args: argparse.Namespace) -> int:
             print("no dead letters")
         for stored in letters:
             x = stored.letter
-            print(f"{stored.id}\t{stored.created_at}\t{x.source}\t{x.detail_type}\t{x.event_id}\t"
-                  f"attempts={stored.attempts}\t{x.reason}")
+            print(
+                f"{stored.id}\t{stored.created_at}\t{x.source}\t{x.detail_type}\t{x.event_id}\t"
+                f"attempts={stored.attempts}\t{x.reason}"
+            )
             for error in x.errors:
                 print(f"\t- {error}")
         return 0
@@ -147,12 +168,18 @@ def _run_validator(settings: Settings, engine: Engine, tables: Any) -> int:
     from cdc.validate.validator import Validator
 
     if not settings.validate_queue_url:
-        raise ConfigError("CDC_VALIDATE_QUEUE_URL", "name the SQS queue the central bus's "
-                          "validation rule feeds (`cdc topology apply` prints it)")
+        raise ConfigError(
+            "CDC_VALIDATE_QUEUE_URL",
+            "name the SQS queue the central bus's "
+            "validation rule feeds (`cdc topology apply` prints it)",
+        )
     registry = SchemaRegistry.load(settings.schemas_dir)
     if not len(registry):
-        raise ConfigError("CDC_SCHEMAS_DIR", f"no schema (*.json) in {settings.schemas_dir}: "
-                          "every event would be a dead letter; run `cdc schemas generate`")
+        raise ConfigError(
+            "CDC_SCHEMAS_DIR",
+            f"no schema (*.json) in {settings.schemas_dir}: "
+            "every event would be a dead letter; run `cdc schemas generate`",
+        )
     stop = threading.Event()
     install_signal_handlers(stop)
     publisher = _central_publisher(settings)

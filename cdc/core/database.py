@@ -88,7 +88,9 @@ def knows_revision(settings: Settings, revision: str) -> bool:
     from alembic.util import CommandError
 
     try:
-        return ScriptDirectory.from_config(alembic_config(settings)).get_revision(revision) is not None
+        return (
+            ScriptDirectory.from_config(alembic_config(settings)).get_revision(revision) is not None
+        )
     except CommandError:
         return False
 
@@ -109,8 +111,14 @@ def is_transient_db_error(exc: BaseException) -> bool:
         message = str(exc).lower()  # the replication stream uses psycopg directly
     else:
         return False
-    permanent = ("password authentication failed", "does not exist", "no pg_hba.conf entry",
-                 "permission denied", "role ", "no such table")
+    permanent = (
+        "password authentication failed",
+        "does not exist",
+        "no pg_hba.conf entry",
+        "permission denied",
+        "role ",
+        "no such table",
+    )
     return not any(word in message for word in permanent) or "terminating" in message
 
 
@@ -126,27 +134,41 @@ def db_retrying(stop: threading.Event, on_retry: Callable[[], None], what: str) 
     def before_sleep(state: RetryCallState) -> None:
         on_retry()
         error = state.outcome.exception() if state.outcome else None
-        log.warning("%s unavailable (%s); retry %d in %.1fs", what, error, state.attempt_number,
-                    state.upcoming_sleep)
+        log.warning(
+            "%s unavailable (%s); retry %d in %.1fs",
+            what,
+            error,
+            state.attempt_number,
+            state.upcoming_sleep,
+        )
 
     return Retrying(
         retry=retry_if_exception(is_transient_db_error),
         wait=wait_random_exponential(multiplier=0.2, max=10),
-        sleep=sleep, before_sleep=before_sleep, reraise=True,
+        sleep=sleep,
+        before_sleep=before_sleep,
+        reraise=True,
     )
 
 
-def conninfo_of(url: Any, application_name: str = "cdc-logical",
-                # The text forms pgtypes reads: ISO dates, and timestamptz in UTC (its fast path).
-                options: str | None = "-c DateStyle=ISO -c IntervalStyle=postgres -c TimeZone=UTC",
-                ) -> str:
+def conninfo_of(
+    url: Any,
+    application_name: str = "cdc-logical",
+    # The text forms pgtypes reads: ISO dates, and timestamptz in UTC (its fast path).
+    options: str | None = "-c DateStyle=ISO -c IntervalStyle=postgres -c TimeZone=UTC",
+) -> str:
     """libpq connection string of a SQLAlchemy URL (query parameters such as sslmode included)."""
     from psycopg.conninfo import make_conninfo
 
     params: dict[str, Any] = {
-        "host": url.host, "port": url.port, "dbname": url.database,
-        "user": url.username, "password": url.password, "application_name": application_name,
-        "options": options, "connect_timeout": "10",
+        "host": url.host,
+        "port": url.port,
+        "dbname": url.database,
+        "user": url.username,
+        "password": url.password,
+        "application_name": application_name,
+        "options": options,
+        "connect_timeout": "10",
     }
     params.update({k: v for k, v in url.query.items() if isinstance(v, str)})
     return make_conninfo("", **{k: v for k, v in params.items() if v is not None})
@@ -155,13 +177,19 @@ def conninfo_of(url: Any, application_name: str = "cdc-logical",
 def check_migrated(settings: Settings, engine: Engine) -> None:
     revision = current_revision(engine, settings)
     if revision is None:
-        raise CdcError(f"the service's state schema is missing in {settings.display_url}; "
-                       "run `cdc migrate` first")
+        raise CdcError(
+            f"the service's state schema is missing in {settings.display_url}; "
+            "run `cdc migrate` first"
+        )
     head = head_revision(settings)
     if revision != head and not knows_revision(settings, revision):
-        raise CdcError(f"the service's state schema is at revision {revision}, newer than this "
-                       f"version knows (its newest is {head}); run the newer version")
+        raise CdcError(
+            f"the service's state schema is at revision {revision}, newer than this "
+            f"version knows (its newest is {head}); run the newer version"
+        )
     if revision != head:
         # An upgraded service on an older schema would fail on a table it does not find yet.
-        raise CdcError(f"the service's state schema is at revision {revision}, this version "
-                       f"needs {head}; run `cdc migrate` (it only adds to the state schema)")
+        raise CdcError(
+            f"the service's state schema is at revision {revision}, this version "
+            f"needs {head}; run `cdc migrate` (it only adds to the state schema)"
+        )

@@ -44,34 +44,62 @@ AwsVerdict = Literal["retry", "reject", "fatal"]
 # ThrottlingException and InternalFailure as its retryable entry codes and InternalException as
 # its only call error; the rest are the common AWS codes botocore's own retryer treats as
 # throttles or transient faults.
-RETRYABLE_AWS_CODES = frozenset({
-    "ThrottlingException", "Throttling", "ThrottledException", "RequestThrottled",
-    "RequestThrottledException", "TooManyRequestsException", "RequestLimitExceeded",
-    "SlowDown", "PriorRequestNotComplete",
-    "InternalException", "InternalFailure", "InternalError", "InternalServerError",
-    "ServiceUnavailable", "ServiceUnavailableException",
-    "RequestTimeout", "RequestTimeoutException",
-})
+RETRYABLE_AWS_CODES = frozenset(
+    {
+        "ThrottlingException",
+        "Throttling",
+        "ThrottledException",
+        "RequestThrottled",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "SlowDown",
+        "PriorRequestNotComplete",
+        "InternalException",
+        "InternalFailure",
+        "InternalError",
+        "InternalServerError",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+    }
+)
 
 # The entry itself is wrong: sent again it fails again, and it must not block the others.
-REJECTED_AWS_CODES = frozenset({
-    "MalformedDetail", "InvalidArgument", "ValidationException", "ValidationError",
-    "InvalidEventPatternException",
-    # PutEvents lists it as non-retryable: the event's CloudTrail redaction failed.
-    "RedactionFailure",
-})
+REJECTED_AWS_CODES = frozenset(
+    {
+        "MalformedDetail",
+        "InvalidArgument",
+        "ValidationException",
+        "ValidationError",
+        "InvalidEventPatternException",
+        # PutEvents lists it as non-retryable: the event's CloudTrail redaction failed.
+        "RedactionFailure",
+    }
+)
 
 # Credentials, permissions or the bus itself: every entry would fail the same way, so rejecting
 # them one by one would throw the whole stream away. The operator must act.
-FATAL_AWS_CODES = frozenset({
-    "AccessDeniedException", "AccessDenied", "NotAuthorized",
-    "NotAuthorizedForSourceException", "NotAuthorizedForDetailTypeException",
-    "UnrecognizedClientException", "InvalidClientTokenId", "MissingAuthenticationToken",
-    "InvalidSignatureException", "IncompleteSignature", "ExpiredTokenException",
-    "OptInRequired", "ResourceNotFoundException",
-    # PutEvents lists it per entry: the account in the bus ARN is not valid.
-    "InvalidAccountIdException",
-})
+FATAL_AWS_CODES = frozenset(
+    {
+        "AccessDeniedException",
+        "AccessDenied",
+        "NotAuthorized",
+        "NotAuthorizedForSourceException",
+        "NotAuthorizedForDetailTypeException",
+        "UnrecognizedClientException",
+        "InvalidClientTokenId",
+        "MissingAuthenticationToken",
+        "InvalidSignatureException",
+        "IncompleteSignature",
+        "ExpiredTokenException",
+        "OptInRequired",
+        "ResourceNotFoundException",
+        # PutEvents lists it per entry: the account in the bus ARN is not valid.
+        "InvalidAccountIdException",
+    }
+)
 
 # botocore's own standard retryer counts its ConnectionError and HTTPClientError families as
 # transient; these are the members an events call meets, plus what urllib3 or the socket layer

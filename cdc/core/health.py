@@ -23,8 +23,9 @@ HEALTHZ, READYZ, METRICS = "/healthz", "/readyz", "/metrics"
 PATHS = (HEALTHZ, READYZ, METRICS)
 
 
-def serve_endpoints(collector: Collector, last_reached: Callable[[], float], port: int,
-                    ready_within: float = 30.0) -> ThreadingHTTPServer:
+def serve_endpoints(
+    collector: Collector, last_reached: Callable[[], float], port: int, ready_within: float = 30.0
+) -> ThreadingHTTPServer:
     """``/healthz``, ``/readyz`` (``last_reached`` is within ``ready_within`` seconds) and
     ``/metrics`` (from ``collector``) on ``port`` (0: any free port), in a daemon thread."""
     registry = CollectorRegistry()
@@ -36,8 +37,9 @@ def serve_endpoints(collector: Collector, last_reached: Callable[[], float], por
                 self._send(200, b"ok\n", "text/plain")
             elif self.path == READYZ:
                 fresh = time.time() - last_reached() < ready_within
-                self._send(200 if fresh else 503, b"ready\n" if fresh else b"not ready\n",
-                           "text/plain")
+                self._send(
+                    200 if fresh else 503, b"ready\n" if fresh else b"not ready\n", "text/plain"
+                )
             elif self.path == METRICS:
                 self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
             else:

@@ -13,8 +13,9 @@ ORIGIN_MESSAGE_PREFIX = "cdc.origin"
 
 
 @contextmanager
-def origin_tag(connection: Connection, origin: str, logical: bool = False,
-               to_commit: bool = False) -> Iterator[None]:
+def origin_tag(
+    connection: Connection, origin: str, logical: bool = False, to_commit: bool = False
+) -> Iterator[None]:
     """Tag the writes made inside this block, in the connection's current transaction;
     ``to_commit``: the block ends with the transaction, so on PostgreSQL the tag needs no
     reset (its setting is transaction-local): a round trip saved per transaction."""
@@ -30,8 +31,10 @@ def origin_tag(connection: Connection, origin: str, logical: bool = False,
     connection.execute(text("SELECT set_config('cdc.origin', :o, true)"), {"o": origin})
     if logical:
         # Decoded before the transaction's row changes, since it is written first.
-        connection.execute(text("SELECT pg_logical_emit_message(true, :p, :o)"),
-                           {"p": ORIGIN_MESSAGE_PREFIX, "o": origin})
+        connection.execute(
+            text("SELECT pg_logical_emit_message(true, :p, :o)"),
+            {"p": ORIGIN_MESSAGE_PREFIX, "o": origin},
+        )
     yield
     if not to_commit:
         connection.execute(text("SELECT set_config('cdc.origin', '', true)"))

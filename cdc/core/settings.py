@@ -198,8 +198,11 @@ def _parse_url(text: str) -> URL:
     )
 
 
-def load_settings(environ: Mapping[str, str] | None = None, *, require_tables: bool = True,
-                  ) -> Settings:
+def load_settings(
+    environ: Mapping[str, str] | None = None,
+    *,
+    require_tables: bool = True,
+) -> Settings:
     """Settings from the environment and the TOML file that ``CDC_CONFIG`` names."""
     env = os.environ if environ is None else environ
     file_values: dict[str, Any] = {}
@@ -210,7 +213,8 @@ def load_settings(environ: Mapping[str, str] | None = None, *, require_tables: b
     env_values = {
         name.removeprefix(ENV_PREFIX).lower(): value
         for name, value in env.items()
-        if name.startswith(ENV_PREFIX) and name not in _NOT_SETTINGS
+        if name.startswith(ENV_PREFIX)
+        and name not in _NOT_SETTINGS
         and not name.startswith(_NOT_SETTINGS_PREFIXES)
     }
     try:
@@ -221,7 +225,8 @@ def load_settings(environ: Mapping[str, str] | None = None, *, require_tables: b
     if require_tables and not settings.embedded and not settings.tables:
         raise ConfigError(
             "CDC_TABLES",
-            "name the tables to capture, comma-separated, e.g. CDC_TABLES=public.orders,public.customers",
+            "name the tables to capture, comma-separated, "
+            "e.g. CDC_TABLES=public.orders,public.customers",
         )
     return settings
 
@@ -231,7 +236,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
         with path.open("rb") as handle:
             return tomllib.load(handle)
     except FileNotFoundError:
-        raise ConfigError("CDC_CONFIG", f"no file at {path}; point it at a TOML file or unset it") from None
+        raise ConfigError(
+            "CDC_CONFIG", f"no file at {path}; point it at a TOML file or unset it"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("CDC_CONFIG", f"{path} is not valid TOML: {exc}") from None
 

@@ -51,7 +51,8 @@ def state_tables(dialect: str, schema: str = "cdc") -> StateTables:
     # SQLite keeps moments as ISO 8601 text, as its triggers write them.
     moment: Text | DateTime = Text() if sqlite else DateTime(timezone=True)
     changelog = Table(
-        f"{prefix}changelog", metadata,
+        f"{prefix}changelog",
+        metadata,
         Column("id", id_type, primary_key=True, autoincrement=True),
         Column("table_name", Text, nullable=False),
         Column("op", Text, nullable=False),
@@ -62,14 +63,16 @@ def state_tables(dialect: str, schema: str = "cdc") -> StateTables:
         Column("captured_at", moment, nullable=False),
     )
     checkpoints = Table(
-        f"{prefix}checkpoints", metadata,
+        f"{prefix}checkpoints",
+        metadata,
         Column("stream", Text, primary_key=True),
         Column("position", Text, nullable=False),
         Column("published", BigInteger, nullable=False, default=0),
         Column("updated_at", moment, nullable=False),
     )
     dead_letters = Table(
-        f"{prefix}dead_letters", metadata,
+        f"{prefix}dead_letters",
+        metadata,
         Column("id", id_type, primary_key=True, autoincrement=True),
         Column("event_id", Text, nullable=False, unique=True),
         Column("table_name", Text, nullable=False),
@@ -78,9 +81,14 @@ def state_tables(dialect: str, schema: str = "cdc") -> StateTables:
         Column("created_at", moment, nullable=False),
         Column("attempts", Integer, nullable=False, default=1),
     )
-    origin = Table(f"{prefix}origin", metadata, Column("origin", Text, nullable=False)) if sqlite else None
+    origin = (
+        Table(f"{prefix}origin", metadata, Column("origin", Text, nullable=False))
+        if sqlite
+        else None
+    )
     inbox = Table(
-        f"{prefix}inbox", metadata,
+        f"{prefix}inbox",
+        metadata,
         Column("event_id", Text, primary_key=True),
         Column("detail_type", Text, nullable=False),
         Column("table_name", Text, nullable=False),
@@ -88,7 +96,8 @@ def state_tables(dialect: str, schema: str = "cdc") -> StateTables:
         Column("applied_at", moment, nullable=False),
     )
     sync_dead_letters = Table(
-        f"{prefix}sync_dead_letters", metadata,
+        f"{prefix}sync_dead_letters",
+        metadata,
         Column("id", id_type, primary_key=True, autoincrement=True),
         Column("message_id", Text, nullable=False, unique=True),
         Column("detail_type", Text),
@@ -98,7 +107,8 @@ def state_tables(dialect: str, schema: str = "cdc") -> StateTables:
         Column("attempts", Integer, nullable=False, default=1),
     )
     conflicts = Table(
-        f"{prefix}conflicts", metadata,
+        f"{prefix}conflicts",
+        metadata,
         Column("id", id_type, primary_key=True, autoincrement=True),
         Column("event_id", Text, nullable=False, unique=True),
         Column("table_name", Text, nullable=False),
@@ -108,14 +118,16 @@ def state_tables(dialect: str, schema: str = "cdc") -> StateTables:
         Column("created_at", moment, nullable=False),
     )
     synced_rows = Table(
-        f"{prefix}synced_rows", metadata,
+        f"{prefix}synced_rows",
+        metadata,
         Column("table_name", Text, primary_key=True),
         Column("row_key", Text, primary_key=True),
         Column("version", Text),
         Column("event_id", Text, nullable=False),
     )
     backfills = Table(
-        f"{prefix}backfills", metadata,
+        f"{prefix}backfills",
+        metadata,
         Column("id", id_type, primary_key=True, autoincrement=True),
         Column("table_name", Text, nullable=False),
         Column("where_clause", Text),
@@ -130,5 +142,17 @@ def state_tables(dialect: str, schema: str = "cdc") -> StateTables:
         Column("updated_at", moment, nullable=False),
         Column("finished_at", moment),
     )
-    return StateTables(metadata, table_schema, prefix, changelog, checkpoints, dead_letters, origin,
-                       inbox, sync_dead_letters, conflicts, synced_rows, backfills)
+    return StateTables(
+        metadata,
+        table_schema,
+        prefix,
+        changelog,
+        checkpoints,
+        dead_letters,
+        origin,
+        inbox,
+        sync_dead_letters,
+        conflicts,
+        synced_rows,
+        backfills,
+    )

@@ -12,7 +12,7 @@ columns may be missing, as logical mode leaves out unchanged TOASTed values and 
 key as a delete's ``before``.
 
 A schema file is a JSON object; its ``x-detail-type`` (or, when absent, the file name without
-``.json``) names the DetailType it checks. Everything here is pure but ``reflect_columns``,
+``.json``) names the DetailType it checks. Everything here is pure but
 ``write_schemas`` and ``SchemaRegistry.load``.
 """
 
@@ -21,19 +21,17 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, ValidationError
-from sqlalchemy import Engine, inspect
 from sqlalchemy import types as sqltypes
 from sqlalchemy.dialects import postgresql
 
 from cdc.bus.events import SCHEMA_VERSION, Op, render_detail_type
+from cdc.core.catalog import TableShape
 from cdc.core.errors import ConfigError
-from cdc.core.tables import TableRef
 
 JsonSchema = dict[str, Any]
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
@@ -60,39 +58,19 @@ _ANY_NUMERIC = r"^(-?\d+(\.\d+)?|NaN|-?Infinity)$"
 _FLOAT_WORDS = ["NaN", "Infinity", "-Infinity"]
 # PostgreSQL types whose values travel as their text output.
 _TEXT_TYPES: tuple[type[sqltypes.TypeEngine[Any]], ...] = (
-    sqltypes.Time, sqltypes.Interval, postgresql.INTERVAL, postgresql.MONEY, postgresql.OID,
-    postgresql.INET, postgresql.CIDR, postgresql.MACADDR, postgresql.MACADDR8, postgresql.BIT,
-    postgresql.TSVECTOR, postgresql.REGCLASS,
+    sqltypes.Time,
+    sqltypes.Interval,
+    postgresql.INTERVAL,
+    postgresql.MONEY,
+    postgresql.OID,
+    postgresql.INET,
+    postgresql.CIDR,
+    postgresql.MACADDR,
+    postgresql.MACADDR8,
+    postgresql.BIT,
+    postgresql.TSVECTOR,
+    postgresql.REGCLASS,
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Column:
-    name: str
-    type: sqltypes.TypeEngine[Any]
-    nullable: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class TableShape:
-    """What a schema is generated from: a table's columns (in order) and primary key."""
-
-    ref: TableRef
-    columns: tuple[Column, ...]
-    key: tuple[str, ...]
-
-
-def reflect_columns(engine: Engine, ref: TableRef) -> TableShape:
-    """The table's columns, types, nullability and key, as the catalog reads them."""
-    from cdc.capture.catalog import read_table
-
-    info = read_table(engine, ref)  # raises SetupError naming CDC_TABLES for a missing table
-    schema = None if engine.dialect.name == "sqlite" and ref.schema == "main" else ref.schema
-    nullable = {c["name"]: bool(c.get("nullable", True))
-                for c in inspect(engine).get_columns(ref.name, schema=schema)}
-    columns = tuple(Column(name, column_type, nullable.get(name, True))
-                    for name, column_type in info.columns.items())
-    return TableShape(ref, columns, info.key)
 
 
 # -- generation (pure) --------------------------------------------------------------------------
@@ -101,9 +79,16 @@ def reflect_columns(engine: Engine, ref: TableRef) -> TableShape:
 def value_schema(column_type: sqltypes.TypeEngine[Any], dialect: str) -> JsonSchema:
     """The JSON Schema of one non-null column value, as the capture renders it."""
     if isinstance(column_type, sqltypes.ARRAY):
-        return {"type": "array",
-                "items": {"anyOf": [value_schema(column_type.item_type, dialect),
-                                    {"type": "null"}, {"$ref": "#/$defs/nested_array"}]}}
+        return {
+            "type": "array",
+            "items": {
+                "anyOf": [
+                    value_schema(column_type.item_type, dialect),
+                    {"type": "null"},
+                    {"$ref": "#/$defs/nested_array"},
+                ]
+            },
+        }
     if dialect == "sqlite":
         return _sqlite_value_schema(column_type)
     if isinstance(column_type, sqltypes.Boolean):
@@ -113,11 +98,15 @@ def value_schema(column_type: sqltypes.TypeEngine[Any], dialect: str) -> JsonSch
     if isinstance(column_type, sqltypes.Float):  # before Numeric: Float is a Numeric
         return {"anyOf": [{"type": "number"}, {"enum": _FLOAT_WORDS}]}
     if isinstance(column_type, sqltypes.Numeric):
-        return {"type": "string", "pattern": numeric_pattern(column_type.precision,
-                                                             column_type.scale)}
+        return {
+            "type": "string",
+            "pattern": numeric_pattern(column_type.precision, column_type.scale),
+        }
     if isinstance(column_type, sqltypes.DateTime):
-        return {"type": "string",
-                "pattern": _UTC_TIMESTAMP if column_type.timezone else _LOCAL_TIMESTAMP}
+        return {
+            "type": "string",
+            "pattern": _UTC_TIMESTAMP if column_type.timezone else _LOCAL_TIMESTAMP,
+        }
     if isinstance(column_type, sqltypes.Date):
         return {"type": "string", "pattern": _DATE}
     if isinstance(column_type, sqltypes.LargeBinary | postgresql.BYTEA):
@@ -173,8 +162,12 @@ def row_schema(shape: TableShape, dialect: str) -> JsonSchema:
             alternatives = value["anyOf"] if list(value) == ["anyOf"] else [value]
             value = {"anyOf": [*alternatives, {"type": "null"}]}
         properties[column.name] = value
-    return {"type": "object", "properties": properties, "required": list(shape.key),
-            "additionalProperties": False}
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(shape.key),
+        "additionalProperties": False,
+    }
 
 
 def _op_rules(op: Op) -> dict[str, JsonSchema]:
@@ -184,19 +177,24 @@ def _op_rules(op: Op) -> dict[str, JsonSchema]:
     if op in ("insert", "read"):
         return {"key": {"$ref": "#/$defs/key"}, "before": null, "after": row}
     if op == "update":  # logical mode sends no old row without REPLICA IDENTITY FULL
-        return {"key": {"$ref": "#/$defs/key"}, "before": {"anyOf": [row, {"type": "null"}]},
-                "after": row}
+        return {
+            "key": {"$ref": "#/$defs/key"},
+            "before": {"anyOf": [row, {"type": "null"}]},
+            "after": row,
+        }
     if op == "delete":  # logical mode: only the key columns without REPLICA IDENTITY FULL
         return {"key": {"$ref": "#/$defs/key"}, "before": row, "after": null}
     return {"key": null, "before": null, "after": null}  # truncate
 
 
-def detail_schema(shape: TableShape, detail_type: str, ops: Sequence[Op], source: str,
-                  dialect: str) -> JsonSchema:
+def detail_schema(
+    shape: TableShape, detail_type: str, ops: Sequence[Op], source: str, dialect: str
+) -> JsonSchema:
     """The schema of the Details of ``detail_type``: the events of ``ops`` on one table."""
     row = row_schema(shape, dialect)
-    key_properties = {name: row["properties"][name] for name in shape.key
-                      if name in row["properties"]}
+    key_properties = {
+        name: row["properties"][name] for name in shape.key if name in row["properties"]
+    }
     properties: dict[str, JsonSchema] = {
         "id": {"type": "string", "minLength": 1},
         "op": {"const": ops[0]} if len(ops) == 1 else {"enum": list(ops)},
@@ -208,17 +206,22 @@ def detail_schema(shape: TableShape, detail_type: str, ops: Sequence[Op], source
         "txid": {"type": ["integer", "null"]},
         "committed_at": {"type": "string", "pattern": _COMMIT_TIME},
         "origin": {"type": "string"},
-        "unchanged": {"type": "array", "items": {"enum": [c.name for c in shape.columns]},
-                      "uniqueItems": True},
+        "unchanged": {
+            "type": "array",
+            "items": {"enum": [c.name for c in shape.columns]},
+            "uniqueItems": True,
+        },
         "schema_version": {"const": SCHEMA_VERSION},
     }
     schema: JsonSchema = {
         "$schema": DRAFT,
         "title": detail_type,
-        "description": (f"Detail of the {detail_type!r} events of {shape.ref.qualified} "
-                        f"(source {source}). Generated by `cdc schemas generate` from the "
-                        "table's columns; review and edit it, it is the standard the validator "
-                        "checks."),
+        "description": (
+            f"Detail of the {detail_type!r} events of {shape.ref.qualified} "
+            f"(source {source}). Generated by `cdc schemas generate` from the "
+            "table's columns; review and edit it, it is the standard the validator "
+            "checks."
+        ),
         "x-detail-type": detail_type,
         "x-table": shape.ref.qualified,
         "type": "object",
@@ -228,29 +231,46 @@ def detail_schema(shape: TableShape, detail_type: str, ops: Sequence[Op], source
     if len(ops) == 1:
         properties.update(_op_rules(ops[0]))
     else:
-        schema["allOf"] = [{"if": {"properties": {"op": {"const": op}}, "required": ["op"]},
-                            "then": {"properties": _op_rules(op)}} for op in ops]
+        schema["allOf"] = [
+            {
+                "if": {"properties": {"op": {"const": op}}, "required": ["op"]},
+                "then": {"properties": _op_rules(op)},
+            }
+            for op in ops
+        ]
     schema["$defs"] = {
         "row": row,
-        "key": {"type": "object", "properties": key_properties, "required": list(shape.key),
-                "additionalProperties": False},
+        "key": {
+            "type": "object",
+            "properties": key_properties,
+            "required": list(shape.key),
+            "additionalProperties": False,
+        },
     }
     if any(isinstance(c.type, sqltypes.ARRAY) for c in shape.columns):
         # The inner levels of a multi-dimensional array: lists, values, nulls.
-        schema["$defs"]["nested_array"] = {"type": "array", "items": {"anyOf": [
-            {"not": {"type": "array"}}, {"type": "null"}, {"$ref": "#/$defs/nested_array"}]}}
+        schema["$defs"]["nested_array"] = {
+            "type": "array",
+            "items": {
+                "anyOf": [
+                    {"not": {"type": "array"}},
+                    {"type": "null"},
+                    {"$ref": "#/$defs/nested_array"},
+                ]
+            },
+        }
     return schema
 
 
-def table_schemas(shape: TableShape, template: str, source: str,
-                  dialect: str) -> dict[str, JsonSchema]:
+def table_schemas(
+    shape: TableShape, template: str, source: str, dialect: str
+) -> dict[str, JsonSchema]:
     """A schema per DetailType the table's events carry: one per op with the default template
     (``{schema}.{table}.{op}``), one for all ops when the template has no ``{op}``."""
     by_type: dict[str, list[Op]] = {}
     for op in OPS:
         by_type.setdefault(render_detail_type(template, shape.ref, op), []).append(op)
-    return {name: detail_schema(shape, name, ops, source, dialect)
-            for name, ops in by_type.items()}
+    return {name: detail_schema(shape, name, ops, source, dialect) for name, ops in by_type.items()}
 
 
 def file_name(detail_type: str) -> str:
@@ -262,8 +282,9 @@ def dump_schema(schema: JsonSchema) -> str:
     return json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
 
 
-def write_schemas(directory: Path, schemas: Mapping[str, JsonSchema],
-                  overwrite: bool = False) -> list[tuple[Path, bool]]:
+def write_schemas(
+    directory: Path, schemas: Mapping[str, JsonSchema], overwrite: bool = False
+) -> list[tuple[Path, bool]]:
     """Write a file per DetailType; an existing file (perhaps edited) is kept unless
     ``overwrite``. The paths, each with whether it was written."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -292,8 +313,11 @@ def _leaves(error: ValidationError) -> Iterable[ValidationError]:
     """The errors under an anyOf/oneOf that tell what is wrong, rather than 'not valid under
     any of the given schemas'; the error itself when no alternative explains it better."""
     # The "or null" alternative of a nullable column explains nothing.
-    relevant = [e for e in error.context or ()
-                if not (e.validator == "type" and e.validator_value == "null")]
+    relevant = [
+        e
+        for e in error.context or ()
+        if not (e.validator == "type" and e.validator_value == "null")
+    ]
     if not relevant:
         yield error
         return
@@ -324,16 +348,22 @@ class SchemaRegistry:
             try:
                 Draft202012Validator.check_schema(schema)
             except SchemaError as exc:
-                raise ConfigError("CDC_SCHEMAS_DIR", f"the schema of {detail_type!r} is not a "
-                                  f"valid JSON Schema: {exc.message}") from None
+                raise ConfigError(
+                    "CDC_SCHEMAS_DIR",
+                    f"the schema of {detail_type!r} is not a valid JSON Schema: {exc.message}",
+                ) from None
             self._validators[detail_type] = Draft202012Validator(
-                schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+                schema, format_checker=Draft202012Validator.FORMAT_CHECKER
+            )
 
     @classmethod
     def load(cls, directory: Path) -> SchemaRegistry:
         if not directory.is_dir():
-            raise ConfigError("CDC_SCHEMAS_DIR", f"no directory at {directory}; run "
-                              "`cdc schemas generate` or point CDC_SCHEMAS_DIR at the schemas")
+            raise ConfigError(
+                "CDC_SCHEMAS_DIR",
+                f"no directory at {directory}; run "
+                "`cdc schemas generate` or point CDC_SCHEMAS_DIR at the schemas",
+            )
         schemas: dict[str, JsonSchema] = {}
         origins: dict[str, Path] = {}
         for path in sorted(directory.glob("*.json")):
@@ -347,8 +377,11 @@ class SchemaRegistry:
             if not isinstance(detail_type, str) or not detail_type:
                 raise ConfigError("CDC_SCHEMAS_DIR", f"{path}: x-detail-type is not a string")
             if detail_type in schemas:
-                raise ConfigError("CDC_SCHEMAS_DIR", f"{path} and {origins[detail_type]} both "
-                                  f"describe the DetailType {detail_type!r}")
+                raise ConfigError(
+                    "CDC_SCHEMAS_DIR",
+                    f"{path} and {origins[detail_type]} both "
+                    f"describe the DetailType {detail_type!r}",
+                )
             schemas[detail_type], origins[detail_type] = schema, path
         return cls(schemas)
 

@@ -57,7 +57,8 @@ def validation_tables(dialect: str, schema: str = "cdc") -> ValidationTables:
     metadata = MetaData(schema=None if sqlite_ else schema)
     moment: Text | DateTime = Text() if sqlite_ else DateTime(timezone=True)
     republished = Table(
-        f"{prefix}republished", metadata,
+        f"{prefix}republished",
+        metadata,
         Column("source", Text, primary_key=True),  # the original source, without "valid."
         Column("event_id", Text, primary_key=True),
         Column("detail_type", Text, nullable=False),
@@ -69,7 +70,8 @@ def validation_tables(dialect: str, schema: str = "cdc") -> ValidationTables:
         Column("settled_at", moment),
     )
     dead_letters = Table(
-        f"{prefix}validation_dead_letters", metadata,
+        f"{prefix}validation_dead_letters",
+        metadata,
         Column("id", Integer, primary_key=True, autoincrement=True),
         Column("message_id", Text, nullable=False, unique=True),
         Column("event_id", Text),
@@ -128,8 +130,9 @@ def _insert(connection: Connection) -> Any:
     return postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
 
 
-def claim(connection: Connection, tables: ValidationTables, token: str,
-          claims: Sequence[Claim]) -> dict[Key, tuple[str, str]]:
+def claim(
+    connection: Connection, tables: ValidationTables, token: str, claims: Sequence[Claim]
+) -> dict[Key, tuple[str, str]]:
     """Try to claim each event for ``token``; the (status, claiming token) of every key
     afterwards. A key is this batch's to send when its token is ``token`` and its status
     ``claimed`` (also when this transaction is a retry of one that did commit)."""
@@ -137,23 +140,42 @@ def claim(connection: Connection, tables: ValidationTables, token: str,
         return {}
     table = tables.republished
     now = _now(connection)
-    statement = _insert(connection)(table).values([
-        {"source": c.key[0], "event_id": c.key[1], "detail_type": c.detail_type,
-         "status": CLAIMED, "claim": token, "message_id": c.message_id,
-         "entry": entry_to_json(c.entry), "claimed_at": now}
-        for c in claims
-    ]).on_conflict_do_nothing(index_elements=[table.c.source, table.c.event_id])
+    statement = (
+        _insert(connection)(table)
+        .values(
+            [
+                {
+                    "source": c.key[0],
+                    "event_id": c.key[1],
+                    "detail_type": c.detail_type,
+                    "status": CLAIMED,
+                    "claim": token,
+                    "message_id": c.message_id,
+                    "entry": entry_to_json(c.entry),
+                    "claimed_at": now,
+                }
+                for c in claims
+            ]
+        )
+        .on_conflict_do_nothing(index_elements=[table.c.source, table.c.event_id])
+    )
     connection.execute(statement)
     keys = [c.key for c in claims]
     rows = connection.execute(
-        select(table.c.source, table.c.event_id, table.c.status, table.c.claim)
-        .where(tuple_(table.c.source, table.c.event_id).in_(keys))
+        select(table.c.source, table.c.event_id, table.c.status, table.c.claim).where(
+            tuple_(table.c.source, table.c.event_id).in_(keys)
+        )
     )
     return {(r.source, r.event_id): (r.status, r.claim) for r in rows}
 
 
-def settle(connection: Connection, tables: ValidationTables, accepted: Iterable[Key],
-           rejected: Iterable[Key], token: str | None = None) -> None:
+def settle(
+    connection: Connection,
+    tables: ValidationTables,
+    accepted: Iterable[Key],
+    rejected: Iterable[Key],
+    token: str | None = None,
+) -> None:
     """Record the bus's verdict on claimed events (only those still claimed, and by ``token``
     when given): accepted ones are published and their kept entry dropped."""
     table = tables.republished
@@ -161,8 +183,9 @@ def settle(connection: Connection, tables: ValidationTables, accepted: Iterable[
     for keys, status in ((list(accepted), PUBLISHED), (list(rejected), REJECTED)):
         if not keys:
             continue
-        condition = and_(tuple_(table.c.source, table.c.event_id).in_(keys),
-                         table.c.status == CLAIMED)
+        condition = and_(
+            tuple_(table.c.source, table.c.event_id).in_(keys), table.c.status == CLAIMED
+        )
         if token is not None:
             condition = and_(condition, table.c.claim == token)
         values: dict[str, Any] = {"status": status, "settled_at": now}
@@ -171,44 +194,73 @@ def settle(connection: Connection, tables: ValidationTables, accepted: Iterable[
         connection.execute(update(table).where(condition).values(**values))
 
 
-def store_dead_letters(connection: Connection, tables: ValidationTables,
-                       letters: Sequence[ValidationDeadLetter]) -> None:
+def store_dead_letters(
+    connection: Connection, tables: ValidationTables, letters: Sequence[ValidationDeadLetter]
+) -> None:
     """Keep dead letters by SQS message id: the same message again (redelivered after a
     crash) updates its reason and errors and counts an attempt."""
     if not letters:
         return
     table = tables.dead_letters
     now = _now(connection)
-    statement = _insert(connection)(table).values([
-        {"message_id": x.message_id, "event_id": x.event_id, "source": x.source,
-         "detail_type": x.detail_type, "reason": x.reason, "errors": json.dumps(list(x.errors)),
-         "body": x.body, "created_at": now}
-        for x in letters
-    ])
+    statement = _insert(connection)(table).values(
+        [
+            {
+                "message_id": x.message_id,
+                "event_id": x.event_id,
+                "source": x.source,
+                "detail_type": x.detail_type,
+                "reason": x.reason,
+                "errors": json.dumps(list(x.errors)),
+                "body": x.body,
+                "created_at": now,
+            }
+            for x in letters
+        ]
+    )
     statement = statement.on_conflict_do_update(
         index_elements=[table.c.message_id],
-        set_={"reason": statement.excluded.reason, "errors": statement.excluded.errors,
-              "attempts": table.c.attempts + 1},
+        set_={
+            "reason": statement.excluded.reason,
+            "errors": statement.excluded.errors,
+            "attempts": table.c.attempts + 1,
+        },
     )
     connection.execute(statement)
 
 
-def dead_letters(engine: Engine, tables: ValidationTables, limit: int = 100) -> list[StoredDeadLetter]:
+def dead_letters(
+    engine: Engine, tables: ValidationTables, limit: int = 100
+) -> list[StoredDeadLetter]:
     table = tables.dead_letters
     with engine.connect() as connection:
         rows = connection.execute(select(table).order_by(table.c.id).limit(limit)).mappings()
         return [
             StoredDeadLetter(
                 r["id"],
-                ValidationDeadLetter(r["message_id"], r["event_id"], r["source"], r["detail_type"],
-                                     r["reason"], tuple(json.loads(r["errors"])), r["body"]),
-                str(r["created_at"]), r["attempts"])
+                ValidationDeadLetter(
+                    r["message_id"],
+                    r["event_id"],
+                    r["source"],
+                    r["detail_type"],
+                    r["reason"],
+                    tuple(json.loads(r["errors"])),
+                    r["body"],
+                ),
+                str(r["created_at"]),
+                r["attempts"],
+            )
             for r in rows
         ]
 
 
-def in_doubt(engine: Engine, tables: ValidationTables, older_than: timedelta = timedelta(0),
-             event_ids: Sequence[str] = (), limit: int = 100) -> list[InDoubt]:
+def in_doubt(
+    engine: Engine,
+    tables: ValidationTables,
+    older_than: timedelta = timedelta(0),
+    event_ids: Sequence[str] = (),
+    limit: int = 100,
+) -> list[InDoubt]:
     """Claims never settled: the event may or may not be on the bus. Claims younger than
     ``older_than`` may still be in a running validator's hands and are left out."""
     table = tables.republished
@@ -220,16 +272,28 @@ def in_doubt(engine: Engine, tables: ValidationTables, older_than: timedelta = t
         query = query.where(table.c.event_id.in_(event_ids))
     with engine.connect() as connection:
         rows = connection.execute(query.order_by(table.c.claimed_at).limit(limit)).mappings()
-        return [InDoubt((r["source"], r["event_id"]), r["detail_type"], str(r["claimed_at"]),
-                        entry_from_json(r["entry"]) if r["entry"] else None) for r in rows]
+        return [
+            InDoubt(
+                (r["source"], r["event_id"]),
+                r["detail_type"],
+                str(r["claimed_at"]),
+                entry_from_json(r["entry"]) if r["entry"] else None,
+            )
+            for r in rows
+        ]
 
 
 def counts(engine: Engine, tables: ValidationTables) -> dict[str, int]:
     """Claims by status, and dead letters."""
     table = tables.republished
     with engine.connect() as connection:
-        result = {str(status): int(n) for status, n in connection.execute(
-            select(table.c.status, func.count()).group_by(table.c.status))}
-        result["dead_letters"] = int(connection.execute(
-            select(func.count()).select_from(tables.dead_letters)).scalar_one())
+        result = {
+            str(status): int(n)
+            for status, n in connection.execute(
+                select(table.c.status, func.count()).group_by(table.c.status)
+            )
+        }
+        result["dead_letters"] = int(
+            connection.execute(select(func.count()).select_from(tables.dead_letters)).scalar_one()
+        )
     return result

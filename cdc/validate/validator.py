@@ -50,8 +50,9 @@ VALID_PREFIX = "valid."
 # SQS's own maximum message size.
 MAX_BODY_BYTES = 262_144
 
-Outcome = Literal["republished", "duplicate", "in_doubt", "dead_letter", "already_valid",
-                  "rejected"]
+Outcome = Literal[
+    "republished", "duplicate", "in_doubt", "dead_letter", "already_valid", "rejected"
+]
 
 
 def valid_source(source: str) -> str:
@@ -63,8 +64,13 @@ def exact_json(value: Any) -> str:
     reads fractions as ``Decimal`` (no digit lost), and ``str`` of such a Decimal is a valid
     JSON number ("12.50", "1E+5")."""
     if isinstance(value, dict):
-        return "{" + ",".join(f"{json.dumps(k, ensure_ascii=False)}:{exact_json(v)}"
-                              for k, v in value.items()) + "}"
+        return (
+            "{"
+            + ",".join(
+                f"{json.dumps(k, ensure_ascii=False)}:{exact_json(v)}" for k, v in value.items()
+            )
+            + "}"
+        )
     if isinstance(value, list):
         return "[" + ",".join(exact_json(v) for v in value) + "]"
     if isinstance(value, Decimal):
@@ -91,37 +97,73 @@ class Judged:
         return (self.source or "", self.event_id or "")
 
     def dead_letter(self) -> ValidationDeadLetter:
-        return ValidationDeadLetter(self.message_id, self.event_id, self.source, self.detail_type,
-                                    self.reason, self.errors or (self.reason,), self.body)
+        return ValidationDeadLetter(
+            self.message_id,
+            self.event_id,
+            self.source,
+            self.detail_type,
+            self.reason,
+            self.errors or (self.reason,),
+            self.body,
+        )
 
 
-def judge(body: str, message_id: str, registry: SchemaRegistry,
-          max_body_bytes: int = MAX_BODY_BYTES) -> Judged:
+def judge(
+    body: str, message_id: str, registry: SchemaRegistry, max_body_bytes: int = MAX_BODY_BYTES
+) -> Judged:
     """The verdict on one SQS body (an EventBridge envelope); pure."""
     try:
         envelope = parse_message(body, max_body_bytes)
     except Invalid as exc:
-        return Judged(message_id, body, "dead_letter", reason=f"not an event: {exc.reason}",
-                      errors=(exc.reason,))
+        return Judged(
+            message_id,
+            body,
+            "dead_letter",
+            reason=f"not an event: {exc.reason}",
+            errors=(exc.reason,),
+        )
     source, detail_type, detail = envelope.source, envelope.detail_type, envelope.detail
     if source.startswith(VALID_PREFIX):
         return Judged(message_id, body, "already_valid", source, detail_type)
     raw_id = detail.get("id")
-    event_id = raw_id if isinstance(raw_id, str) and raw_id and not text_problem(raw_id) \
+    event_id = (
+        raw_id
+        if isinstance(raw_id, str) and raw_id and not text_problem(raw_id)
         else envelope.envelope_id
+    )
     errors = registry.errors(detail_type, detail)
     if errors is None:
         reason = f"no schema for DetailType {detail_type!r}; add one to CDC_SCHEMAS_DIR"
-        return Judged(message_id, body, "dead_letter", source, detail_type, event_id,
-                      reason=reason, errors=(reason,))
+        return Judged(
+            message_id,
+            body,
+            "dead_letter",
+            source,
+            detail_type,
+            event_id,
+            reason=reason,
+            errors=(reason,),
+        )
     if errors:
-        return Judged(message_id, body, "dead_letter", source, detail_type, event_id,
-                      reason=f"{len(errors)} validation error{'s' if len(errors) > 1 else ''}: "
-                             f"{errors[0]}", errors=tuple(errors))
+        return Judged(
+            message_id,
+            body,
+            "dead_letter",
+            source,
+            detail_type,
+            event_id,
+            reason=f"{len(errors)} validation error{'s' if len(errors) > 1 else ''}: {errors[0]}",
+            errors=tuple(errors),
+        )
     table = detail.get("table")
-    entry = BusEntry.create(event_id, table if isinstance(table, str) else "",
-                            valid_source(source), detail_type,
-                            envelope.time or datetime.now(UTC), exact_json(detail))
+    entry = BusEntry.create(
+        event_id,
+        table if isinstance(table, str) else "",
+        valid_source(source),
+        detail_type,
+        envelope.time or datetime.now(UTC),
+        exact_json(detail),
+    )
     return Judged(message_id, body, "republish", source, detail_type, event_id, entry)
 
 
@@ -157,14 +199,23 @@ class Validator:
 
     def __post_init__(self) -> None:
         self._retrying = db_retrying(self.stop, self._count_retry, "the state database")
-        self.queue = Queue(self.sqs, self.settings.validate_queue_url, "CDC_VALIDATE_QUEUE_URL",
-                           self.settings.validate_wait_seconds,
-                           self.settings.validate_visibility_timeout, self.stop, self.stats)
+        self.queue = Queue(
+            self.sqs,
+            self.settings.validate_queue_url,
+            "CDC_VALIDATE_QUEUE_URL",
+            self.settings.validate_wait_seconds,
+            self.settings.validate_visibility_timeout,
+            self.stop,
+            self.stats,
+        )
 
     def run(self) -> None:
-        log.info("validating events from %s against %d schemas; valid ones go to the %s bus",
-                 self.settings.validate_queue_url, len(self.registry),
-                 self.settings.central_bus_name)
+        log.info(
+            "validating events from %s against %d schemas; valid ones go to the %s bus",
+            self.settings.validate_queue_url,
+            len(self.registry),
+            self.settings.central_bus_name,
+        )
         while not self.stop.is_set():
             self.poll_once()
         log.info("stopped: %s", self.stats)
@@ -202,13 +253,18 @@ class Validator:
                 return state.claim(connection, self.tables, token, list(claims.values()))
 
         verdicts = self._retrying(claim_all)
-        mine = [claims[key] for key, (status, owner) in verdicts.items()
-                if owner == token and status == state.CLAIMED and key in claims]
+        mine = [
+            claims[key]
+            for key, (status, owner) in verdicts.items()
+            if owner == token and status == state.CLAIMED and key in claims
+        ]
         self._hook("claimed")
         rejections = self.publisher.publish([c.entry for c in mine]) if mine else []
         self._hook("published")
-        rejected = {(r.entry.source.removeprefix(VALID_PREFIX), r.entry.event_id): r.reason
-                    for r in rejections}
+        rejected = {
+            (r.entry.source.removeprefix(VALID_PREFIX), r.entry.event_id): r.reason
+            for r in rejections
+        }
         accepted = [c.key for c in mine if c.key not in rejected]
         refused = [c for c in mine if c.key in rejected]
         bodies = {j.key: j.body for j in judged}
@@ -216,19 +272,35 @@ class Validator:
         def record() -> None:
             with self.engine.begin() as connection:
                 state.settle(connection, self.tables, accepted, [c.key for c in refused], token)
-                state.store_dead_letters(connection, self.tables, [
-                    ValidationDeadLetter(c.message_id, c.key[1], c.key[0], c.detail_type,
-                                         f"the central bus refused the event: {rejected[c.key]}",
-                                         (rejected[c.key],), bodies[c.key])
-                    for c in refused])
+                state.store_dead_letters(
+                    connection,
+                    self.tables,
+                    [
+                        ValidationDeadLetter(
+                            c.message_id,
+                            c.key[1],
+                            c.key[0],
+                            c.detail_type,
+                            f"the central bus refused the event: {rejected[c.key]}",
+                            (rejected[c.key],),
+                            bodies[c.key],
+                        )
+                        for c in refused
+                    ],
+                )
 
         if mine:
             self._retrying(record)
         self._hook("recorded")
         return self._outcomes(judged, verdicts, token, set(accepted))
 
-    def _outcomes(self, judged: Sequence[Judged], verdicts: dict[state.Key, tuple[str, str]],
-                  token: str, accepted: set[state.Key]) -> list[Outcome]:
+    def _outcomes(
+        self,
+        judged: Sequence[Judged],
+        verdicts: dict[state.Key, tuple[str, str]],
+        token: str,
+        accepted: set[state.Key],
+    ) -> list[Outcome]:
         outcomes: list[Outcome] = []
         seen: set[state.Key] = set()
         for j in judged:
@@ -236,9 +308,14 @@ class Validator:
             if j.outcome != "republish":
                 outcome = j.outcome
                 if outcome == "dead_letter":
-                    log.warning("dead letter: event %s (%s from %s), message %s: %s",
-                                j.event_id or "unknown", j.detail_type, j.source, j.message_id,
-                                j.reason)
+                    log.warning(
+                        "dead letter: event %s (%s from %s), message %s: %s",
+                        j.event_id or "unknown",
+                        j.detail_type,
+                        j.source,
+                        j.message_id,
+                        j.reason,
+                    )
             elif j.key in seen:
                 outcome = "duplicate"  # the same event twice in one batch
             else:
@@ -249,14 +326,22 @@ class Validator:
                 elif status == state.CLAIMED:
                     # Claimed by a run that crashed before it learned the bus's verdict (or by
                     # another validator, right now): sending it again could publish it twice.
-                    log.warning("event %s of %s is in doubt (claimed, never confirmed); not "
-                                "republished", j.event_id, j.source)
+                    log.warning(
+                        "event %s of %s is in doubt (claimed, never confirmed); not republished",
+                        j.event_id,
+                        j.source,
+                    )
                     outcome = "in_doubt"
                 else:
                     outcome = "duplicate"
-            counter = {"republished": "republished", "duplicate": "duplicates",
-                       "in_doubt": "in_doubt", "dead_letter": "dead_letters",
-                       "already_valid": "already_valid", "rejected": "rejected"}[outcome]
+            counter = {
+                "republished": "republished",
+                "duplicate": "duplicates",
+                "in_doubt": "in_doubt",
+                "dead_letter": "dead_letters",
+                "already_valid": "already_valid",
+                "rejected": "rejected",
+            }[outcome]
             setattr(self.stats, counter, getattr(self.stats, counter) + 1)
             outcomes.append(outcome)
         return outcomes
@@ -269,8 +354,9 @@ class Validator:
         self.stats.db_retries += 1
 
 
-def resend_in_doubt(engine: Engine, tables: ValidationTables, publisher: Publisher,
-                    claims: Sequence[state.InDoubt]) -> tuple[int, list[str]]:
+def resend_in_doubt(
+    engine: Engine, tables: ValidationTables, publisher: Publisher, claims: Sequence[state.InDoubt]
+) -> tuple[int, list[str]]:
     """An operator's decision: send claims in doubt again (after checking the consumers did
     not get them). How many the bus accepted, and why the others were refused."""
     entries = [c.entry for c in claims if c.entry is not None]

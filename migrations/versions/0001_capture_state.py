@@ -38,13 +38,22 @@ def upgrade() -> None:
         sa.Column("op", sa.Text(), nullable=False),
         sa.Column("before", image),
         sa.Column("after", image),
-        sa.Column("txid", sa.BigInteger(),
-                  server_default=None if sqlite else sa.text("txid_current()")),
-        sa.Column("origin", sa.Text(),
-                  server_default=None if sqlite else sa.text("current_setting('cdc.origin', true)")),
-        sa.Column("captured_at", moment, nullable=False,
-                  server_default=sa.text("(strftime('%Y-%m-%dT%H:%M:%fZ','now'))") if sqlite
-                  else sa.text("clock_timestamp()")),
+        sa.Column(
+            "txid", sa.BigInteger(), server_default=None if sqlite else sa.text("txid_current()")
+        ),
+        sa.Column(
+            "origin",
+            sa.Text(),
+            server_default=None if sqlite else sa.text("current_setting('cdc.origin', true)"),
+        ),
+        sa.Column(
+            "captured_at",
+            moment,
+            nullable=False,
+            server_default=sa.text("(strftime('%Y-%m-%dT%H:%M:%fZ','now'))")
+            if sqlite
+            else sa.text("clock_timestamp()"),
+        ),
         schema=schema,
     )
     op.create_table(

@@ -22,8 +22,10 @@ def upgrade() -> None:
     schema: str = context.config.attributes["state_schema"]
     # A fixed search_path: a SECURITY DEFINER function must not resolve names through the
     # caller's path (the function names every table with its schema anyway).
-    op.execute(f'ALTER FUNCTION "{schema}".capture() SECURITY DEFINER '
-               "SET search_path = pg_catalog, pg_temp")
+    op.execute(
+        f'ALTER FUNCTION "{schema}".capture() SECURITY DEFINER '
+        "SET search_path = pg_catalog, pg_temp"
+    )
     op.execute(f'REVOKE ALL ON FUNCTION "{schema}".capture() FROM PUBLIC')
 
 

@@ -52,9 +52,14 @@ def upgrade() -> None:
         sa.Column("finished_at", moment),
         schema=schema,
     )
-    op.create_index(f"{prefix}backfills_running", f"{prefix}backfills", ["table_name"],
-                    unique=True, schema=schema,
-                    **{f"{'sqlite' if sqlite else 'postgresql'}_where": sa.text("status = 'running'")})
+    op.create_index(
+        f"{prefix}backfills_running",
+        f"{prefix}backfills",
+        ["table_name"],
+        unique=True,
+        schema=schema,
+        **{f"{'sqlite' if sqlite else 'postgresql'}_where": sa.text("status = 'running'")},
+    )
     if sqlite:
         _sqlite_changelog_autoincrement()
 
@@ -69,8 +74,10 @@ def _sqlite_changelog_autoincrement() -> None:
         txid BIGINT,
         origin TEXT,
         captured_at TEXT DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')) NOT NULL)""")
-    op.execute("INSERT INTO cdc_changelog_next SELECT id, table_name, op, \"before\", \"after\", "
-               "txid, origin, captured_at FROM cdc_changelog")
+    op.execute(
+        'INSERT INTO cdc_changelog_next SELECT id, table_name, op, "before", "after", '
+        "txid, origin, captured_at FROM cdc_changelog"
+    )
     op.execute("DROP TABLE cdc_changelog")
     # Legacy rename: the capture triggers name cdc_changelog and must keep doing so.
     op.execute("PRAGMA legacy_alter_table = ON")

@@ -44,9 +44,13 @@ def upgrade() -> None:
         sa.Column("settled_at", moment),
         schema=schema,
     )
-    op.create_index(f"{prefix}republished_claimed", f"{prefix}republished", ["claimed_at"],
-                    schema=schema,
-                    **{f"{'sqlite' if sqlite else 'postgresql'}_where": sa.text("status = 'claimed'")})
+    op.create_index(
+        f"{prefix}republished_claimed",
+        f"{prefix}republished",
+        ["claimed_at"],
+        schema=schema,
+        **{f"{'sqlite' if sqlite else 'postgresql'}_where": sa.text("status = 'claimed'")},
+    )
     op.create_table(
         f"{prefix}validation_dead_letters",
         sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),

@@ -41,8 +41,19 @@ from urllib.parse import urlsplit
 MAX_BODY_BYTES = 4 * 1024 * 1024
 UPSTREAM_TIMEOUT = 30.0
 # Hop-by-hop headers (RFC 9110 7.6.1) and the length, which the proxy sets itself.
-_HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
-                         "te", "trailer", "transfer-encoding", "upgrade", "content-length"})
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+    }
+)
 
 # The throttling error each service answers with (code in the JSON protocol's ``__type``).
 THROTTLE_ERRORS = {"AWSEvents": "ThrottlingException", "AmazonSQS": "RequestThrottled"}
@@ -116,8 +127,12 @@ class FaultProxy:
         server.daemon_threads = True
         server.proxy = self  # type: ignore[attr-defined]
         self._server = server
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
-                         name="fault-proxy", daemon=True).start()
+        threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name="fault-proxy",
+            daemon=True,
+        ).start()
         self._timer = threading.Timer(self.lifetime, self.stop)
         self._timer.daemon = True
         self._timer.start()
@@ -140,8 +155,9 @@ class FaultProxy:
 
     def summary(self) -> str:
         calls = self.counts["calls"]
-        return f"calls={calls} " + " ".join(f"{k}={self.counts[k]}" for k in
-                                            (*KINDS, "failed_entries", "abandoned"))
+        return f"calls={calls} " + " ".join(
+            f"{k}={self.counts[k]}" for k in (*KINDS, "failed_entries", "abandoned")
+        )
 
     # -- decisions ----------------------------------------------------------------------------
 
@@ -163,7 +179,9 @@ class FaultProxy:
     def pick_failures(self, count: int) -> list[int]:
         """Indices of the entries that fail in a partial failure (at least one)."""
         with self._lock:
-            failing = sorted(self._rng.sample(range(count), self._rng.randint(1, max(1, count // 2))))
+            failing = sorted(
+                self._rng.sample(range(count), self._rng.randint(1, max(1, count // 2)))
+            )
             self.counts["failed_entries"] += len(failing)
             return failing
 
@@ -220,7 +238,11 @@ class _Handler(BaseHTTPRequestHandler):
         if fault == "partial":
             body, failing = self._drop_entries(proxy, body)
         if failing and not json.loads(body).get("Entries"):
-            status, headers, reply = 200, {"Content-Type": self.headers.get("Content-Type", "")}, b"{}"
+            status, headers, reply = (
+                200,
+                {"Content-Type": self.headers.get("Content-Type", "")},
+                b"{}",
+            )
         else:
             status, headers, reply = self._forward(proxy, body)
         if fault == "reset_after":
@@ -239,8 +261,11 @@ class _Handler(BaseHTTPRequestHandler):
             connection.request(self.command, self.path, body=body, headers=headers)
             response = connection.getresponse()
             reply = response.read()
-            return response.status, {k: v for k, v in response.getheaders()
-                                     if k.lower() not in _HOP_BY_HOP}, reply
+            return (
+                response.status,
+                {k: v for k, v in response.getheaders() if k.lower() not in _HOP_BY_HOP},
+                reply,
+            )
         finally:
             connection.close()
 
@@ -276,8 +301,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._dropped = [entries[i] for i in failing]
         return json.dumps(request).encode(), failing
 
-    def _splice_failures(self, proxy: FaultProxy, target: str, reply: bytes,
-                         failing: list[int]) -> bytes:
+    def _splice_failures(
+        self, proxy: FaultProxy, target: str, reply: bytes, failing: list[int]
+    ) -> bytes:
         document = json.loads(reply or b"{}")
         if target == "AWSEvents.PutEvents":
             results = list(document.get("Entries", []))
@@ -288,8 +314,14 @@ class _Handler(BaseHTTPRequestHandler):
             document["FailedEntryCount"] = sum(1 for r in results if r.get("ErrorCode"))
         else:  # SQS batch calls answer by entry Id, not by position
             document.setdefault("Failed", []).extend(
-                {"Id": entry["Id"], "SenderFault": False, "Code": "InternalError",
-                 "Message": "injected InternalError"} for entry in self._dropped)
+                {
+                    "Id": entry["Id"],
+                    "SenderFault": False,
+                    "Code": "InternalError",
+                    "Message": "injected InternalError",
+                }
+                for entry in self._dropped
+            )
             document.setdefault("Successful", [])
         return json.dumps(document).encode()
 

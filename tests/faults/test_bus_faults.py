@@ -31,8 +31,14 @@ pytestmark = pytest.mark.integration
 
 KEYS = 50
 CHANGES = 2_000
-PLAN = FaultPlan(frozenset({"AWSEvents.PutEvents"}), throttle=0.30, partial=0.10, reset=0.02,
-                 reset_after=0.03, slow=0.05)
+PLAN = FaultPlan(
+    frozenset({"AWSEvents.PutEvents"}),
+    throttle=0.30,
+    partial=0.10,
+    reset=0.02,
+    reset_after=0.03,
+    slow=0.05,
+)
 
 
 def wire_queues(source: str, parts: str = "0123456789abcdef") -> list[Wiring]:
@@ -47,12 +53,18 @@ def wire_queues(source: str, parts: str = "0123456789abcdef") -> list[Wiring]:
     for part in parts:
         queue_url = sqs.create_queue(QueueName=f"capture-{suffix}-{part}")["QueueUrl"]
         arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
-            "Attributes"]["QueueArn"]
-        events.put_rule(Name=f"to-queue-{suffix}-{part}", EventBusName=bus,
-                        EventPattern=json.dumps({"source": [source],
-                                                 "detail": {"id": [{"prefix": part}]}}))
-        events.put_targets(Rule=f"to-queue-{suffix}-{part}", EventBusName=bus,
-                           Targets=[{"Id": "queue", "Arn": arn}])
+            "Attributes"
+        ]["QueueArn"]
+        events.put_rule(
+            Name=f"to-queue-{suffix}-{part}",
+            EventBusName=bus,
+            EventPattern=json.dumps({"source": [source], "detail": {"id": [{"prefix": part}]}}),
+        )
+        events.put_targets(
+            Rule=f"to-queue-{suffix}-{part}",
+            EventBusName=bus,
+            Targets=[{"Id": "queue", "Arn": arn}],
+        )
         wirings.append(Wiring(bus, queue_url, sqs))
     return wirings
 
@@ -61,13 +73,18 @@ def publish_retries(port: int) -> dict[str, int]:
     """The worker's own count of entries sent again, by error code, from /metrics."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
         body = reply.read().decode()
-    return {code: int(float(value)) for code, value in
-            re.findall(r'^cdc_publish_retries_total\{code="([^"]+)"\} (\S+)$', body, re.MULTILINE)}
+    return {
+        code: int(float(value))
+        for code, value in re.findall(
+            r'^cdc_publish_retries_total\{code="([^"]+)"\} (\S+)$', body, re.MULTILINE
+        )
+    }
 
 
 @pytest.mark.parametrize("capture", ["changelog", "logical"])
-def test_a_failing_bus_loses_nothing(pg_url: URL, moto_endpoint: str, capture: str,
-                                     fault_summary: list[str]) -> None:
+def test_a_failing_bus_loses_nothing(
+    pg_url: URL, moto_endpoint: str, capture: str, fault_summary: list[str]
+) -> None:
     started = time.monotonic()
     settings = settings_for_mode(pg_url, capture, "accounts")
     prepared(settings, "CREATE TABLE accounts (id int PRIMARY KEY, version int NOT NULL)")
@@ -81,8 +98,10 @@ def test_a_failing_bus_loses_nothing(pg_url: URL, moto_endpoint: str, capture: s
                 if n < KEYS:
                     connection.execute(text("INSERT INTO accounts VALUES (:k, 1)"), {"k": n})
                 else:
-                    connection.execute(text("UPDATE accounts SET version = version + 1 "
-                                            "WHERE id = :k"), {"k": n % KEYS})
+                    connection.execute(
+                        text("UPDATE accounts SET version = version + 1 WHERE id = :k"),
+                        {"k": n % KEYS},
+                    )
                 connection.commit()
         written.set()
 
@@ -101,12 +120,21 @@ def test_a_failing_bus_loses_nothing(pg_url: URL, moto_endpoint: str, capture: s
     with FaultProxy(moto_endpoint, PLAN, seed=20261128) as proxy:
         health = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("CDC_")}
-        env.update({"CDC_DATABASE_URL": settings.url.render_as_string(hide_password=False),
-                    "CDC_TABLES": "accounts", "CDC_CAPTURE": capture,
-                    "CDC_SLOT_NAME": settings.slot_name, "CDC_BUS": "eventbridge",
-                    "CDC_EVENT_BUS_NAME": queues[0].bus_name, "CDC_BATCH_SIZE": "100",
-                    "CDC_POLL_INTERVAL": "0.05", "CDC_HEALTH_PORT": str(health),
-                    "CDC_LOG_LEVEL": "ERROR", "AWS_ENDPOINT_URL": proxy.url})
+        env.update(
+            {
+                "CDC_DATABASE_URL": settings.url.render_as_string(hide_password=False),
+                "CDC_TABLES": "accounts",
+                "CDC_CAPTURE": capture,
+                "CDC_SLOT_NAME": settings.slot_name,
+                "CDC_BUS": "eventbridge",
+                "CDC_EVENT_BUS_NAME": queues[0].bus_name,
+                "CDC_BATCH_SIZE": "100",
+                "CDC_POLL_INTERVAL": "0.05",
+                "CDC_HEALTH_PORT": str(health),
+                "CDC_LOG_LEVEL": "ERROR",
+                "AWS_ENDPOINT_URL": proxy.url,
+            }
+        )
         worker = subprocess.Popen([sys.executable, "-m", "cdc", "run"], env=env)
         writer = threading.Thread(target=write)
         try:
@@ -115,8 +143,9 @@ def test_a_failing_bus_loses_nothing(pg_url: URL, moto_endpoint: str, capture: s
             deadline = time.monotonic() + 150
             while not (written.is_set() and delivered() >= expected):
                 assert worker.poll() is None, "the worker stopped"
-                assert time.monotonic() < deadline, \
+                assert time.monotonic() < deadline, (
                     f"{len(expected - delivered())} changes never arrived; {proxy.summary()}"
+                )
                 if not drain():
                     time.sleep(0.02)
             retries = publish_retries(health)
@@ -143,15 +172,18 @@ def test_a_failing_bus_loses_nothing(pg_url: URL, moto_endpoint: str, capture: s
     assert all(len(one) == 1 for one in ids.values())
     # ... and per key, position order is commit order
     for key in range(KEYS):
-        ordered = sorted({(d["position"], d["after"]["version"]) for d in details
-                          if d["key"]["id"] == key})
+        ordered = sorted(
+            {(d["position"], d["after"]["version"]) for d in details if d["key"]["id"] == key}
+        )
         assert [version for _, version in ordered] == list(range(1, CHANGES // KEYS + 1)), key
     # ... although every kind of fault was injected, and the worker saw them
-    assert all(proxy.counts[kind] > 0 for kind in ("throttle", "partial", "reset",
-                                                   "reset_after", "slow")), proxy.summary()
+    assert all(
+        proxy.counts[kind] > 0 for kind in ("throttle", "partial", "reset", "reset_after", "slow")
+    ), proxy.summary()
     assert retries.get("ThrottlingException", 0) > 0 and retries.get("InternalFailure", 0) > 0
     duplicates = len(details) - len(expected)
     fault_summary.append(
         f"bus faults, {capture} mode: {proxy.summary()} (PutEvents); worker retries by code "
         f"{dict(sorted(retries.items()))}; changes={CHANGES} delivered={len(details)} lost=0 "
-        f"duplicates={duplicates} in {time.monotonic() - started:.1f}s")
+        f"duplicates={duplicates} in {time.monotonic() - started:.1f}s"
+    )

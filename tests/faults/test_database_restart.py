@@ -26,15 +26,22 @@ CHANGES = 1_000
 
 def restart_postgres() -> None:
     version = next(iter(Path("/etc/postgresql").iterdir())).name
-    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
-                   check=True, timeout=120, capture_output=True)
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
+        check=True,
+        timeout=120,
+        capture_output=True,
+    )
 
 
-@pytest.mark.skipif(shutil.which("pg_ctlcluster") is None or not Path("/etc/postgresql").exists(),
-                    reason="needs a local PostgreSQL that pg_ctlcluster controls")
+@pytest.mark.skipif(
+    shutil.which("pg_ctlcluster") is None or not Path("/etc/postgresql").exists(),
+    reason="needs a local PostgreSQL that pg_ctlcluster controls",
+)
 @pytest.mark.parametrize("capture", ["changelog", "logical"])
-def test_a_database_restart_mid_stream_loses_nothing(pg_url: URL, tmp_path: Path, capture: str,
-                                                     fault_summary: list[str]) -> None:
+def test_a_database_restart_mid_stream_loses_nothing(
+    pg_url: URL, tmp_path: Path, capture: str, fault_summary: list[str]
+) -> None:
     if pg_url.host not in ("127.0.0.1", "localhost"):
         pytest.skip("restarts only a local server")
     settings = settings_for_mode(pg_url, capture, "accounts", batch_size="50")
@@ -76,6 +83,8 @@ def test_a_database_restart_mid_stream_loses_nothing(pg_url: URL, tmp_path: Path
     legacy.dispose()
     assert keys == set(committed) == set(range(CHANGES))
     published = len(bus.read_text().splitlines())
-    fault_summary.append(f"PostgreSQL restart, {capture} mode: restarts=1 changes={CHANGES} "
-                         f"published={published} lost=0 duplicates={published - CHANGES} "
-                         f"db retries={worker.stats.db_retries}")
+    fault_summary.append(
+        f"PostgreSQL restart, {capture} mode: restarts=1 changes={CHANGES} "
+        f"published={published} lost=0 duplicates={published - CHANGES} "
+        f"db retries={worker.stats.db_retries}"
+    )

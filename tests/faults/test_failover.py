@@ -32,20 +32,31 @@ def published(path: Path) -> list[dict[str, object]]:
 
 
 @pytest.mark.parametrize("capture", ["changelog", "logical"])
-def test_the_standby_takes_over_from_a_killed_leader(pg_url: URL, tmp_path: Path, capture: str,
-                                                     fault_summary: list[str]) -> None:
+def test_the_standby_takes_over_from_a_killed_leader(
+    pg_url: URL, tmp_path: Path, capture: str, fault_summary: list[str]
+) -> None:
     settings = settings_for_mode(pg_url, capture, "items")
     prepared(settings, "CREATE TABLE items (id int PRIMARY KEY)")
     env = {k: v for k, v in os.environ.items() if not k.startswith("CDC_")}
-    env.update({"CDC_DATABASE_URL": settings.url.render_as_string(hide_password=False),
-                "CDC_TABLES": "items", "CDC_CAPTURE": capture, "CDC_SLOT_NAME": settings.slot_name,
-                "CDC_BUS": "file", "CDC_POLL_INTERVAL": "0.05", "CDC_BATCH_SIZE": "50"})
+    env.update(
+        {
+            "CDC_DATABASE_URL": settings.url.render_as_string(hide_password=False),
+            "CDC_TABLES": "items",
+            "CDC_CAPTURE": capture,
+            "CDC_SLOT_NAME": settings.slot_name,
+            "CDC_BUS": "file",
+            "CDC_POLL_INTERVAL": "0.05",
+            "CDC_BATCH_SIZE": "50",
+        }
+    )
     buses = [tmp_path / "leader.jsonl", tmp_path / "standby.jsonl"]
-    leader = subprocess.Popen([sys.executable, "-m", "cdc", "run"],
-                              env={**env, "CDC_BUS_FILE": str(buses[0])})
+    leader = subprocess.Popen(
+        [sys.executable, "-m", "cdc", "run"], env={**env, "CDC_BUS_FILE": str(buses[0])}
+    )
     time.sleep(1.5)  # the leader holds the lease before the standby starts
-    standby = subprocess.Popen([sys.executable, "-m", "cdc", "run"],
-                               env={**env, "CDC_BUS_FILE": str(buses[1])})
+    standby = subprocess.Popen(
+        [sys.executable, "-m", "cdc", "run"], env={**env, "CDC_BUS_FILE": str(buses[1])}
+    )
     legacy = raw_engine(pg_url)
     done = threading.Event()
 
@@ -85,34 +96,62 @@ def test_the_standby_takes_over_from_a_killed_leader(pg_url: URL, tmp_path: Path
         legacy.dispose()
     assert keys == set(range(CHANGES))
     total = sum(len(published(bus)) for bus in buses)
-    fault_summary.append(f"failover, {capture} mode: leader killed, standby took over in "
-                         f"{takeover:.2f}s; changes={CHANGES} published={total} lost=0 "
-                         f"duplicates={total - CHANGES}")
+    fault_summary.append(
+        f"failover, {capture} mode: leader killed, standby took over in "
+        f"{takeover:.2f}s; changes={CHANGES} published={total} lost=0 "
+        f"duplicates={total - CHANGES}"
+    )
 
 
-def test_a_backfill_continues_on_the_standby(pg_url: URL, tmp_path: Path,
-                                             fault_summary: list[str]) -> None:
+def test_a_backfill_continues_on_the_standby(
+    pg_url: URL, tmp_path: Path, fault_summary: list[str]
+) -> None:
     """The lease covers backfills too: the leader runs the chunks; killed, the standby resumes
     the backfill after the last chunk the bus accepted, and every row is published."""
     rows = 30_000
     settings = settings_for_mode(pg_url, "changelog", "items")
-    prepared(settings, "CREATE TABLE items (id int PRIMARY KEY, note text);"
-             f"INSERT INTO items SELECT g, 'row ' || g FROM generate_series(1, {rows}) AS g")
+    prepared(
+        settings,
+        "CREATE TABLE items (id int PRIMARY KEY, note text);"
+        f"INSERT INTO items SELECT g, 'row ' || g FROM generate_series(1, {rows}) AS g",
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("CDC_")}
-    env.update({"CDC_DATABASE_URL": settings.url.render_as_string(hide_password=False),
-                "CDC_TABLES": "items", "CDC_BUS": "file", "CDC_POLL_INTERVAL": "0.05"})
+    env.update(
+        {
+            "CDC_DATABASE_URL": settings.url.render_as_string(hide_password=False),
+            "CDC_TABLES": "items",
+            "CDC_BUS": "file",
+            "CDC_POLL_INTERVAL": "0.05",
+        }
+    )
     buses = [tmp_path / "leader.jsonl", tmp_path / "standby.jsonl"]
-    leader = subprocess.Popen([sys.executable, "-m", "cdc", "run"],
-                              env={**env, "CDC_BUS_FILE": str(buses[0])})
+    leader = subprocess.Popen(
+        [sys.executable, "-m", "cdc", "run"], env={**env, "CDC_BUS_FILE": str(buses[0])}
+    )
     time.sleep(1.5)
-    standby = subprocess.Popen([sys.executable, "-m", "cdc", "run"],
-                               env={**env, "CDC_BUS_FILE": str(buses[1])})
+    standby = subprocess.Popen(
+        [sys.executable, "-m", "cdc", "run"], env={**env, "CDC_BUS_FILE": str(buses[1])}
+    )
     try:
         # Slow enough (2,000 rows/s) that the kill lands in the middle.
-        subprocess.run([sys.executable, "-m", "cdc", "backfill", "items", "--detach",
-                        "--chunk-size", "500", "--rate", "2000"],
-                       env={**env, "CDC_BUS_FILE": str(tmp_path / "unused.jsonl")},
-                       check=True, capture_output=True, timeout=60)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cdc",
+                "backfill",
+                "items",
+                "--detach",
+                "--chunk-size",
+                "500",
+                "--rate",
+                "2000",
+            ],
+            env={**env, "CDC_BUS_FILE": str(tmp_path / "unused.jsonl")},
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
         while len(published(buses[0])) < rows // 4:
             time.sleep(0.05)
         leader.send_signal(signal.SIGKILL)
@@ -135,6 +174,8 @@ def test_a_backfill_continues_on_the_standby(pg_url: URL, tmp_path: Path,
     standby_rows = {d["key"]["id"] for d in published(buses[1])}  # type: ignore[index]
     assert standby_rows and min(standby_rows) > 1  # resumed, not started over
     total = sum(len(published(bus)) for bus in buses)
-    fault_summary.append(f"backfill failover: leader killed mid-backfill, standby finished it "
-                         f"({resumed_in:.1f}s); rows={rows} published={total} lost=0 "
-                         f"re-sent={total - rows}")
+    fault_summary.append(
+        f"backfill failover: leader killed mid-backfill, standby finished it "
+        f"({resumed_in:.1f}s); rows={rows} published={total} lost=0 "
+        f"re-sent={total - rows}"
+    )

@@ -35,16 +35,26 @@ def read_bus(path: Path) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize("capture", ["changelog", "logical"])
-def test_sigkill_storm_loses_nothing(pg_url: URL, tmp_path: Path, capture: str,
-                                     fault_summary: list[str]) -> None:
+def test_sigkill_storm_loses_nothing(
+    pg_url: URL, tmp_path: Path, capture: str, fault_summary: list[str]
+) -> None:
     settings = settings_for_mode(pg_url, capture, "accounts")
     engine = prepared(settings, "CREATE TABLE accounts (id int PRIMARY KEY, version int NOT NULL)")
     bus = tmp_path / "bus.jsonl"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CDC_")}
-    env.update({"CDC_DATABASE_URL": settings.url.render_as_string(hide_password=False),
-                "CDC_TABLES": "accounts", "CDC_CAPTURE": capture, "CDC_SLOT_NAME": settings.slot_name,
-                "CDC_BUS": "file", "CDC_BUS_FILE": str(bus), "CDC_BATCH_SIZE": "100",
-                "CDC_POLL_INTERVAL": "0.05", "CDC_LOG_LEVEL": "WARNING"})
+    env.update(
+        {
+            "CDC_DATABASE_URL": settings.url.render_as_string(hide_password=False),
+            "CDC_TABLES": "accounts",
+            "CDC_CAPTURE": capture,
+            "CDC_SLOT_NAME": settings.slot_name,
+            "CDC_BUS": "file",
+            "CDC_BUS_FILE": str(bus),
+            "CDC_BATCH_SIZE": "100",
+            "CDC_POLL_INTERVAL": "0.05",
+            "CDC_LOG_LEVEL": "WARNING",
+        }
+    )
 
     # Given: a writer committing CHANGES single-row changes (inserts, then version bumps)
     legacy = raw_engine(pg_url)
@@ -57,8 +67,9 @@ def test_sigkill_storm_loses_nothing(pg_url: URL, tmp_path: Path, capture: str,
                 if n < KEYS:
                     connection.execute(text("INSERT INTO accounts VALUES (:k, 1)"), {"k": key})
                 else:
-                    connection.execute(text("UPDATE accounts SET version = version + 1 WHERE id = :k"),
-                                       {"k": key})
+                    connection.execute(
+                        text("UPDATE accounts SET version = version + 1 WHERE id = :k"), {"k": key}
+                    )
                 connection.commit()
         written.set()
 
@@ -79,7 +90,9 @@ def test_sigkill_storm_loses_nothing(pg_url: URL, tmp_path: Path, capture: str,
         writer.join()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            versions = {(d["key"]["id"], d["after"]["version"]) for d in read_bus(bus) if d["after"]}
+            versions = {
+                (d["key"]["id"], d["after"]["version"]) for d in read_bus(bus) if d["after"]
+            }
             if len(versions) >= CHANGES:
                 break
             time.sleep(0.2)
@@ -100,15 +113,21 @@ def test_sigkill_storm_loses_nothing(pg_url: URL, tmp_path: Path, capture: str,
         assert by_id.setdefault(detail["id"], rendered) == rendered
     ids_by_change: dict[tuple[int, int], set[str]] = {}
     for detail in details:
-        ids_by_change.setdefault((detail["key"]["id"], detail["after"]["version"]), set()).add(detail["id"])
+        ids_by_change.setdefault((detail["key"]["id"], detail["after"]["version"]), set()).add(
+            detail["id"]
+        )
     assert all(len(ids) == 1 for ids in ids_by_change.values())
     # ... and per key, position order is commit order
     for key in range(KEYS):
-        ordered = sorted({(d["position"], d["after"]["version"]) for d in details if d["key"]["id"] == key})
+        ordered = sorted(
+            {(d["position"], d["after"]["version"]) for d in details if d["key"]["id"] == key}
+        )
         assert [v for _, v in ordered] == list(range(1, CHANGES // KEYS + 1)), key
     duplicates = len(details) - len(published)
-    fault_summary.append(f"SIGKILL storm, {capture} mode: kills={kills} changes={CHANGES} "
-                         f"published={len(details)} lost=0 duplicates={duplicates}")
+    fault_summary.append(
+        f"SIGKILL storm, {capture} mode: kills={kills} changes={CHANGES} "
+        f"published={len(details)} lost=0 duplicates={duplicates}"
+    )
     if capture == "changelog":
         with engine.connect() as connection:
             assert connection.execute(text("SELECT count(*) FROM cdc.changelog")).scalar() == 0

@@ -58,8 +58,9 @@ def source_for(settings: Settings, engine: Engine) -> Source:
 
 
 def changelog_source(settings: Settings, engine: Engine) -> ChangeLogSource:
-    return ChangeLogSource(engine, state_tables(engine.dialect.name, settings.state_schema),
-                           settings.default_schema)
+    return ChangeLogSource(
+        engine, state_tables(engine.dialect.name, settings.state_schema), settings.default_schema
+    )
 
 
 def settings_for_mode(url: URL, capture: str, tables: str, **extra: str) -> Settings:
@@ -89,18 +90,25 @@ class Wiring:
     received: list[dict[str, Any]] = field(default_factory=list)
 
     def drain_once(self) -> int:
-        reply = self.sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10,
-                                         WaitTimeSeconds=0)
+        reply = self.sqs.receive_message(
+            QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0
+        )
         messages = reply.get("Messages", [])
         for message in messages:
             self.received.append(json.loads(message["Body"]))
         if messages:
-            self.sqs.delete_message_batch(QueueUrl=self.queue_url, Entries=[
-                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)
-            ])
+            self.sqs.delete_message_batch(
+                QueueUrl=self.queue_url,
+                Entries=[
+                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
+                    for i, m in enumerate(messages)
+                ],
+            )
         return len(messages)
 
-    def drain_until(self, done: Callable[[list[dict[str, Any]]], bool], timeout: float = 60) -> None:
+    def drain_until(
+        self, done: Callable[[list[dict[str, Any]]], bool], timeout: float = 60
+    ) -> None:
         deadline = time.monotonic() + timeout
         while not done(self.received):
             if time.monotonic() > deadline:
@@ -116,12 +124,15 @@ def wire_bus(source: str) -> Wiring:
     bus = f"legacy-{suffix}"
     events.create_event_bus(Name=bus)
     queue_url = sqs.create_queue(QueueName=f"capture-{suffix}")["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
-        "Attributes"]["QueueArn"]
-    events.put_rule(Name=f"to-queue-{suffix}", EventBusName=bus,
-                    EventPattern=json.dumps({"source": [source]}))
-    events.put_targets(Rule=f"to-queue-{suffix}", EventBusName=bus,
-                       Targets=[{"Id": "queue", "Arn": arn}])
+    arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    events.put_rule(
+        Name=f"to-queue-{suffix}", EventBusName=bus, EventPattern=json.dumps({"source": [source]})
+    )
+    events.put_targets(
+        Rule=f"to-queue-{suffix}", EventBusName=bus, Targets=[{"Id": "queue", "Arn": arn}]
+    )
     return Wiring(bus, queue_url, sqs)
 
 

@@ -83,8 +83,9 @@ class Writers:
         self.stop = threading.Event()
         self.transactions = 0
         self.errors: list[BaseException] = []
-        self.threads = [threading.Thread(target=self._work, args=(n,), daemon=True)
-                        for n in range(count)]
+        self.threads = [
+            threading.Thread(target=self._work, args=(n,), daemon=True) for n in range(count)
+        ]
 
     def __enter__(self) -> Writers:
         for thread in self.threads:
@@ -103,8 +104,9 @@ class Writers:
                 with self.engine.begin() as connection:
                     # Rows in key order: the writers lock them in one order, so they never
                     # deadlock each other (a deadlock would end a writer, not the test).
-                    keys = sorted(rng.randint(1, ROWS + ROWS // 10)
-                                  for _ in range(rng.randint(1, 5)))
+                    keys = sorted(
+                        rng.randint(1, ROWS + ROWS // 10) for _ in range(rng.randint(1, 5))
+                    )
                     for n in keys:
                         self._one(connection, rng, n)
                     if rng.random() < 0.1:
@@ -118,28 +120,43 @@ class Writers:
         region = "eu" if n % 2 == 0 else "us"
         roll = rng.random()
         if roll < 0.6:
-            connection.execute(text("UPDATE accounts SET balance = balance + 1, note = :note "
-                                    "WHERE region = :r AND id = :id"),
-                               {"r": region, "id": n, "note": f"u{rng.random():.6f}"})
+            connection.execute(
+                text(
+                    "UPDATE accounts SET balance = balance + 1, note = :note "
+                    "WHERE region = :r AND id = :id"
+                ),
+                {"r": region, "id": n, "note": f"u{rng.random():.6f}"},
+            )
         elif roll < 0.8:
-            connection.execute(text("INSERT INTO accounts VALUES (:r, :id, 1, 'new') "
-                                    "ON CONFLICT (region, id) DO UPDATE SET note = 'again'"),
-                               {"r": region, "id": n})
+            connection.execute(
+                text(
+                    "INSERT INTO accounts VALUES (:r, :id, 1, 'new') "
+                    "ON CONFLICT (region, id) DO UPDATE SET note = 'again'"
+                ),
+                {"r": region, "id": n},
+            )
         else:
-            connection.execute(text("DELETE FROM accounts WHERE region = :r AND id = :id"),
-                               {"r": region, "id": n})
+            connection.execute(
+                text("DELETE FROM accounts WHERE region = :r AND id = :id"), {"r": region, "id": n}
+            )
 
 
 @pytest.mark.parametrize("mode", ["changelog", "logical"])
-def test_a_backfill_beside_live_writes_reproduces_the_table(pg_url: URL, tmp_path: Path,
-                                                            mode: str) -> None:
+def test_a_backfill_beside_live_writes_reproduces_the_table(
+    pg_url: URL, tmp_path: Path, mode: str
+) -> None:
     bus = tmp_path / "bus.jsonl"
-    settings = settings_for_mode(pg_url, mode, TABLE, bus="file", bus_file=str(bus),
-                                 batch_size="500")
+    settings = settings_for_mode(
+        pg_url, mode, TABLE, bus="file", bus_file=str(bus), batch_size="500"
+    )
     engine = prepared(settings, DDL)
     source = open_source(settings, engine)
-    worker = Worker(settings, source, FilePublisher(bus, "default", settings.max_entry_bytes),
-                    backfill=open_backfiller(settings, engine, source))
+    worker = Worker(
+        settings,
+        source,
+        FilePublisher(bus, "default", settings.max_entry_bytes),
+        backfill=open_backfiller(settings, engine, source),
+    )
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     writers_engine = raw_engine(pg_url)
@@ -164,15 +181,21 @@ def test_a_backfill_beside_live_writes_reproduces_the_table(pg_url: URL, tmp_pat
         while (described := replay(bus_events(bus))) != expected:
             assert thread.is_alive(), "the worker stopped"
             if time.monotonic() > deadline:
-                wrong = [k for k in expected.keys() | described.keys()
-                         if expected.get(k) != described.get(k)]
-                history = [(e["op"], e["position"], e["txid"], (e["after"] or {}).get("note"))
-                           for e in sorted(bus_events(bus), key=lambda e: e["position"])
-                           if json.dumps(e["key"], sort_keys=True) == wrong[0]]
+                wrong = [
+                    k
+                    for k in expected.keys() | described.keys()
+                    if expected.get(k) != described.get(k)
+                ]
+                history = [
+                    (e["op"], e["position"], e["txid"], (e["after"] or {}).get("note"))
+                    for e in sorted(bus_events(bus), key=lambda e: e["position"])
+                    if json.dumps(e["key"], sort_keys=True) == wrong[0]
+                ]
                 raise AssertionError(
                     f"the events do not describe the table: {len(wrong)} keys differ, e.g. "
                     f"{wrong[0]}: table {expected.get(wrong[0])}, events {described.get(wrong[0])}"
-                    f", history {history}")
+                    f", history {history}"
+                )
             time.sleep(0.3)
     finally:
         worker.stop.set()
@@ -191,19 +214,32 @@ def test_a_backfill_beside_live_writes_reproduces_the_table(pg_url: URL, tmp_pat
 
 
 @pytest.mark.parametrize("mode", ["changelog", "logical"])
-def test_a_killed_backfill_resumes_and_resends_with_the_same_ids(pg_url: URL, tmp_path: Path,
-                                                                 mode: str) -> None:
+def test_a_killed_backfill_resumes_and_resends_with_the_same_ids(
+    pg_url: URL, tmp_path: Path, mode: str
+) -> None:
     bus = tmp_path / "bus.jsonl"
     settings = settings_for_mode(pg_url, mode, TABLE)
     engine = prepared(settings, DDL.replace(str(ROWS), "20000"))
-    env = {**os.environ, "CDC_DATABASE_URL": pg_url.render_as_string(hide_password=False),
-           "CDC_TABLES": TABLE, "CDC_BUS": "file", "CDC_BUS_FILE": str(bus),
-           "CDC_LOG_FORMAT": "json", "CDC_POLL_INTERVAL": "0.05", "CDC_CAPTURE": mode,
-           "CDC_SLOT_NAME": settings.slot_name}
+    env = {
+        **os.environ,
+        "CDC_DATABASE_URL": pg_url.render_as_string(hide_password=False),
+        "CDC_TABLES": TABLE,
+        "CDC_BUS": "file",
+        "CDC_BUS_FILE": str(bus),
+        "CDC_LOG_FORMAT": "json",
+        "CDC_POLL_INTERVAL": "0.05",
+        "CDC_CAPTURE": mode,
+        "CDC_SLOT_NAME": settings.slot_name,
+    }
     command = [sys.executable, "-m", "cdc", "backfill", TABLE, "--chunk-size", "1000"]
     # SIGKILL after the 8th batch reached the bus and before its acknowledgement.
-    killed = subprocess.run(command, env={**env, "CDC_FAILPOINT": "kill_after_publish:8"},
-                            capture_output=True, text=True, timeout=120)
+    killed = subprocess.run(
+        command,
+        env={**env, "CDC_FAILPOINT": "kill_after_publish:8"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     tables = state_tables("postgresql", settings.state_schema)
     [run] = backfill.runs(engine, tables)
@@ -226,15 +262,21 @@ def test_a_killed_backfill_resumes_and_resends_with_the_same_ids(pg_url: URL, tm
 
 
 def run_cdc(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cdc", *args], env=env, capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "cdc", *args], env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_the_command_refuses_bad_input_clearly(pg_url: URL, tmp_path: Path) -> None:
     settings = settings_for_mode(pg_url, "changelog", TABLE)
     engine = prepared(settings, DDL.replace(str(ROWS), "10") + "; CREATE TABLE loose (n int)")
-    env = {**os.environ, "CDC_DATABASE_URL": pg_url.render_as_string(hide_password=False),
-           "CDC_TABLES": TABLE, "CDC_BUS": "null", "CDC_LOG_FORMAT": "json"}
+    env = {
+        **os.environ,
+        "CDC_DATABASE_URL": pg_url.render_as_string(hide_password=False),
+        "CDC_TABLES": TABLE,
+        "CDC_BUS": "null",
+        "CDC_LOG_FORMAT": "json",
+    }
     untracked = run_cdc(env, "backfill", "public.loose")
     assert untracked.returncode == 1 and "not a tracked table" in untracked.stderr
     bad_where = run_cdc(env, "backfill", TABLE, "--where", "no_such_column > 1")
@@ -252,8 +294,9 @@ def test_the_command_refuses_bad_input_clearly(pg_url: URL, tmp_path: Path) -> N
     # --rate: 10 rows at 10 rows/s in chunks of 2 cannot take less than 0.8 s
     limited = run_cdc(env, "backfill", TABLE, "--chunk-size", "2", "--rate", "10")
     assert limited.returncode == 0, limited.stderr
-    [run] = [r for r in backfill.runs(engine, state_tables("postgresql", "cdc"))
-             if r.rows_done == 10]
+    [run] = [
+        r for r in backfill.runs(engine, state_tables("postgresql", "cdc")) if r.rows_done == 10
+    ]
     assert isinstance(run.started_at, datetime) and isinstance(run.updated_at, datetime)
     assert (run.updated_at - run.started_at).total_seconds() >= 0.8
 
@@ -261,17 +304,42 @@ def test_the_command_refuses_bad_input_clearly(pg_url: URL, tmp_path: Path) -> N
 def test_embedded_backfill_and_change_log_ids_that_never_go_back(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CDC_")}
     env.update(CDC_LOG_FORMAT="json")
-    first = subprocess.run([sys.executable, "-m", "cdc", "demo"], cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=60)
+    first = subprocess.run(
+        [sys.executable, "-m", "cdc", "demo"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert first.returncode == 0, first.stderr
-    filled = subprocess.run([sys.executable, "-m", "cdc", "backfill", "main.widgets"],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    filled = subprocess.run(
+        [sys.executable, "-m", "cdc", "backfill", "main.widgets"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert filled.returncode == 0, filled.stderr
-    again = subprocess.run([sys.executable, "-m", "cdc", "demo"], cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=60)
+    again = subprocess.run(
+        [sys.executable, "-m", "cdc", "demo"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert again.returncode == 0, again.stderr
-    subprocess.run([sys.executable, "-m", "cdc", "backfill", "main.widgets"], cwd=tmp_path,
-                   env=env, capture_output=True, text=True, timeout=60, check=True)
+    subprocess.run(
+        [sys.executable, "-m", "cdc", "backfill", "main.widgets"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     events = bus_events(tmp_path / "cdc-events.jsonl")
     reads = [e for e in events if e["op"] == "read"]
     assert reads and all(e["table"] == "main.widgets" for e in reads)
@@ -281,17 +349,21 @@ def test_embedded_backfill_and_change_log_ids_that_never_go_back(tmp_path: Path)
     assert len(set(positions)) == len(positions)
 
 
-@pytest.mark.parametrize(("key_ddl", "columns"), [
-    ("at timestamptz, ref uuid, PRIMARY KEY (at, ref)", ["at", "ref"]),
-    ("amount numeric(20, 6), code varchar(12), PRIMARY KEY (amount, code)", ["amount", "code"]),
-    ("day date, label text COLLATE \"C\", PRIMARY KEY (label, day)", ["day", "label"]),
-])
-def test_keys_of_any_type_that_sorts_are_paged_without_gaps(pg_url: URL, tmp_path: Path,
-                                                            key_ddl: str, columns: list[str]
-                                                            ) -> None:
+@pytest.mark.parametrize(
+    ("key_ddl", "columns"),
+    [
+        ("at timestamptz, ref uuid, PRIMARY KEY (at, ref)", ["at", "ref"]),
+        ("amount numeric(20, 6), code varchar(12), PRIMARY KEY (amount, code)", ["amount", "code"]),
+        ('day date, label text COLLATE "C", PRIMARY KEY (label, day)', ["day", "label"]),
+    ],
+)
+def test_keys_of_any_type_that_sorts_are_paged_without_gaps(
+    pg_url: URL, tmp_path: Path, key_ddl: str, columns: list[str]
+) -> None:
     bus = tmp_path / "bus.jsonl"
-    settings = settings_for_mode(pg_url, "changelog", "public.things", bus="file",
-                                 bus_file=str(bus))
+    settings = settings_for_mode(
+        pg_url, "changelog", "public.things", bus="file", bus_file=str(bus)
+    )
     fill = {
         "at": "timestamptz '2024-01-01 00:00:00+00' + (g % 97) * interval '1 hour 3 min'",
         "ref": "md5(g::text)::uuid",
@@ -300,17 +372,25 @@ def test_keys_of_any_type_that_sorts_are_paged_without_gaps(pg_url: URL, tmp_pat
         "day": "date '2024-01-01' + (g % 53)",
         "label": "'L' || (g % 41)",
     }
-    engine = prepared(settings, f"CREATE TABLE things ({key_ddl}, payload int);"
-                      f"INSERT INTO things SELECT DISTINCT ON ({', '.join(fill[c] for c in columns)}) "
-                      f"{', '.join(fill[c] for c in columns)}, g FROM generate_series(1, 3000) AS g")
+    engine = prepared(
+        settings,
+        f"CREATE TABLE things ({key_ddl}, payload int);"
+        f"INSERT INTO things SELECT DISTINCT ON ({', '.join(fill[c] for c in columns)}) "
+        f"{', '.join(fill[c] for c in columns)}, g FROM generate_series(1, 3000) AS g",
+    )
     with engine.connect() as connection:
         expected = connection.execute(text("SELECT count(*) FROM things")).scalar_one()
     source = open_source(settings, engine)
-    worker = Worker(settings, source, FilePublisher(bus, "default", settings.max_entry_bytes),
-                    backfill=open_backfiller(settings, engine, source))
+    worker = Worker(
+        settings,
+        source,
+        FilePublisher(bus, "default", settings.max_entry_bytes),
+        backfill=open_backfiller(settings, engine, source),
+    )
     tables = state_tables("postgresql", settings.state_schema)
-    run, _ = backfill.start(engine, tables, read_table(engine, settings.table_refs[0]), None, 37,
-                            None)
+    run, _ = backfill.start(
+        engine, tables, read_table(engine, settings.table_refs[0]), None, 37, None
+    )
     try:
         deadline = time.monotonic() + 60
         while backfill.runs(engine, tables, [run.id])[0].status == "running":
@@ -323,8 +403,9 @@ def test_keys_of_any_type_that_sorts_are_paged_without_gaps(pg_url: URL, tmp_pat
     assert len(reads) == len(keys) == expected  # every row once: no gap, no repeat
 
 
-def test_a_chunk_waits_for_a_writer_that_took_lower_ids_and_commits_late(pg_url: URL,
-                                                                          tmp_path: Path) -> None:
+def test_a_chunk_waits_for_a_writer_that_took_lower_ids_and_commits_late(
+    pg_url: URL, tmp_path: Path
+) -> None:
     """Change-log ids are taken at write time: a transaction open across the chunk's read and
     watermark holds ids below the watermark. Its update must come out after the chunk's copy
     of the row in position order, or the old copy would win; and the stream goes on meanwhile."""
@@ -332,14 +413,19 @@ def test_a_chunk_waits_for_a_writer_that_took_lower_ids_and_commits_late(pg_url:
     settings = settings_for_mode(pg_url, "changelog", TABLE, bus="file", bus_file=str(bus))
     engine = prepared(settings, DDL.replace(str(ROWS), "50"))
     source = open_source(settings, engine)
-    worker = Worker(settings, source, FilePublisher(bus, "default", settings.max_entry_bytes),
-                    backfill=open_backfiller(settings, engine, source))
+    worker = Worker(
+        settings,
+        source,
+        FilePublisher(bus, "default", settings.max_entry_bytes),
+        backfill=open_backfiller(settings, engine, source),
+    )
     tables = state_tables("postgresql", settings.state_schema)
     writers = raw_engine(pg_url)
     late = writers.connect()
     try:
-        run, _ = backfill.start(engine, tables, read_table(engine, settings.table_refs[0]), None,
-                                100, None)
+        run, _ = backfill.start(
+            engine, tables, read_table(engine, settings.table_refs[0]), None, 100, None
+        )
         # The late writer takes the newest xid: no transaction completes after it before the
         # watermark, so the watermark's snapshot has it past its xmax, not in its running list.
         late.begin()

@@ -142,11 +142,13 @@ def test_terminated_connection_is_retried_not_fatal(pg_url: URL, capture: str) -
                 connection.execute(text("INSERT INTO accounts VALUES (:k, 1, '')"), {"k": key})
             if key % 40 == 0:
                 with admin.begin() as connection:
-                    connection.execute(text(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE application_name LIKE 'cdc%' AND datname = current_database() "
-                        "AND pid <> pg_backend_pid()"
-                    ))
+                    connection.execute(
+                        text(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE application_name LIKE 'cdc%' AND datname = current_database() "
+                            "AND pid <> pg_backend_pid()"
+                        )
+                    )
         deadline = time.monotonic() + 30
         while publisher.accepted < 200 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -169,9 +171,16 @@ def test_the_worker_holds_no_transaction_between_batches(pg_url: URL) -> None:
     assert worker.step() == 1
     assert worker.step() == 0
     with raw_engine(pg_url).connect() as connection:
-        states = connection.execute(text(
-            "SELECT state FROM pg_stat_activity WHERE datname = current_database() "
-            "AND application_name = 'cdc'")).scalars().all()
+        states = (
+            connection.execute(
+                text(
+                    "SELECT state FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND application_name = 'cdc'"
+                )
+            )
+            .scalars()
+            .all()
+        )
         assert states and "idle in transaction" not in states
         connection.execute(text("SET lock_timeout = '2s'"))
         connection.execute(text("LOCK TABLE cdc.changelog IN ACCESS EXCLUSIVE MODE"))
@@ -226,8 +235,11 @@ def test_read_ahead_keeps_a_late_commit_before_the_later_changes_of_its_key(pg_u
     assert positions == sorted(positions)
 
 
-def changelog_source_with_rows(pg_url: URL, keys: range, batch_size: str = "5",
-                               ) -> tuple[Any, Any, Any]:
+def changelog_source_with_rows(
+    pg_url: URL,
+    keys: range,
+    batch_size: str = "5",
+) -> tuple[Any, Any, Any]:
     """(settings, change-log source, legacy engine) with a row inserted for each key."""
     settings = settings_for_mode(pg_url, "changelog", "accounts", batch_size=batch_size, bus="null")
     engine = prepared(settings, ACCOUNTS)
@@ -248,8 +260,10 @@ def test_an_acknowledgement_cut_off_in_flight_is_sent_again_and_counted_once(pg_
     ahead = source._ahead
     blocker = legacy.connect()
     blocker.begin()  # holds the batch's rows, so the DELETE waits
-    blocker.execute(text(f'SELECT id FROM "{schema}".changelog WHERE id = ANY(:ids) FOR UPDATE'),
-                    {"ids": list(batch.ack_ids)})
+    blocker.execute(
+        text(f'SELECT id FROM "{schema}".changelog WHERE id = ANY(:ids) FOR UPDATE'),
+        {"ids": list(batch.ack_ids)},
+    )
     source.ack(batch, [])
     pid = ahead._connection.info.backend_pid
     with legacy.begin() as connection:
@@ -264,8 +278,9 @@ def test_an_acknowledgement_cut_off_in_flight_is_sent_again_and_counted_once(pg_
     source.close()
     with legacy.connect() as connection:
         left = connection.execute(text(f'SELECT count(*) FROM "{schema}".changelog')).scalar()
-        published = connection.execute(text(
-            f'SELECT published FROM "{schema}".checkpoints WHERE stream = \'changelog\'')).scalar()
+        published = connection.execute(
+            text(f"SELECT published FROM \"{schema}\".checkpoints WHERE stream = 'changelog'")
+        ).scalar()
     assert left == 0
     assert published == 7
 
@@ -283,12 +298,16 @@ def test_positions_and_ids_made_by_the_server_are_those_python_makes(
     batch = source.read(50)
     assert len(batch.changes) == 40
     with legacy.connect() as connection:
-        rows = connection.execute(text(
-            "SELECT id, table_name, op, before::text, after::text, txid, origin, captured_at "
-            f'FROM "{settings.state_schema}".changelog ORDER BY id')).all()
+        rows = connection.execute(
+            text(
+                "SELECT id, table_name, op, before::text, after::text, txid, origin, captured_at "
+                f'FROM "{settings.state_schema}".changelog ORDER BY id'
+            )
+        ).all()
     made_by_python = [source._change(*row) for row in rows]
     assert [(c.position, c.identity) for c in batch.changes] == [
-        (c.position, c.identity) for c in made_by_python]
+        (c.position, c.identity) for c in made_by_python
+    ]
     source.close()
 
 

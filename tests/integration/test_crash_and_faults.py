@@ -42,9 +42,15 @@ ITEMS = "CREATE TABLE items (id int PRIMARY KEY, body text NOT NULL)"
 
 def cdc_env(settings: Settings, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CDC_")}
-    env.update({"CDC_DATABASE_URL": settings.url.render_as_string(hide_password=False),
-                "CDC_TABLES": "items", "CDC_POLL_INTERVAL": "0.05",
-                "CDC_CAPTURE": settings.capture, "CDC_SLOT_NAME": settings.slot_name})
+    env.update(
+        {
+            "CDC_DATABASE_URL": settings.url.render_as_string(hide_password=False),
+            "CDC_TABLES": "items",
+            "CDC_POLL_INTERVAL": "0.05",
+            "CDC_CAPTURE": settings.capture,
+            "CDC_SLOT_NAME": settings.slot_name,
+        }
+    )
     env.update({f"CDC_{k.upper()}": v for k, v in extra.items()})
     return env
 
@@ -68,8 +74,11 @@ def test_sigkill_between_publish_and_ack_republishes_same_ids(
             connection.execute(text("INSERT INTO items VALUES (:k, 'x')"), {"k": key})
     bus = tmp_path / "bus.jsonl"
     env = cdc_env(settings, bus="file", bus_file=str(bus), batch_size="10")
-    crashed = subprocess.run([sys.executable, "-m", "cdc", "run"],
-                             env={**env, "CDC_FAILPOINT": "kill_after_publish:3"}, timeout=60)
+    crashed = subprocess.run(
+        [sys.executable, "-m", "cdc", "run"],
+        env={**env, "CDC_FAILPOINT": "kill_after_publish:3"},
+        timeout=60,
+    )
     assert crashed.returncode == -signal.SIGKILL
     first_run = [entry["Detail"]["id"] for entry in read_bus(bus)]
     if capture == "changelog":
@@ -94,7 +103,7 @@ def test_sigkill_between_publish_and_ack_republishes_same_ids(
         ids_by_key.setdefault(detail["key"]["id"], set()).add(detail["id"])
     assert all(len(ids) == 1 for ids in ids_by_key.values())
     # ... and the unacknowledged third batch again, after the restart, with the same ids
-    again = [d["id"] for d in details[len(first_run):]]
+    again = [d["id"] for d in details[len(first_run) :]]
     assert first_run[-1] in again
     if capture == "changelog":
         assert len(details) == 110 and again[:10] == first_run[20:30]
@@ -116,8 +125,9 @@ class FaultyEvents:
     def put_events(self, *, Entries: list[dict[str, Any]]) -> dict[str, Any]:
         if self.rng.random() < 0.3:
             self.throttled += 1
-            raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}},
-                              "PutEvents")
+            raise ClientError(
+                {"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "PutEvents"
+            )
         failing = [self.rng.random() < 0.1 for _ in Entries]
         passing = [e for e, f in zip(Entries, failing, strict=True) if not f]
         reply = self.real.put_events(Entries=passing) if passing else {"Entries": []}
@@ -142,8 +152,14 @@ def test_bus_faults_lose_nothing_and_oversized_goes_to_dead_letters(
     wiring = wire_bus(settings.event_source)
     faulty = FaultyEvents(boto3.client("events"), seed=7)
     stop = threading.Event()
-    publisher = EventBridgePublisher(faulty, wiring.bus_name, settings.max_entry_bytes, stop,
-                                     initial_backoff=0.001, max_backoff=0.01)
+    publisher = EventBridgePublisher(
+        faulty,
+        wiring.bus_name,
+        settings.max_entry_bytes,
+        stop,
+        initial_backoff=0.001,
+        max_backoff=0.01,
+    )
     worker = Worker(settings, source_for(settings, engine), publisher, stop)
     legacy = raw_engine(pg_url)
 

@@ -28,9 +28,17 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def cdc(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cdc", *args], cwd=cwd, env=env or clean_env(),
-                          capture_output=True, text=True, timeout=60)
+def cdc(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cdc", *args],
+        cwd=cwd,
+        env=env or clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def events_in(path: Path) -> list[dict[str, Any]]:
@@ -47,8 +55,13 @@ def wait_for(path: Path, count: int, timeout: float = 30) -> list[dict[str, Any]
 
 def test_embedded_default_shows_inserts_updates_and_deletes(tmp_path: Path) -> None:
     # Given: nothing configured, in an empty folder
-    worker = subprocess.Popen([sys.executable, "-m", "cdc", "run"], cwd=tmp_path, env=clean_env(),
-                              stderr=subprocess.PIPE, text=True)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "cdc", "run"],
+        cwd=tmp_path,
+        env=clean_env(),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         # Then: the demo table's first rows arrive as insert events in the file bus
         bus = tmp_path / "cdc-events.jsonl"
@@ -73,16 +86,26 @@ def test_embedded_default_shows_inserts_updates_and_deletes(tmp_path: Path) -> N
     assert "pending changes: 0" in status.stdout and "dead letters:    0" in status.stdout
 
 
-def test_configuration_errors_exit_2_naming_the_setting_without_the_password(tmp_path: Path) -> None:
-    result = cdc("run", cwd=tmp_path, env=clean_env(
-        CDC_DATABASE_URL="postgresql://capture:hunter2@127.0.0.1:1/legacy"))
+def test_configuration_errors_exit_2_naming_the_setting_without_the_password(
+    tmp_path: Path,
+) -> None:
+    result = cdc(
+        "run",
+        cwd=tmp_path,
+        env=clean_env(CDC_DATABASE_URL="postgresql://capture:hunter2@127.0.0.1:1/legacy"),
+    )
     assert result.returncode == 2
     assert "CDC_TABLES" in result.stderr and "hunter2" not in result.stderr + result.stdout
 
 
 def test_unreachable_database_message_hides_the_password(tmp_path: Path) -> None:
-    result = cdc("migrate", cwd=tmp_path, env=clean_env(
-        CDC_DATABASE_URL="postgresql://capture:hunter2@127.0.0.1:1/legacy", CDC_TABLES="t"))
+    result = cdc(
+        "migrate",
+        cwd=tmp_path,
+        env=clean_env(
+            CDC_DATABASE_URL="postgresql://capture:hunter2@127.0.0.1:1/legacy", CDC_TABLES="t"
+        ),
+    )
     assert result.returncode != 0
     assert "hunter2" not in result.stderr + result.stdout
 
@@ -92,8 +115,11 @@ def test_unreachable_database_message_hides_the_password(tmp_path: Path) -> None
 def test_tls_options_pass_through_to_the_server(pg_url: URL, tmp_path: Path, capture: str) -> None:
     # The local server has no TLS: requiring it must fail, and say so, with no password shown.
     url = pg_url.set(password="hunter2").update_query_dict({"sslmode": "require"})
-    env = clean_env(CDC_DATABASE_URL=url.render_as_string(hide_password=False), CDC_TABLES="t",
-                    CDC_CAPTURE=capture)
+    env = clean_env(
+        CDC_DATABASE_URL=url.render_as_string(hide_password=False),
+        CDC_TABLES="t",
+        CDC_CAPTURE=capture,
+    )
     refused = cdc("status", cwd=tmp_path, env=env)
     assert refused.returncode != 0
     assert "SSL" in refused.stderr and "hunter2" not in refused.stderr + refused.stdout
@@ -104,8 +130,11 @@ def test_tls_options_pass_through_to_the_server(pg_url: URL, tmp_path: Path, cap
         settings = load_settings({k: v for k, v in env.items() if k.startswith("CDC_")})
         assert "sslmode=require" in conninfo_of(settings.url)
     allowed = url.update_query_dict({"sslmode": "disable"})
-    accepted = cdc("migrate", cwd=tmp_path, env={
-        **env, "CDC_DATABASE_URL": allowed.render_as_string(hide_password=False)})
+    accepted = cdc(
+        "migrate",
+        cwd=tmp_path,
+        env={**env, "CDC_DATABASE_URL": allowed.render_as_string(hide_password=False)},
+    )
     assert accepted.returncode == 0, accepted.stderr
 
 
@@ -116,8 +145,9 @@ def test_container_commands_migrate_then_setup_then_status(pg_url: URL, tmp_path
     with legacy.begin() as connection:
         connection.execute(text("CREATE TABLE orders (id int PRIMARY KEY, total numeric)"))
         connection.execute(text("CREATE TABLE logbook (line text)"))
-    env = clean_env(CDC_DATABASE_URL=pg_url.render_as_string(hide_password=False),
-                    CDC_TABLES="orders")
+    env = clean_env(
+        CDC_DATABASE_URL=pg_url.render_as_string(hide_password=False), CDC_TABLES="orders"
+    )
     before = set(inspect(legacy).get_table_names(schema="public"))
     assert "run `cdc migrate` first" in cdc("setup", cwd=tmp_path, env=env).stderr
     migrated = cdc("migrate", cwd=tmp_path, env=env)
@@ -126,7 +156,8 @@ def test_container_commands_migrate_then_setup_then_status(pg_url: URL, tmp_path
     # Alembic touched nothing of the legacy schema
     assert set(inspect(legacy).get_table_names(schema="public")) == before
     assert {"changelog", "checkpoints", "dead_letters", "alembic_version"} <= set(
-        inspect(legacy).get_table_names(schema="cdc"))
+        inspect(legacy).get_table_names(schema="cdc")
+    )
     for _ in range(2):  # idempotent
         setup = cdc("setup", cwd=tmp_path, env=env)
         assert setup.returncode == 0, setup.stderr
@@ -137,9 +168,14 @@ def test_container_commands_migrate_then_setup_then_status(pg_url: URL, tmp_path
 
     def trigger_count() -> int:
         with legacy.connect() as connection:
-            return int(connection.execute(text(
-                "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'public.orders'::regclass "
-                "AND NOT tgisinternal")).scalar_one())
+            return int(
+                connection.execute(
+                    text(
+                        "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'public.orders'::regclass "
+                        "AND NOT tgisinternal"
+                    )
+                ).scalar_one()
+            )
 
     assert trigger_count() == 2
     with legacy.begin() as connection:
@@ -154,9 +190,22 @@ def test_container_commands_migrate_then_setup_then_status(pg_url: URL, tmp_path
 
 
 def test_wheel_ships_the_migrations_and_migrate_works_from_it(tmp_path: Path) -> None:
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                            "-w", str(tmp_path / "dist"), str(ROOT)],
-                           capture_output=True, text=True, timeout=300)
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path / "dist"),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert built.returncode == 0, built.stderr
     [wheel] = (tmp_path / "dist").glob("*.whl")
     names = zipfile.ZipFile(wheel).namelist()
@@ -167,11 +216,22 @@ def test_wheel_ships_the_migrations_and_migrate_works_from_it(tmp_path: Path) ->
     # Installed alone (dependencies from this environment), from a folder away from the repo
     target = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(target)
-    env = clean_env(PYTHONPATH=str(target), CDC_DATABASE_URL=f"sqlite:///{tmp_path / 'l.db'}",
-                    CDC_TABLES="t")
-    result = subprocess.run([sys.executable, "-c", "import cdc, sys; print(cdc.__file__); "
-                             "from cdc.cli import main; sys.exit(main(['migrate']))"],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    env = clean_env(
+        PYTHONPATH=str(target), CDC_DATABASE_URL=f"sqlite:///{tmp_path / 'l.db'}", CDC_TABLES="t"
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import cdc, sys; print(cdc.__file__); "
+            "from cdc.cli import main; sys.exit(main(['migrate']))",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     head = sorted(n for n in names if re.match(r"cdc/migrations/versions/\d{4}_", n))[-1]
     assert str(target) in result.stdout
@@ -198,8 +258,14 @@ def test_sync_back_commands(pg_url: URL, tmp_path: Path) -> None:
     assert refused.returncode == 2 and "CDC_TABLES" in refused.stderr
 
     def sync_back(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "sync_back.cli", *args], cwd=tmp_path,
-                              env={**env, **extra}, capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "sync_back.cli", *args],
+            cwd=tmp_path,
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     missing = sync_back("run")
     assert missing.returncode == 2 and "CDC_SYNC_QUEUE_URL" in missing.stderr
@@ -216,13 +282,16 @@ def test_least_privilege_grants_are_enough(pg_url: URL, tmp_path: Path) -> None:
 
     from cdc.commands.capture import grants_sql
     from cdc.core.settings import load_settings
+    from sync_back.grants import sync_back_grants
+    from sync_back.mapping import load_mappings
 
     suffix = uuid.uuid4().hex[:8]
     capture_role, sync_role, app_role = f"cdc_cap_{suffix}", f"cdc_sync_{suffix}", f"app_{suffix}"
     validator_role = f"cdc_val_{suffix}"
     admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
-    env = clean_env(CDC_DATABASE_URL=pg_url.render_as_string(hide_password=False),
-                    CDC_TABLES="orders")
+    env = clean_env(
+        CDC_DATABASE_URL=pg_url.render_as_string(hide_password=False), CDC_TABLES="orders"
+    )
     with admin.connect() as connection:
         connection.execute(text("CREATE TABLE orders (id int PRIMARY KEY, total numeric)"))
     assert cdc("migrate", cwd=tmp_path, env=env).returncode == 0
@@ -230,8 +299,13 @@ def test_least_privilege_grants_are_enough(pg_url: URL, tmp_path: Path) -> None:
     settings = load_settings({k: v for k, v in env.items() if k.startswith("CDC_")})
     try:
         with admin.connect() as connection:
-            for line in grants_sql(settings, capture_role, sync_role,
-                                   validator_role).splitlines():
+            sync_lines = sync_back_grants(
+                settings, load_mappings(settings.sync_back, settings.default_schema), sync_role
+            )
+            for line in [
+                *grants_sql(settings, capture_role, validator_role).splitlines(),
+                *sync_lines,
+            ]:
                 statement = line.split("  --")[0].strip()
                 if statement and not statement.startswith("--"):
                     connection.execute(text(statement))
@@ -243,9 +317,18 @@ def test_least_privilege_grants_are_enough(pg_url: URL, tmp_path: Path) -> None:
             connection.execute(text("INSERT INTO orders VALUES (1, 9.50)"))
         legacy.dispose()
         bus = tmp_path / "bus.jsonl"
-        worker = subprocess.Popen([sys.executable, "-m", "cdc", "run"], cwd=tmp_path, env={
-            **env, "CDC_DATABASE_URL": pg_url.set(username=capture_role).render_as_string(
-                hide_password=False), "CDC_BUS_FILE": str(bus), "CDC_POLL_INTERVAL": "0.05"})
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "cdc", "run"],
+            cwd=tmp_path,
+            env={
+                **env,
+                "CDC_DATABASE_URL": pg_url.set(username=capture_role).render_as_string(
+                    hide_password=False
+                ),
+                "CDC_BUS_FILE": str(bus),
+                "CDC_POLL_INTERVAL": "0.05",
+            },
+        )
         try:
             events = wait_for(bus, 1)
         finally:
@@ -255,21 +338,28 @@ def test_least_privilege_grants_are_enough(pg_url: URL, tmp_path: Path) -> None:
         # The validator's role writes its own state and cannot read a legacy table
         validator = create_engine(pg_url.set(username=validator_role))
         with validator.begin() as connection:
-            connection.execute(text(
-                "INSERT INTO cdc.republished (source, event_id, detail_type, status, claim, "
-                "claimed_at) VALUES ('s', 'e', 't', 'claimed', 'c', now())"))
+            connection.execute(
+                text(
+                    "INSERT INTO cdc.republished (source, event_id, detail_type, status, claim, "
+                    "claimed_at) VALUES ('s', 'e', 't', 'claimed', 'c', now())"
+                )
+            )
             connection.execute(text("UPDATE cdc.republished SET status = 'sent'"))
-            connection.execute(text(
-                "INSERT INTO cdc.validation_dead_letters (message_id, reason, errors, body, "
-                "created_at, attempts) VALUES ('m', 'r', '[]', '{}', now(), 1)"))
+            connection.execute(
+                text(
+                    "INSERT INTO cdc.validation_dead_letters (message_id, reason, errors, body, "
+                    "created_at, attempts) VALUES ('m', 'r', '[]', '{}', now(), 1)"
+                )
+            )
         with pytest.raises(ProgrammingError, match="permission denied"), validator.connect() as c:
             c.execute(text("SELECT * FROM orders"))
         validator.dispose()
     finally:
         with admin.connect() as connection:
             for role in (capture_role, sync_role, app_role, validator_role):
-                if connection.execute(text("SELECT 1 FROM pg_roles WHERE rolname = :r"),
-                                      {"r": role}).first():
+                if connection.execute(
+                    text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}
+                ).first():
                     connection.execute(text(f"DROP OWNED BY {role}"))
                     connection.execute(text(f"DROP ROLE {role}"))
         admin.dispose()
@@ -280,8 +370,9 @@ def test_a_state_schema_behind_or_ahead_of_the_code_is_named(pg_url: URL, tmp_pa
     from cdc.core import database
     from cdc.core.settings import load_settings
 
-    env = clean_env(CDC_DATABASE_URL=pg_url.render_as_string(hide_password=False),
-                    CDC_TABLES="orders")
+    env = clean_env(
+        CDC_DATABASE_URL=pg_url.render_as_string(hide_password=False), CDC_TABLES="orders"
+    )
     settings = load_settings({k: v for k, v in env.items() if k.startswith("CDC_")})
     engine = database.connect(settings)
     with engine.begin() as connection:

@@ -48,8 +48,9 @@ def test_slot_metrics_in_logical_mode(pg_url: URL, tmp_path: Path) -> None:
     try:
         with engine.begin() as connection:
             connection.execute(text("INSERT INTO items SELECT generate_series(1, 100)"))
-        families = {f.name: f for f in WorkerCollector(Worker(settings, source,
-                                                              NullPublisher())).collect()}
+        families = {
+            f.name: f for f in WorkerCollector(Worker(settings, source, NullPublisher())).collect()
+        }
         [sample] = families["cdc_slot_retained_wal_bytes"].samples
         assert sample.labels == {"slot": settings.slot_name} and sample.value > 0
         assert families["cdc_slot_lag_bytes"].samples[0].value > 0
@@ -63,9 +64,16 @@ def test_metrics_and_readiness_of_a_running_worker(pg_url: URL, tmp_path: Path) 
     engine = prepared(settings, "CREATE TABLE items (id int PRIMARY KEY)")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CDC_")}
-    env.update({"CDC_DATABASE_URL": settings.url.render_as_string(hide_password=False),
-                "CDC_TABLES": "items", "CDC_BUS": "file", "CDC_BUS_FILE": str(tmp_path / "b.jsonl"),
-                "CDC_POLL_INTERVAL": "0.05", "CDC_HEALTH_PORT": str(port)})
+    env.update(
+        {
+            "CDC_DATABASE_URL": settings.url.render_as_string(hide_password=False),
+            "CDC_TABLES": "items",
+            "CDC_BUS": "file",
+            "CDC_BUS_FILE": str(tmp_path / "b.jsonl"),
+            "CDC_POLL_INTERVAL": "0.05",
+            "CDC_HEALTH_PORT": str(port),
+        }
+    )
     worker = subprocess.Popen([sys.executable, "-m", "cdc", "run"], env=env)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -97,8 +105,13 @@ def test_metrics_and_readiness_of_a_running_worker(pg_url: URL, tmp_path: Path) 
         assert metric(body, "cdc_pending_changes") == 0
         assert str(pg_url.database) not in body and "postgresql://" not in body  # no DSN
         # A backfill registered meanwhile is done by this worker, and counted
-        fill = subprocess.run([sys.executable, "-m", "cdc", "backfill", "items", "--detach"],
-                              env=env, capture_output=True, text=True, timeout=60)
+        fill = subprocess.run(
+            [sys.executable, "-m", "cdc", "backfill", "items", "--detach"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert fill.returncode == 0, fill.stderr
         deadline = time.monotonic() + 20
         while metric(get(f"{base}/metrics")[1], "cdc_backfill_rows_published_total") < 25:

@@ -43,7 +43,9 @@ class Recorder:
         return [json.loads(e.detail) for e in self.entries]
 
 
-def drain(settings: Settings, source: Any, recorder: Recorder, rounds: int = 3) -> list[dict[str, Any]]:
+def drain(
+    settings: Settings, source: Any, recorder: Recorder, rounds: int = 3
+) -> list[dict[str, Any]]:
     worker = Worker(settings, source, recorder)
     idle = 0
     while idle < rounds:
@@ -51,7 +53,9 @@ def drain(settings: Settings, source: Any, recorder: Recorder, rounds: int = 3) 
     return recorder.details
 
 
-def logical(pg_url: URL, ddl: str = DOCS, tables: str = "docs", **extra: str) -> tuple[Settings, Engine, Any]:
+def logical(
+    pg_url: URL, ddl: str = DOCS, tables: str = "docs", **extra: str
+) -> tuple[Settings, Engine, Any]:
     settings = settings_for_mode(pg_url, "logical", tables, **extra)
     engine = prepared(settings, ddl)
     return settings, engine, source_for(settings, engine)
@@ -69,14 +73,23 @@ def test_toast_truncate_key_change_and_added_column(pg_url: URL) -> None:
     write(engine, f"INSERT INTO docs VALUES (1, 'a', '{big}', 1.5)")
     write(engine, "UPDATE docs SET title = 'b' WHERE id = 1")  # body left unchanged
     write(engine, "UPDATE docs SET id = 2 WHERE id = 1")
-    write(engine, "ALTER TABLE docs ADD COLUMN tags text[]",
-          "INSERT INTO docs (id, title, tags) VALUES (3, 'c', '{x,\"y z\"}')")
+    write(
+        engine,
+        "ALTER TABLE docs ADD COLUMN tags text[]",
+        "INSERT INTO docs (id, title, tags) VALUES (3, 'c', '{x,\"y z\"}')",
+    )
     write(engine, "TRUNCATE docs")
     recorder = Recorder()
     details = drain(settings, source, recorder, rounds=5)
     ops = [(d["op"], d["key"]) for d in details]
-    assert ops == [("insert", {"id": 1}), ("update", {"id": 1}), ("delete", {"id": 1}),
-                   ("insert", {"id": 2}), ("insert", {"id": 3}), ("truncate", None)]
+    assert ops == [
+        ("insert", {"id": 1}),
+        ("update", {"id": 1}),
+        ("delete", {"id": 1}),
+        ("insert", {"id": 2}),
+        ("insert", {"id": 3}),
+        ("truncate", None),
+    ]
     inserted, updated, deleted, _moved, added, truncated = details
     assert inserted["after"]["body"] == big and inserted["after"]["n"] == "1.50"
     # An unchanged TOASTed column is listed, never published as null
@@ -90,8 +103,7 @@ def test_toast_truncate_key_change_and_added_column(pg_url: URL) -> None:
 
 
 def test_replica_identity_full_gives_whole_before_images(pg_url: URL) -> None:
-    settings, engine, source = logical(
-        pg_url, DOCS + "; ALTER TABLE docs REPLICA IDENTITY FULL")
+    settings, engine, source = logical(pg_url, DOCS + "; ALTER TABLE docs REPLICA IDENTITY FULL")
     write(engine, "INSERT INTO docs VALUES (1, 'a', 'body', 2)")
     write(engine, "UPDATE docs SET n = 3 WHERE id = 1")
     write(engine, "DELETE FROM docs WHERE id = 1")
@@ -140,14 +152,25 @@ def test_setup_explains_what_is_missing(pg_url: URL) -> None:
     write(engine, "CREATE TABLE logbook (line text)")
     database.migrate(engine, settings)
     with pytest.raises(SetupError, match="REPLICA IDENTITY USING INDEX"):
-        slots.install(engine, [read_table(engine, t) for t in settings.table_refs],
-                      settings.slot_name, settings.publication_name)
+        slots.install(
+            engine,
+            [read_table(engine, t) for t in settings.table_refs],
+            settings.slot_name,
+            settings.publication_name,
+        )
     # A unique index as replica identity is enough: its columns key the events
-    write(engine, "ALTER TABLE logbook ALTER COLUMN line SET NOT NULL",
-          "CREATE UNIQUE INDEX logbook_line ON logbook (line)",
-          "ALTER TABLE logbook REPLICA IDENTITY USING INDEX logbook_line")
-    slots.install(engine, [read_table(engine, t) for t in settings.table_refs],
-                  settings.slot_name, settings.publication_name)
+    write(
+        engine,
+        "ALTER TABLE logbook ALTER COLUMN line SET NOT NULL",
+        "CREATE UNIQUE INDEX logbook_line ON logbook (line)",
+        "ALTER TABLE logbook REPLICA IDENTITY USING INDEX logbook_line",
+    )
+    slots.install(
+        engine,
+        [read_table(engine, t) for t in settings.table_refs],
+        settings.slot_name,
+        settings.publication_name,
+    )
 
 
 def test_an_invalidated_slot_stops_the_worker_with_a_clear_message(pg_url: URL) -> None:
@@ -159,14 +182,18 @@ def test_an_invalidated_slot_stops_the_worker_with_a_clear_message(pg_url: URL) 
     try:
         with admin.connect() as connection:
             for _ in range(6):
-                connection.execute(text(
-                    "CREATE TEMP TABLE IF NOT EXISTS filler (x text); "
-                    "INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 2000)"))
+                connection.execute(
+                    text(
+                        "CREATE TEMP TABLE IF NOT EXISTS filler (x text); "
+                        "INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 2000)"
+                    )
+                )
                 connection.execute(text("SELECT pg_switch_wal()"))
             connection.execute(text("CHECKPOINT"))
-            status = connection.execute(text(
-                "SELECT wal_status FROM pg_replication_slots WHERE slot_name = :s"),
-                {"s": settings.slot_name}).scalar_one()
+            status = connection.execute(
+                text("SELECT wal_status FROM pg_replication_slots WHERE slot_name = :s"),
+                {"s": settings.slot_name},
+            ).scalar_one()
         assert status == "lost"
         with pytest.raises(PermanentError, match="invalidated by PostgreSQL"):
             source.read(10)
@@ -182,8 +209,10 @@ def test_quiet_tables_on_a_busy_server_still_advance_the_slot(
     pg_url: URL, postgres_server: URL, busy: str
 ) -> None:
     settings, engine, source = logical(
-        pg_url, DOCS + "; CREATE TABLE other (id serial PRIMARY KEY, x text)",
-        heartbeat_interval="0.2")
+        pg_url,
+        DOCS + "; CREATE TABLE other (id serial PRIMARY KEY, x text)",
+        heartbeat_interval="0.2",
+    )
     # In another database, WAL that this slot's decoder skips: non-transactional messages
     noise = (
         "INSERT INTO other (x) SELECT repeat('y', 500) FROM generate_series(1, 50)"
@@ -194,9 +223,15 @@ def test_quiet_tables_on_a_busy_server_still_advance_the_slot(
 
     def confirmed() -> int:
         with engine.connect() as connection:
-            return int(connection.execute(text(
-                "SELECT pg_wal_lsn_diff(confirmed_flush_lsn, '0/0') FROM pg_replication_slots "
-                "WHERE slot_name = :s"), {"s": settings.slot_name}).scalar_one())
+            return int(
+                connection.execute(
+                    text(
+                        "SELECT pg_wal_lsn_diff(confirmed_flush_lsn, '0/0') FROM pg_replication_slots "
+                        "WHERE slot_name = :s"
+                    ),
+                    {"s": settings.slot_name},
+                ).scalar_one()
+            )
 
     source.read(10)  # connect
     start = confirmed()
@@ -204,8 +239,11 @@ def test_quiet_tables_on_a_busy_server_still_advance_the_slot(
     for _ in range(20):
         write(elsewhere, noise)
     with engine.connect() as connection:
-        written = int(connection.execute(text(
-            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')")).scalar_one())
+        written = int(
+            connection.execute(
+                text("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')")
+            ).scalar_one()
+        )
     import time
 
     deadline = time.monotonic() + 15

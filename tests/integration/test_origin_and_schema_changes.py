@@ -42,8 +42,9 @@ def sqlite_settings(tmp_path: Path, **extra: str):  # type: ignore[no-untyped-de
 
 
 @pytest.mark.parametrize("dialect", ["postgresql", "sqlite"])
-def test_sync_back_writes_are_skipped_unless_asked(dialect: str, request: pytest.FixtureRequest,
-                                                    tmp_path: Path) -> None:
+def test_sync_back_writes_are_skipped_unless_asked(
+    dialect: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
     if dialect == "postgresql":
         url: URL = request.getfixturevalue("pg_url")
         settings = settings_for(url, "notes")

@@ -26,8 +26,10 @@ from tests.integration.helpers import prepared, running, settings_for_mode, sour
 
 pytestmark = pytest.mark.integration
 
-ORDERS = ("CREATE TABLE orders (id int PRIMARY KEY, total numeric(10,2) NOT NULL, "
-          "customer text, updated_at timestamptz NOT NULL, note text)")
+ORDERS = (
+    "CREATE TABLE orders (id int PRIMARY KEY, total numeric(10,2) NOT NULL, "
+    "customer text, updated_at timestamptz NOT NULL, note text)"
+)
 MAPPING = """
 [[sync_back.mappings]]
 detail_type = "OrderPlaced"
@@ -65,31 +67,59 @@ def config(tmp_path: Path, policy: str = "newer_wins") -> str:
     return str(path)
 
 
-def order_detail(order_id: int, total: str, hour: int, name: str = "Ada", event_id: str | None = None
-                 ) -> dict[str, Any]:
-    return {"id": event_id or str(uuid.uuid4()),
-            "order": {"id": order_id, "total": total, "customer": {"name": name},
-                      "updated_at": f"2026-11-28T{hour:02d}:00:00Z"}}
+def order_detail(
+    order_id: int, total: str, hour: int, name: str = "Ada", event_id: str | None = None
+) -> dict[str, Any]:
+    return {
+        "id": event_id or str(uuid.uuid4()),
+        "order": {
+            "id": order_id,
+            "total": total,
+            "customer": {"name": name},
+            "updated_at": f"2026-11-28T{hour:02d}:00:00Z",
+        },
+    }
 
 
-def envelope(detail: dict[str, Any], detail_type: str = "OrderPlaced",
-             source: str = "shop.orders") -> str:
-    return json.dumps({"version": "0", "id": str(uuid.uuid4()), "detail-type": detail_type,
-                       "source": source, "account": "123456789012",
-                       "time": "2026-11-28T12:00:00Z", "region": "us-east-1", "resources": [],
-                       "detail": detail})
+def envelope(
+    detail: dict[str, Any], detail_type: str = "OrderPlaced", source: str = "shop.orders"
+) -> str:
+    return json.dumps(
+        {
+            "version": "0",
+            "id": str(uuid.uuid4()),
+            "detail-type": detail_type,
+            "source": source,
+            "account": "123456789012",
+            "time": "2026-11-28T12:00:00Z",
+            "region": "us-east-1",
+            "resources": [],
+            "detail": detail,
+        }
+    )
 
 
 def make_consumer(settings: Settings, engine: Engine, sqs: Any = None) -> Consumer:
-    return Consumer(settings, engine, state_tables("postgresql", settings.state_schema),
-                    load_mappings(settings.sync_back, settings.default_schema), sqs)
+    return Consumer(
+        settings,
+        engine,
+        state_tables("postgresql", settings.state_schema),
+        load_mappings(settings.sync_back, settings.default_schema),
+        sqs,
+    )
 
 
 def rows(engine: Engine) -> dict[int, tuple[Any, ...]]:
     with engine.connect() as connection:
-        return {r[0]: tuple(r[1:]) for r in connection.execute(
-            text("SELECT id, total::text, customer, to_char(updated_at AT TIME ZONE 'UTC', "
-                 "'HH24'), note FROM orders ORDER BY id"))}
+        return {
+            r[0]: tuple(r[1:])
+            for r in connection.execute(
+                text(
+                    "SELECT id, total::text, customer, to_char(updated_at AT TIME ZONE 'UTC', "
+                    "'HH24'), note FROM orders ORDER BY id"
+                )
+            )
+        }
 
 
 @pytest.mark.parametrize("capture", ["changelog", "logical"])
@@ -102,12 +132,23 @@ def test_new_system_events_reach_legacy_rows_and_are_not_echoed(
     bus = f"new-system-{suffix}"
     events.create_event_bus(Name=bus)
     queue = sqs.create_queue(QueueName=f"sync-{suffix}")["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    events.put_rule(Name=f"sync-{suffix}", EventBusName=bus,
-                    EventPattern=json.dumps({"source": ["shop.orders"]}))
+    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    events.put_rule(
+        Name=f"sync-{suffix}",
+        EventBusName=bus,
+        EventPattern=json.dumps({"source": ["shop.orders"]}),
+    )
     events.put_targets(Rule=f"sync-{suffix}", EventBusName=bus, Targets=[{"Id": "q", "Arn": arn}])
-    settings = settings_for_mode(pg_url, capture, "orders", config=config(tmp_path),
-                                 sync_queue_url=queue, sync_wait_seconds="0")
+    settings = settings_for_mode(
+        pg_url,
+        capture,
+        "orders",
+        config=config(tmp_path),
+        sync_queue_url=queue,
+        sync_wait_seconds="0",
+    )
     engine = prepared(settings, ORDERS)
     captured = NullPublisher()
     published: list[dict[str, Any]] = []
@@ -121,13 +162,29 @@ def test_new_system_events_reach_legacy_rows_and_are_not_echoed(
     consumer = make_consumer(settings, engine, sqs)
 
     # When: the new system publishes orders (one of them twice) and a cancellation
-    details = [order_detail(1, "10.50", 9), order_detail(2, "99.00", 9, name="O'Brien; DROP TABLE orders;--")]
-    entries = [{"Source": "shop.orders", "DetailType": "OrderPlaced", "Detail": json.dumps(d),
-                "EventBusName": bus} for d in details]
+    details = [
+        order_detail(1, "10.50", 9),
+        order_detail(2, "99.00", 9, name="O'Brien; DROP TABLE orders;--"),
+    ]
+    entries = [
+        {
+            "Source": "shop.orders",
+            "DetailType": "OrderPlaced",
+            "Detail": json.dumps(d),
+            "EventBusName": bus,
+        }
+        for d in details
+    ]
     entries.append(entries[0])
     cancel = order_detail(2, "99.00", 10)
-    entries.append({"Source": "shop.orders", "DetailType": "OrderCancelled",
-                    "Detail": json.dumps(cancel), "EventBusName": bus})
+    entries.append(
+        {
+            "Source": "shop.orders",
+            "DetailType": "OrderCancelled",
+            "Detail": json.dumps(cancel),
+            "EventBusName": bus,
+        }
+    )
     with running(worker.run) as thread:
         assert events.put_events(Entries=entries)["FailedEntryCount"] == 0
         deadline = time.monotonic() + 30
@@ -145,14 +202,19 @@ def test_new_system_events_reach_legacy_rows_and_are_not_echoed(
     worker.source.close()
 
     # Then: the legacy rows are right, the duplicate was applied once
-    assert rows(engine) == {1: ("10.50", "Ada", "09", None), 7: ("1.00", "legacy", rows(engine)[7][2], "x")}
+    assert rows(engine) == {
+        1: ("10.50", "Ada", "09", None),
+        7: ("1.00", "legacy", rows(engine)[7][2], "x"),
+    }
     assert consumer.stats.applied == 3 and consumer.stats.duplicates == 1
     # ... and capture published the legacy edit only, none of the sync-back writes
     assert [(d["op"], d["key"]) for d in published] == [("insert", {"id": 7})]
     assert sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=0).get("Messages") is None
 
 
-def test_duplicates_out_of_order_apply_as_once_in_version_order(pg_url: URL, tmp_path: Path) -> None:
+def test_duplicates_out_of_order_apply_as_once_in_version_order(
+    pg_url: URL, tmp_path: Path
+) -> None:
     settings = settings_for_mode(pg_url, "changelog", "orders", config=config(tmp_path))
     engine = prepared(settings, ORDERS)
     consumer = make_consumer(settings, engine)
@@ -174,22 +236,27 @@ def test_events_of_our_own_capture_are_ignored(pg_url: URL, tmp_path: Path) -> N
     assert rows(engine) == {}
 
 
-@pytest.mark.parametrize(("policy", "expected_total", "outcome"), [
-    ("newer_wins", "30.00", "applied"),       # the event is newer than the legacy edit
-    ("new_system_wins", "30.00", "applied"),
-    ("legacy_wins", "20.00", "skip_conflict"),  # the legacy edited the row since we wrote it
-    ("park", "20.00", "parked"),
-])
-def test_conflict_policies(pg_url: URL, tmp_path: Path, policy: str, expected_total: str,
-                           outcome: str) -> None:
+@pytest.mark.parametrize(
+    ("policy", "expected_total", "outcome"),
+    [
+        ("newer_wins", "30.00", "applied"),  # the event is newer than the legacy edit
+        ("new_system_wins", "30.00", "applied"),
+        ("legacy_wins", "20.00", "skip_conflict"),  # the legacy edited the row since we wrote it
+        ("park", "20.00", "parked"),
+    ],
+)
+def test_conflict_policies(
+    pg_url: URL, tmp_path: Path, policy: str, expected_total: str, outcome: str
+) -> None:
     settings = settings_for_mode(pg_url, "changelog", "orders", config=config(tmp_path, policy))
     engine = prepared(settings, ORDERS)
     consumer = make_consumer(settings, engine)
     # Sync back writes version 09:00, the legacy application edits the row at 10:00 ...
     assert consumer.handle(envelope(order_detail(1, "10.00", 9)), "m1") == "applied"
     with engine.begin() as connection:
-        connection.execute(text("UPDATE orders SET total = 20, updated_at = "
-                                "'2026-11-28T10:00:00Z' WHERE id = 1"))
+        connection.execute(
+            text("UPDATE orders SET total = 20, updated_at = '2026-11-28T10:00:00Z' WHERE id = 1")
+        )
     # ... then the new system sends version 11:00 of the same order
     assert consumer.handle(envelope(order_detail(1, "30.00", 11)), "m2") == outcome
     assert rows(engine)[1][0] == expected_total
@@ -210,13 +277,16 @@ CORPUS_TABLE = (
 )
 
 
-def test_malformed_and_hostile_events_against_the_real_database(pg_url: URL, tmp_path: Path) -> None:
+def test_malformed_and_hostile_events_against_the_real_database(
+    pg_url: URL, tmp_path: Path
+) -> None:
     from tests.unit.test_sync_back_rows import HOSTILE_BUT_VALID, MALFORMED, MAPPINGS, body
 
     settings = settings_for_mode(pg_url, "changelog", "orders")
     engine = prepared(settings, CORPUS_TABLE)
-    consumer = Consumer(settings, engine, state_tables("postgresql", settings.state_schema),
-                        MAPPINGS, None)
+    consumer = Consumer(
+        settings, engine, state_tables("postgresql", settings.state_schema), MAPPINGS, None
+    )
     # Every malformed event: a dead letter naming the field, nothing written, no crash
     for number, (name, text_, _needle) in enumerate(MALFORMED):
         assert consumer.handle(text_, f"bad-{number}") == "dead_letter", name
@@ -228,13 +298,20 @@ def test_malformed_and_hostile_events_against_the_real_database(pg_url: URL, tmp
         assert needle in letters[f"bad-{number}"].reason, name
     # Hostile but valid text is stored exactly as sent, bound as parameters
     for number, (name, value) in enumerate(HOSTILE_BUT_VALID):
-        event = body({"id": f"hostile-{number}", "order.id": 1000 + number,
-                      "order.customer.name": value, "order.note": value,
-                      "order.meta": {value: [value]}})
+        event = body(
+            {
+                "id": f"hostile-{number}",
+                "order.id": 1000 + number,
+                "order.customer.name": value,
+                "order.note": value,
+                "order.meta": {value: [value]},
+            }
+        )
         assert consumer.handle(event, f"ok-{number}") == "applied", name
         with engine.connect() as connection:
-            stored = connection.execute(text("SELECT customer, note, meta FROM orders WHERE id = :i"),
-                                        {"i": 1000 + number}).one()
+            stored = connection.execute(
+                text("SELECT customer, note, meta FROM orders WHERE id = :i"), {"i": 1000 + number}
+            ).one()
         assert stored == (value, value, {value: [value]}), name
 
 
@@ -268,8 +345,12 @@ def test_dead_letters_are_replayed_once_the_mapping_is_fixed(pg_url: URL, tmp_pa
     assert "no mapping for detail-type 'OrderSubmitted'" in letter.reason
     # The mapping learns the new name; the replay applies the stored body and clears it
     fixed = tmp_path / "fixed.toml"
-    fixed.write_text(MAPPING.format(policy="newer_wins").replace('"OrderPlaced"', '"OrderSubmitted"'))
-    settings = settings.model_copy(update={"sync_back": tomllib.loads(fixed.read_text())["sync_back"]})
+    fixed.write_text(
+        MAPPING.format(policy="newer_wins").replace('"OrderPlaced"', '"OrderSubmitted"')
+    )
+    settings = settings.model_copy(
+        update={"sync_back": tomllib.loads(fixed.read_text())["sync_back"]}
+    )
     replaying = make_consumer(settings, engine)
     assert replaying.replay(replaying.dead_letters()) == {"m-renamed": "applied"}
     assert replaying.dead_letters() == [] and rows(engine)[5][0] == "5.00"
@@ -294,10 +375,12 @@ def test_a_write_the_database_refuses_is_a_dead_letter_and_its_batch_goes_on(
 
 # -- the batch path: a received batch in one transaction, as if applied one event at a time --
 
-BATCH_TABLES = ("CREATE TABLE orders (id int PRIMARY KEY, total numeric(10,2) NOT NULL "
-                "CHECK (total >= 0), customer text, updated_at timestamptz NOT NULL, note text);"
-                "CREATE TABLE lines (order_id int NOT NULL, sku text NOT NULL, qty int, "
-                "version int NOT NULL, PRIMARY KEY (order_id, sku))")
+BATCH_TABLES = (
+    "CREATE TABLE orders (id int PRIMARY KEY, total numeric(10,2) NOT NULL "
+    "CHECK (total >= 0), customer text, updated_at timestamptz NOT NULL, note text);"
+    "CREATE TABLE lines (order_id int NOT NULL, sku text NOT NULL, qty int, "
+    "version int NOT NULL, PRIMARY KEY (order_id, sku))"
+)
 
 
 def batch_consumer(pg_url: URL) -> Consumer:
@@ -311,10 +394,13 @@ def empty(consumer: Consumer) -> None:
     s = consumer.state
     with consumer.engine.begin() as connection:
         connection.execute(text("SET LOCAL session_replication_role = replica"))  # no triggers
-        connection.execute(text(
-            f"TRUNCATE orders, lines, {s.qualified(s.inbox)}, {s.qualified(s.synced_rows)}, "
-            f"{s.qualified(s.conflicts)}, {s.qualified(s.changelog)}, "
-            f"{s.qualified(s.sync_dead_letters)} RESTART IDENTITY"))
+        connection.execute(
+            text(
+                f"TRUNCATE orders, lines, {s.qualified(s.inbox)}, {s.qualified(s.synced_rows)}, "
+                f"{s.qualified(s.conflicts)}, {s.qualified(s.changelog)}, "
+                f"{s.qualified(s.sync_dead_letters)} RESTART IDENTITY"
+            )
+        )
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -333,7 +419,7 @@ def test_batches_leave_what_one_event_at_a_time_leaves(pg_url: URL, seed: int) -
 
 
 def test_one_batch_with_duplicates_repeated_keys_mixed_policies_and_a_refused_write(
-    pg_url: URL
+    pg_url: URL,
 ) -> None:
     from tests.unit.test_sync_back_applier import legacy_edit, order, state_of
 
@@ -344,33 +430,51 @@ def test_one_batch_with_duplicates_repeated_keys_mixed_policies_and_a_refused_wr
     again = order("OrderPlaced", 1, 11, "11.00", event_id="e-again")
     batch = [
         (again, "m1"),
-        (order("OrderPlaced", 1, 12, "12.00"), "m2"),      # same key, applied after m1
-        (again, "m3"),                                      # duplicate within the batch
-        (order("OrderAdjusted", 2, 11, "30.00"), "m4"),   # legacy_wins: legacy edited it
-        (order("OrderPlaced", 4, 9, "-1.00"), "m5"),       # refused: CHECK (total >= 0)
-        (order("OrderReviewed", 3, 11, "30.00"), "m6"),   # park: legacy edited it
-        (order("OrderCancelled", 1, 13), "m7"),            # same key again: deleted last
+        (order("OrderPlaced", 1, 12, "12.00"), "m2"),  # same key, applied after m1
+        (again, "m3"),  # duplicate within the batch
+        (order("OrderAdjusted", 2, 11, "30.00"), "m4"),  # legacy_wins: legacy edited it
+        (order("OrderPlaced", 4, 9, "-1.00"), "m5"),  # refused: CHECK (total >= 0)
+        (order("OrderReviewed", 3, 11, "30.00"), "m6"),  # park: legacy edited it
+        (order("OrderCancelled", 1, 13), "m7"),  # same key again: deleted last
     ]
-    assert consumer.handle_batch(batch) == ["applied", "applied", "duplicate", "skip_conflict",
-                                            "dead_letter", "parked", "applied"]
+    assert consumer.handle_batch(batch) == [
+        "applied",
+        "applied",
+        "duplicate",
+        "skip_conflict",
+        "dead_letter",
+        "parked",
+        "applied",
+    ]
     state = state_of(consumer)
     assert [row[:2] for row in state["orders"]] == [(2, "20.00"), (3, "20.00")]
     [letter] = consumer.dead_letters()
     assert letter.message_id == "m5" and "orders_total_check" in letter.reason
-    ops = [(json.loads(after or before)["id"], op) for _, op, before, after, origin
-           in state["changes"] if origin == "sync_back"]
+    ops = [
+        (json.loads(after or before)["id"], op)
+        for _, op, before, after, origin in state["changes"]
+        if origin == "sync_back"
+    ]
     assert ops[-3:] == [(1, "update"), (1, "update"), (1, "delete")]
     assert [row[1] for row in state["conflicts"]] == ['{"id":3}']
 
 
-def test_keys_the_database_takes_for_one_row_are_decided_as_one_row(pg_url: URL,
-                                                                      tmp_path: Path) -> None:
+def test_keys_the_database_takes_for_one_row_are_decided_as_one_row(
+    pg_url: URL, tmp_path: Path
+) -> None:
     settings = settings_for_mode(pg_url, "changelog", "codes")
-    engine = prepared(settings, "CREATE EXTENSION IF NOT EXISTS citext; CREATE TABLE codes "
-                                "(code citext PRIMARY KEY, label text, version int NOT NULL); "
-                                "INSERT INTO codes VALUES ('Abc', 'legacy', 10)")
-    consumer = Consumer(settings, engine, state_tables("postgresql", settings.state_schema),
-                        load_mappings(tomllib.loads("""
+    engine = prepared(
+        settings,
+        "CREATE EXTENSION IF NOT EXISTS citext; CREATE TABLE codes "
+        "(code citext PRIMARY KEY, label text, version int NOT NULL); "
+        "INSERT INTO codes VALUES ('Abc', 'legacy', 10)",
+    )
+    consumer = Consumer(
+        settings,
+        engine,
+        state_tables("postgresql", settings.state_schema),
+        load_mappings(
+            tomllib.loads("""
 [[sync_back.mappings]]
 detail_type = "CodeSet"
 op = "upsert"
@@ -381,49 +485,80 @@ version_column = "version"
 code = { path = "code", type = "text" }
 label = { path = "label", type = "text" }
 version = { path = "version", type = "int" }
-""")["sync_back"], settings.default_schema))
+""")["sync_back"],
+            settings.default_schema,
+        ),
+    )
 
     def code(value: str, version: int) -> str:
-        return json.dumps({"id": str(uuid.uuid4()), "detail-type": "CodeSet", "source": "s",
-                           "detail": {"code": value, "label": f"{value} {version}",
-                                      "version": version}})
+        return json.dumps(
+            {
+                "id": str(uuid.uuid4()),
+                "detail-type": "CodeSet",
+                "source": "s",
+                "detail": {"code": value, "label": f"{value} {version}", "version": version},
+            }
+        )
 
-    batch = [(code("abc", 9), "m1"), (code("xyz", 5), "m2"), (code("XYZ", 4), "m3"),
-             (code("aBC", 11), "m4")]
+    batch = [
+        (code("abc", 9), "m1"),
+        (code("xyz", 5), "m2"),
+        (code("XYZ", 4), "m3"),
+        (code("aBC", 11), "m4"),
+    ]
     assert consumer.handle_batch(batch) == ["skip_stale", "applied", "skip_stale", "applied"]
     with engine.connect() as connection:
-        rows = connection.execute(text("SELECT lower(code::text), label, version FROM codes "
-                                       "ORDER BY 1")).all()
+        rows = connection.execute(
+            text("SELECT lower(code::text), label, version FROM codes ORDER BY 1")
+        ).all()
     assert [tuple(r) for r in rows] == [("abc", "aBC 11", 11), ("xyz", "xyz 5", 5)]
 
 
-def test_a_fifo_queue_keeps_each_keys_events_in_order(pg_url: URL, moto_endpoint: str,
-                                                      tmp_path: Path) -> None:
+def test_a_fifo_queue_keeps_each_keys_events_in_order(
+    pg_url: URL, moto_endpoint: str, tmp_path: Path
+) -> None:
     """With a FIFO queue (message group per key), two consumers apply each key's events in the
     order they were sent, even under new_system_wins, where every event overwrites the row."""
     sqs = boto3.client("sqs")
-    queue = sqs.create_queue(QueueName=f"sync-{uuid.uuid4().hex[:8]}.fifo",
-                             Attributes={"FifoQueue": "true"})["QueueUrl"]
-    settings = settings_for_mode(pg_url, "changelog", "orders",
-                                 config=config(tmp_path, "new_system_wins"),
-                                 sync_queue_url=queue, sync_wait_seconds="0")
-    engine = prepared(settings, ORDERS + "; CREATE TABLE writes (id int, total numeric, "
-                      "n serial PRIMARY KEY)")
+    queue = sqs.create_queue(
+        QueueName=f"sync-{uuid.uuid4().hex[:8]}.fifo", Attributes={"FifoQueue": "true"}
+    )["QueueUrl"]
+    settings = settings_for_mode(
+        pg_url,
+        "changelog",
+        "orders",
+        config=config(tmp_path, "new_system_wins"),
+        sync_queue_url=queue,
+        sync_wait_seconds="0",
+    )
+    engine = prepared(
+        settings, ORDERS + "; CREATE TABLE writes (id int, total numeric, n serial PRIMARY KEY)"
+    )
     with engine.begin() as connection:  # every write to orders, in the order it happened
-        connection.execute(text(
-            "CREATE FUNCTION audit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-            "INSERT INTO writes (id, total) VALUES (NEW.id, NEW.total); RETURN NEW; END $$"))
-        connection.execute(text("CREATE TRIGGER audit AFTER INSERT OR UPDATE ON orders "
-                                "FOR EACH ROW EXECUTE FUNCTION audit()"))
+        connection.execute(
+            text(
+                "CREATE FUNCTION audit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "INSERT INTO writes (id, total) VALUES (NEW.id, NEW.total); RETURN NEW; END $$"
+            )
+        )
+        connection.execute(
+            text(
+                "CREATE TRIGGER audit AFTER INSERT OR UPDATE ON orders "
+                "FOR EACH ROW EXECUTE FUNCTION audit()"
+            )
+        )
     sent: dict[int, list[str]] = {}
     for step in range(8):
         for order in (1, 2, 3):
             total = f"{order}{step}.00"
             detail = order_detail(order, total, 9 - step)  # versions go back: order is all
             sent.setdefault(order, []).append(total)
-            sqs.send_message(QueueUrl=queue, MessageBody=envelope(detail),
-                             MessageGroupId=f"orders-{order}",
-                             MessageDeduplicationId=str(detail["id"]))
+            sqs.send_message(
+                QueueUrl=queue,
+                MessageBody=envelope(detail),
+                MessageGroupId=f"orders-{order}",
+                MessageDeduplicationId=str(detail["id"]),
+            )
     consumers = [make_consumer(settings, engine, boto3.client("sqs")) for _ in range(2)]
 
     def work(consumer: Consumer) -> None:

@@ -24,18 +24,26 @@ from tests.integration.test_sync_back import ORDERS, config, envelope, order_det
 pytestmark = pytest.mark.integration
 
 
-def test_metrics_and_readiness_of_a_running_consumer(pg_url: URL, moto_endpoint: str,
-                                                     tmp_path: Path) -> None:
+def test_metrics_and_readiness_of_a_running_consumer(
+    pg_url: URL, moto_endpoint: str, tmp_path: Path
+) -> None:
     sqs = boto3.client("sqs")
     queue = sqs.create_queue(QueueName=f"sync-health-{uuid.uuid4().hex[:8]}")["QueueUrl"]
     settings = settings_for(pg_url, "orders")
     engine = prepared(settings, ORDERS)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CDC_")}
-    env.update({"CDC_DATABASE_URL": settings.url.render_as_string(hide_password=False),
-                "CDC_TABLES": "orders", "CDC_CONFIG": config(tmp_path, "legacy_wins"),
-                "CDC_SYNC_QUEUE_URL": queue, "CDC_SYNC_WAIT_SECONDS": "1",
-                "CDC_HEALTH_PORT": str(port), "CDC_LOG_LEVEL": "WARNING"})
+    env.update(
+        {
+            "CDC_DATABASE_URL": settings.url.render_as_string(hide_password=False),
+            "CDC_TABLES": "orders",
+            "CDC_CONFIG": config(tmp_path, "legacy_wins"),
+            "CDC_SYNC_QUEUE_URL": queue,
+            "CDC_SYNC_WAIT_SECONDS": "1",
+            "CDC_HEALTH_PORT": str(port),
+            "CDC_LOG_LEVEL": "WARNING",
+        }
+    )
     consumer = subprocess.Popen([sys.executable, "-m", "sync_back.cli", "run"], env=env)
     base = f"http://127.0.0.1:{port}"
 
@@ -73,8 +81,12 @@ def test_metrics_and_readiness_of_a_running_consumer(pg_url: URL, moto_endpoint:
         first = order_detail(1, "1.00", 9)
         bodies = [envelope(first)] + [envelope(order_detail(n, f"{n}.00", 9)) for n in range(2, 21)]
         for n in range(0, len(bodies), 10):
-            sqs.send_message_batch(QueueUrl=queue, Entries=[
-                {"Id": str(i), "MessageBody": body} for i, body in enumerate(bodies[n:n + 10])])
+            sqs.send_message_batch(
+                QueueUrl=queue,
+                Entries=[
+                    {"Id": str(i), "MessageBody": body} for i, body in enumerate(bodies[n : n + 10])
+                ],
+            )
         applied: list[float] = []
         deadline = time.monotonic() + 20
         while not applied or applied[-1] < 20:
@@ -89,8 +101,11 @@ def test_metrics_and_readiness_of_a_running_consumer(pg_url: URL, moto_endpoint:
         sqs.send_message(QueueUrl=queue, MessageBody=envelope(first))
         sqs.send_message(QueueUrl=queue, MessageBody="{not json")
         with engine.begin() as connection:
-            connection.execute(text("UPDATE orders SET total = 5, updated_at = "
-                                    "'2026-11-28T10:00:00Z' WHERE id = 2"))
+            connection.execute(
+                text(
+                    "UPDATE orders SET total = 5, updated_at = '2026-11-28T10:00:00Z' WHERE id = 2"
+                )
+            )
         sqs.send_message(QueueUrl=queue, MessageBody=envelope(order_detail(2, "9.00", 11)))
 
         # Then: a duplicate, a dead letter and a conflict (legacy_wins skips it) are counted
@@ -104,8 +119,10 @@ def test_metrics_and_readiness_of_a_running_consumer(pg_url: URL, moto_endpoint:
         assert get(f"{base}/readyz")[0] == 200
         assert get(f"{base}/nothing")[0] == 404
         with engine.connect() as connection:
-            assert connection.execute(text("SELECT total::text FROM orders WHERE id = 2")
-                                      ).scalar() == "5.00"
+            assert (
+                connection.execute(text("SELECT total::text FROM orders WHERE id = 2")).scalar()
+                == "5.00"
+            )
     finally:
         consumer.send_signal(signal.SIGTERM)
         assert consumer.wait(30) == 0

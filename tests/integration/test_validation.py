@@ -29,9 +29,11 @@ from tests.integration.helpers import drop_slot, prepared, settings_for_mode, so
 
 pytestmark = pytest.mark.integration
 
-ORDERS = ("CREATE TABLE orders (id int PRIMARY KEY, total numeric(10,2) NOT NULL, "
-          "status text NOT NULL, placed_at timestamptz NOT NULL, photo bytea, ref uuid, "
-          "meta jsonb, tags text[], weight double precision)")
+ORDERS = (
+    "CREATE TABLE orders (id int PRIMARY KEY, total numeric(10,2) NOT NULL, "
+    "status text NOT NULL, placed_at timestamptz NOT NULL, photo bytea, ref uuid, "
+    "meta jsonb, tags text[], weight double precision)"
+)
 SOURCE = "legacy.shop"
 
 
@@ -50,8 +52,9 @@ def crash_at(step: str, occurrence: int = 1) -> Any:
     return hook
 
 
-def setup(url: URL, tmp_path: Path, capture: str = "changelog"
-          ) -> tuple[Settings, Engine, Applied, Any]:
+def setup(
+    url: URL, tmp_path: Path, capture: str = "changelog"
+) -> tuple[Settings, Engine, Applied, Any]:
     """A producer bus, a central bus, consumers (a queue; a bus with a queue behind it to
     watch it), the capture's table and the schemas of its events."""
     suffix = uuid.uuid4().hex[:8]
@@ -71,11 +74,19 @@ name = "archive-{suffix}"
 kind = "bus"
 sources = ["{SOURCE}"]
 """)
-    settings = settings_for_mode(url, capture, "orders", config=str(config), bus="eventbridge",
-                            event_bus_name=f"shop-{suffix}", source=SOURCE,
-                            central_bus_name=f"central-{suffix}",
-                            schemas_dir=str(tmp_path / "schemas"), validate_wait_seconds="0",
-                            validate_visibility_timeout="1")
+    settings = settings_for_mode(
+        url,
+        capture,
+        "orders",
+        config=str(config),
+        bus="eventbridge",
+        event_bus_name=f"shop-{suffix}",
+        source=SOURCE,
+        central_bus_name=f"central-{suffix}",
+        schemas_dir=str(tmp_path / "schemas"),
+        validate_wait_seconds="0",
+        validate_visibility_timeout="1",
+    )
     engine = prepared(settings, ORDERS)
     applied = apply(topology_from_settings(settings))
     settings = settings.model_copy(update={"validate_queue_url": applied.validation_queue_url})
@@ -83,20 +94,29 @@ sources = ["{SOURCE}"]
     events, sqs = boto3.client("events"), boto3.client("sqs")
     archive_url = sqs.create_queue(QueueName=f"archive-watch-{suffix}")["QueueUrl"]
     archive_arn = sqs.get_queue_attributes(QueueUrl=archive_url, AttributeNames=["QueueArn"])[
-        "Attributes"]["QueueArn"]
-    events.put_rule(Name="watch", EventBusName=f"archive-{suffix}",
-                    EventPattern=json.dumps({"source": [{"prefix": ""}]}))
-    events.put_targets(Rule="watch", EventBusName=f"archive-{suffix}",
-                       Targets=[{"Id": "q", "Arn": archive_arn}])
+        "Attributes"
+    ]["QueueArn"]
+    events.put_rule(
+        Name="watch",
+        EventBusName=f"archive-{suffix}",
+        EventPattern=json.dumps({"source": [{"prefix": ""}]}),
+    )
+    events.put_targets(
+        Rule="watch", EventBusName=f"archive-{suffix}", Targets=[{"Id": "q", "Arn": archive_arn}]
+    )
     return settings, engine, applied, archive_url
 
 
 def validator(settings: Settings, engine: Engine, failpoint: Any = None) -> Validator:
     return Validator(
-        settings, engine, validation_state.validation_tables("postgresql", settings.state_schema),
+        settings,
+        engine,
+        validation_state.validation_tables("postgresql", settings.state_schema),
         SchemaRegistry.load(settings.schemas_dir),
         EventBridgePublisher.from_environment(settings.central_bus_name, concurrency=1),
-        boto3.client("sqs"), failpoint=failpoint)
+        boto3.client("sqs"),
+        failpoint=failpoint,
+    )
 
 
 def drain(queue_url: str) -> list[dict[str, Any]]:
@@ -104,13 +124,18 @@ def drain(queue_url: str) -> list[dict[str, Any]]:
     sqs = boto3.client("sqs")
     bodies: list[dict[str, Any]] = []
     while True:
-        messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10,
-                                       WaitTimeSeconds=0).get("Messages", [])
+        messages = sqs.receive_message(
+            QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0
+        ).get("Messages", [])
         if not messages:
             return bodies
         bodies.extend(json.loads(m["Body"]) for m in messages)
-        sqs.delete_message_batch(QueueUrl=queue_url, Entries=[
-            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)])
+        sqs.delete_message_batch(
+            QueueUrl=queue_url,
+            Entries=[
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)
+            ],
+        )
 
 
 def run_until(v: Validator, received: int, timeout: float = 15) -> None:
@@ -134,19 +159,29 @@ def test_valid_events_reach_consumers_exactly_once_through_a_validator_restart(
     # When: the legacy application writes, capture publishes to the producer bus ...
     with engine.begin() as connection:
         for n in range(1, 13):
-            connection.execute(text(
-                "INSERT INTO orders VALUES (:n, :n * 1.5, 'new', now(), '\\x00ff'::bytea, "
-                "gen_random_uuid(), '{\"gift\": true, \"ratio\": 0.1000}', '{a,NULL}', 2.5)"),
-                {"n": n})
+            connection.execute(
+                text(
+                    "INSERT INTO orders VALUES (:n, :n * 1.5, 'new', now(), '\\x00ff'::bytea, "
+                    "gen_random_uuid(), '{\"gift\": true, \"ratio\": 0.1000}', '{a,NULL}', 2.5)"
+                ),
+                {"n": n},
+            )
         connection.execute(text("UPDATE orders SET status = 'paid', total = 99.99 WHERE id <= 2"))
         connection.execute(text("DELETE FROM orders WHERE id = 12"))
     # ... then adds a column the schemas do not know (a contract change nobody announced)
     with engine.begin() as connection:
         connection.execute(text("ALTER TABLE orders ADD COLUMN coupon text"))
-        connection.execute(text("INSERT INTO orders VALUES (13, 1, 'new', now(), NULL, NULL, NULL, "
-                                "NULL, NULL, 'FREE')"))
-    worker = Worker(settings, source_for(settings, engine),
-                    EventBridgePublisher.from_environment(settings.event_bus_name, concurrency=1))
+        connection.execute(
+            text(
+                "INSERT INTO orders VALUES (13, 1, 'new', now(), NULL, NULL, NULL, "
+                "NULL, NULL, 'FREE')"
+            )
+        )
+    worker = Worker(
+        settings,
+        source_for(settings, engine),
+        EventBridgePublisher.from_environment(settings.event_bus_name, concurrency=1),
+    )
     deadline = time.monotonic() + 15
     while worker.stats.published < 12 + 2 + 1 + 1:
         assert time.monotonic() < deadline, f"captured {worker.stats.published} events"
@@ -154,10 +189,23 @@ def test_valid_events_reach_consumers_exactly_once_through_a_validator_restart(
     worker.source.close()
     drop_slot(engine, settings)
     # ... and somebody puts a malformed event on the producer bus by hand
-    boto3.client("events").put_events(Entries=[{
-        "Source": SOURCE, "DetailType": "public.orders.insert", "EventBusName": settings.event_bus_name,
-        "Detail": json.dumps({"id": "hand-made", "op": "insert", "table": "public.orders",
-                              "after": {"id": "ten", "total": 10}})}])
+    boto3.client("events").put_events(
+        Entries=[
+            {
+                "Source": SOURCE,
+                "DetailType": "public.orders.insert",
+                "EventBusName": settings.event_bus_name,
+                "Detail": json.dumps(
+                    {
+                        "id": "hand-made",
+                        "op": "insert",
+                        "table": "public.orders",
+                        "after": {"id": "ten", "total": 10},
+                    }
+                ),
+            }
+        ]
+    )
     valid = 12 + 2  # inserts, updates; then a delete, the insert with a coupon, the hand-made
 
     # ... and the validator handles a first batch (ten messages), then crashes in the second
@@ -178,10 +226,15 @@ def test_valid_events_reach_consumers_exactly_once_through_a_validator_restart(
     assert len(valid_ids) == valid and set(valid_ids.values()) == {1}
     assert Counter(e["detail"]["id"] for e in view) == valid_ids
     assert {e["source"] for e in archive} == {"valid." + SOURCE}
-    assert Counter(e["detail-type"] for e in view) == {"public.orders.insert": 12,
-                                                        "public.orders.update": 2}
-    insert = next(e["detail"] for e in view if e["detail"]["key"] == {"id": 3}
-                  and e["detail"]["op"] == "insert")
+    assert Counter(e["detail-type"] for e in view) == {
+        "public.orders.insert": 12,
+        "public.orders.update": 2,
+    }
+    insert = next(
+        e["detail"]
+        for e in view
+        if e["detail"]["key"] == {"id": 3} and e["detail"]["op"] == "insert"
+    )
     assert insert["after"]["total"] == "4.50" and insert["after"]["photo"] == "AP8="
     assert insert["after"]["meta"] == {"gift": True, "ratio": 0.1}
     # ... the crashed batch's events are in doubt (sent, never confirmed), not sent again
@@ -192,18 +245,23 @@ def test_valid_events_reach_consumers_exactly_once_through_a_validator_restart(
         claims = connection.execute(select(second.tables.republished.c.status)).scalars().all()
     assert Counter(claims) == {"published": valid - len(in_doubt), "claimed": len(in_doubt)}
     # ... and the invalid and unknown ones are dead letters, with every error
-    letters = {x.letter.event_id: x.letter for x in
-               validation_state.dead_letters(engine, second.tables)}
+    letters = {
+        x.letter.event_id: x.letter for x in validation_state.dead_letters(engine, second.tables)
+    }
     assert len(letters) == 3
     hand_made = letters["hand-made"]
     assert "detail: 'committed_at' is a required property" in hand_made.errors
     assert "detail.after.id: 'ten' is not of type 'integer'" in hand_made.errors
     assert "detail.after.total: 10 is not of type 'string'" in hand_made.errors
     assert len(hand_made.errors) >= 8
-    [coupon] = [x for x in letters.values() if x.detail_type == "public.orders.insert"
-                and x.event_id != "hand-made"]
-    assert coupon.errors == ("detail.after: Additional properties are not allowed "
-                             "('coupon' was unexpected)",)
+    [coupon] = [
+        x
+        for x in letters.values()
+        if x.detail_type == "public.orders.insert" and x.event_id != "hand-made"
+    ]
+    assert coupon.errors == (
+        "detail.after: Additional properties are not allowed ('coupon' was unexpected)",
+    )
     [deleted] = [x for x in letters.values() if x.detail_type == "public.orders.delete"]
     assert deleted.reason.startswith("no schema for DetailType 'public.orders.delete'")
 
@@ -213,18 +271,35 @@ def test_a_crash_before_putevents_leaves_events_in_doubt_for_an_operator(
 ) -> None:
     settings, engine, applied, archive_url = setup(pg_url, tmp_path)
     (settings.schemas_dir).mkdir()
-    (settings.schemas_dir / "OrderPlaced.json").write_text(json.dumps(
-        {"type": "object", "required": ["id", "total"],
-         "properties": {"id": {"type": "string"}, "total": {"type": "string"}}}))
+    (settings.schemas_dir / "OrderPlaced.json").write_text(
+        json.dumps(
+            {
+                "type": "object",
+                "required": ["id", "total"],
+                "properties": {"id": {"type": "string"}, "total": {"type": "string"}},
+            }
+        )
+    )
     sqs = boto3.client("sqs")
 
     def body(detail: dict[str, Any], source: str = SOURCE) -> str:
-        return json.dumps({"version": "0", "id": str(uuid.uuid4()), "detail-type": "OrderPlaced",
-                           "source": source, "time": "2026-11-28T12:00:00Z", "detail": detail})
+        return json.dumps(
+            {
+                "version": "0",
+                "id": str(uuid.uuid4()),
+                "detail-type": "OrderPlaced",
+                "source": source,
+                "time": "2026-11-28T12:00:00Z",
+                "detail": detail,
+            }
+        )
 
     # Given: an event twice (at-least-once delivery upstream) and one already validated
-    for message in (body({"id": "o-1", "total": "1.00"}), body({"id": "o-1", "total": "1.00"}),
-                    body({"id": "o-2", "total": "2.00"}, source="valid." + SOURCE)):
+    for message in (
+        body({"id": "o-1", "total": "1.00"}),
+        body({"id": "o-1", "total": "1.00"}),
+        body({"id": "o-2", "total": "2.00"}, source="valid." + SOURCE),
+    ):
         sqs.send_message(QueueUrl=applied.validation_queue_url, MessageBody=message)
     # When: the validator dies after claiming, before PutEvents
     with pytest.raises(Crash):
@@ -241,6 +316,9 @@ def test_a_crash_before_putevents_leaves_events_in_doubt_for_an_operator(
     sent, refused = resend_in_doubt(engine, restarted.tables, restarted.publisher, [doubt])
     assert (sent, refused) == (1, [])
     [arrived] = drain(archive_url)
-    assert arrived["source"] == "valid." + SOURCE and arrived["detail"] == {"id": "o-1", "total": "1.00"}
+    assert arrived["source"] == "valid." + SOURCE and arrived["detail"] == {
+        "id": "o-1",
+        "total": "1.00",
+    }
     assert validation_state.in_doubt(engine, restarted.tables) == []
     assert validation_state.counts(engine, restarted.tables) == {"published": 1, "dead_letters": 0}

@@ -40,16 +40,39 @@ def test_32_bit_xids_are_placed_in_the_snapshot_epoch() -> None:
 
 def change(op: str, key: int, position: str, txid: int, table: TableRef = REF) -> Change:
     image = {"id": key, "v": position}
-    return Change(table, op, image if op == "delete" else None,  # type: ignore[arg-type]
-                  None if op == "delete" else image, position, txid, NOW)
+    return Change(
+        table,
+        op,
+        image if op == "delete" else None,  # type: ignore[arg-type]
+        None if op == "delete" else image,
+        position,
+        txid,
+        NOW,
+    )
 
 
-def pending(keys: list[int], invisible_txids: set[int], position: str = "", ready: bool = True,
-            token: str = "t1", full: bool = False) -> Pending:
+def pending(
+    keys: list[int],
+    invisible_txids: set[int],
+    position: str = "",
+    ready: bool = True,
+    token: str = "t1",
+    full: bool = False,
+) -> Pending:
     rows = [{"id": k, "v": "chunk"} for k in keys]
-    return Pending(Run(7, REF.qualified, None, 1000, None, None), INFO, rows,
-                   [key_of(r, ("id",)) for r in rows], [str(keys[-1])], full,
-                   lambda c: c.txid in invisible_txids, token, NOW, position=position, ready=ready)
+    return Pending(
+        Run(7, REF.qualified, None, 1000, None, None),
+        INFO,
+        rows,
+        [key_of(r, ("id",)) for r in rows],
+        [str(keys[-1])],
+        full,
+        lambda c: c.txid in invisible_txids,
+        token,
+        NOW,
+        position=position,
+        ready=ready,
+    )
 
 
 def backfiller(mode: Any, chunk: Pending) -> Backfiller:
@@ -69,17 +92,25 @@ def keys_of(changes: list[Change] | Any) -> list[tuple[str, Any]]:
 def test_logical_chunk_goes_in_at_its_watermark_without_keys_the_snapshot_missed() -> None:
     chunk = pending([1, 2, 3, 4], invisible_txids={900})
     filler = backfiller("logical", chunk)
-    stream = [change("update", 2, "000A.00000000", 800),   # seen by the read: keep row 2
-              change("update", 3, "000B.00000000", 900),   # not seen: the stream has row 3
-              change("delete", 4, "000C.00000000", 900),
-              change("update", 1, "000E.00000000", 901)]   # after the watermark
+    stream = [
+        change("update", 2, "000A.00000000", 800),  # seen by the read: keep row 2
+        change("update", 3, "000B.00000000", 900),  # not seen: the stream has row 3
+        change("delete", 4, "000C.00000000", 900),
+        change("update", 1, "000E.00000000", 901),
+    ]  # after the watermark
     batch = Batch(stream, marks=[Mark(3, "t1", "000D")])
     woven = list(filler.weave(batch))
-    assert keys_of(woven) == [("update", 2), ("update", 3), ("delete", 4),
-                              ("read", 1), ("read", 2), ("update", 1)]
+    assert keys_of(woven) == [
+        ("update", 2),
+        ("update", 3),
+        ("delete", 4),
+        ("read", 1),
+        ("read", 2),
+        ("update", 1),
+    ]
     reads = [c for c in woven if c.op == "read"]
     assert [c.position for c in reads] == ["000D.00000000", "000D.00000001"]
-    assert reads[0].identity == 'backfill:7:[1]'
+    assert reads[0].identity == "backfill:7:[1]"
     assert chunk.emitted == 2
     # A watermark of another chunk (a crashed run's, streamed again) is not ours
     other = backfiller("logical", pending([1], set(), token="t2"))
@@ -89,8 +120,12 @@ def test_logical_chunk_goes_in_at_its_watermark_without_keys_the_snapshot_missed
 def test_changes_of_other_tables_and_earlier_batches_count_too() -> None:
     chunk = pending([1, 2], invisible_txids={5})
     filler = backfiller("logical", chunk)
-    first = Batch([change("update", 1, "0001.00000000", 5, table=OTHER),
-                   change("update", 2, "0001.00000001", 5)])
+    first = Batch(
+        [
+            change("update", 1, "0001.00000000", 5, table=OTHER),
+            change("update", 2, "0001.00000001", 5),
+        ]
+    )
     assert list(filler.weave(first)) == list(first.changes)  # no watermark yet
     woven = filler.weave(Batch([], marks=[Mark(0, "t1", "0002")]))
     assert keys_of(woven) == [("read", 1)]

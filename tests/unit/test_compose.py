@@ -59,13 +59,18 @@ def test_what_each_service_runs() -> None:
         parsed = [PARSERS[argv[0]]().parse_args(argv[1:]) for argv in commands(SERVICES[name])]
         return [f"{args.func.__module__}.{args.func.__name__}" for args in parsed]
 
-    assert funcs("cdc-setup") == ["cdc.commands.capture.cmd_migrate", "cdc.commands.capture.cmd_setup"]
+    assert funcs("cdc-setup") == [
+        "cdc.commands.capture.cmd_migrate",
+        "cdc.commands.capture.cmd_setup",
+    ]
     assert funcs("cdc-worker") == funcs("cdc-standby") == ["cdc.commands.capture.cmd_run"]
     assert funcs("sync-back") == ["sync_back.cli.cmd_run"]
     assert SERVICES["cdc-setup"]["restart"] == "no"  # a one-off
     for name in ("cdc-worker", "cdc-standby", "sync-back"):
-        assert SERVICES[name]["depends_on"]["cdc-setup"]["condition"] == \
-            "service_completed_successfully"
+        assert (
+            SERVICES[name]["depends_on"]["cdc-setup"]["condition"]
+            == "service_completed_successfully"
+        )
 
 
 def test_the_legacy_database_has_logical_wal() -> None:
@@ -77,8 +82,10 @@ def test_the_legacy_database_has_logical_wal() -> None:
 @pytest.mark.parametrize("name", ["cdc-worker", "cdc-standby", "sync-back"])
 def test_health_checks_probe_a_real_endpoint_on_the_health_port(name: str) -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
-    port = OURS[name]["environment"].get("CDC_HEALTH_PORT") or \
-        dict(re.findall(r"(CDC_[A-Z_]+)=(\S+)", dockerfile))["CDC_HEALTH_PORT"]
+    port = (
+        OURS[name]["environment"].get("CDC_HEALTH_PORT")
+        or dict(re.findall(r"(CDC_[A-Z_]+)=(\S+)", dockerfile))["CDC_HEALTH_PORT"]
+    )
     probe = " ".join(OURS[name]["healthcheck"]["test"])
     [(probed_port, path)] = re.findall(r"http://127\.0\.0\.1:(\d+)(/\w*)", probe)
     assert probed_port == str(port)

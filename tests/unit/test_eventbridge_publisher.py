@@ -110,13 +110,15 @@ class FakeEvents:
         rng, call_rate, _ = self.chaos
         if rng.random() >= call_rate:
             return None
-        return rng.choice([
-            client_error("ThrottlingException", "Rate exceeded"),
-            client_error("InternalException", "oops"),
-            EndpointConnectionError(endpoint_url=ENDPOINT),
-            ReadTimeoutError(endpoint_url=ENDPOINT),
-            "mismatch",
-        ])
+        return rng.choice(
+            [
+                client_error("ThrottlingException", "Rate exceeded"),
+                client_error("InternalException", "oops"),
+                EndpointConnectionError(endpoint_url=ENDPOINT),
+                ReadTimeoutError(endpoint_url=ENDPOINT),
+                "mismatch",
+            ]
+        )
 
 
 def publisher(fake: FakeEvents, **kwargs: Any) -> EventBridgePublisher:
@@ -134,7 +136,10 @@ def test_calls_hold_at_most_ten_entries_in_order() -> None:
     assert publisher(fake).publish([entry(n) for n in range(23)]) == []
 
     assert [numbers(c) for c in fake.calls] == [
-        list(range(10)), list(range(10, 20)), list(range(20, 23))]
+        list(range(10)),
+        list(range(10, 20)),
+        list(range(20, 23)),
+    ]
 
 
 def test_calls_hold_at_most_max_entry_bytes() -> None:
@@ -159,8 +164,11 @@ def test_every_request_entry_names_the_bus_and_carries_time() -> None:
 
     for request_entry, original in zip(fake.calls[0], sent, strict=True):
         assert request_entry == {
-            "Time": WHEN, "Source": SOURCE, "DetailType": DETAIL_TYPE,
-            "Detail": original.detail, "EventBusName": BUS,
+            "Time": WHEN,
+            "Source": SOURCE,
+            "DetailType": DETAIL_TYPE,
+            "Detail": original.detail,
+            "EventBusName": BUS,
         }
 
 
@@ -172,15 +180,18 @@ def test_oversized_entry_is_rejected_and_never_sent() -> None:
 
     assert [r.entry for r in rejections] == [big]
     assert rejections[0].reason == (
-        "entry is 300123 bytes, over the maximum of 262144 (CDC_MAX_ENTRY_BYTES)")
+        "entry is 300123 bytes, over the maximum of 262144 (CDC_MAX_ENTRY_BYTES)"
+    )
     assert [numbers(c) for c in fake.calls] == [[0, 2]]
 
 
 def test_partial_failure_resends_exactly_the_failed_entries() -> None:
     fake = FakeEvents()
     sent = [entry(n) for n in range(5)]
-    fake.entry_faults = {sent[1].detail: ["ThrottlingException"],
-                         sent[3].detail: ["InternalFailure"]}
+    fake.entry_faults = {
+        sent[1].detail: ["ThrottlingException"],
+        sent[3].detail: ["InternalFailure"],
+    }
     pub = publisher(fake)
 
     assert pub.publish(sent) == []
@@ -213,16 +224,21 @@ def test_whole_call_throttling_is_retried_until_accepted(caplog: pytest.LogCaptu
 
 def test_transport_errors_and_mismatched_results_are_retried() -> None:
     fake = FakeEvents()
-    fake.call_faults = {0: EndpointConnectionError(endpoint_url=ENDPOINT),
-                        1: ReadTimeoutError(endpoint_url=ENDPOINT),
-                        2: "mismatch"}
+    fake.call_faults = {
+        0: EndpointConnectionError(endpoint_url=ENDPOINT),
+        1: ReadTimeoutError(endpoint_url=ENDPOINT),
+        2: "mismatch",
+    }
     pub = publisher(fake)
 
     assert pub.publish([entry(0), entry(1)]) == []
 
     assert [numbers(c) for c in fake.calls] == [[0, 1]] * 4
     assert pub.stats.retries_by_code == {
-        "EndpointConnectionError": 2, "ReadTimeoutError": 2, "EntriesMismatch": 2}
+        "EndpointConnectionError": 2,
+        "ReadTimeoutError": 2,
+        "EntriesMismatch": 2,
+    }
 
 
 def test_other_exceptions_propagate() -> None:
@@ -241,7 +257,7 @@ def test_random_faults_end_with_every_entry_accepted_exactly_once() -> None:
     pub = publisher(fake)
 
     # When the whole lot is published in batches
-    rejections = [r for start in range(0, 500, 37) for r in pub.publish(sent[start:start + 37])]
+    rejections = [r for start in range(0, 500, 37) for r in pub.publish(sent[start : start + 37])]
 
     # Then the bus saw every entry accepted once, none twice, none lost
     assert rejections == []
@@ -326,15 +342,24 @@ def test_unknown_code_is_retried(caplog: pytest.LogCaptureFixture) -> None:
     assert any("BrandNewException" in r.getMessage() for r in caplog.records)
 
 
-@pytest.mark.parametrize(("code", "verdict"), [
-    ("ThrottlingException", "retry"), ("InternalException", "retry"),
-    ("InternalFailure", "retry"), ("ServiceUnavailable", "retry"),
-    ("TooManyRequestsException", "retry"), ("SomethingNew", "retry"),
-    ("MalformedDetail", "reject"), ("InvalidArgument", "reject"),
-    ("ValidationException", "reject"),
-    ("AccessDeniedException", "fatal"), ("NotAuthorizedForDetailTypeException", "fatal"),
-    ("ExpiredTokenException", "fatal"), ("ResourceNotFoundException", "fatal"),
-])
+@pytest.mark.parametrize(
+    ("code", "verdict"),
+    [
+        ("ThrottlingException", "retry"),
+        ("InternalException", "retry"),
+        ("InternalFailure", "retry"),
+        ("ServiceUnavailable", "retry"),
+        ("TooManyRequestsException", "retry"),
+        ("SomethingNew", "retry"),
+        ("MalformedDetail", "reject"),
+        ("InvalidArgument", "reject"),
+        ("ValidationException", "reject"),
+        ("AccessDeniedException", "fatal"),
+        ("NotAuthorizedForDetailTypeException", "fatal"),
+        ("ExpiredTokenException", "fatal"),
+        ("ResourceNotFoundException", "fatal"),
+    ],
+)
 def test_classify_aws_error(code: str, verdict: str) -> None:
     assert classify_aws_error(code) == verdict
 

@@ -26,9 +26,16 @@ RENDERER = EventRenderer("legacy.db", lambda table: "{schema}.{table}.{op}")
 
 
 def change(op: str = "update", before: dict | None = None, after: dict | None = None) -> Change:
-    return Change(table=WIDGETS, op=op, before=before, after=after,  # type: ignore[arg-type]
-                  position="00000000000000000042", txid=731, committed_at=MOMENT,
-                  identity="changelog:42:731:x")
+    return Change(
+        table=WIDGETS,
+        op=op,
+        before=before,
+        after=after,  # type: ignore[arg-type]
+        position="00000000000000000042",
+        txid=731,
+        committed_at=MOMENT,
+        identity="changelog:42:731:x",
+    )
 
 
 def details(c: Change, key: list[str]) -> list[dict[str, Any]]:
@@ -42,17 +49,28 @@ def test_event_ids_are_uuid5_deterministic_and_distinct_per_source_and_change() 
     name = "legacy.db\x1fchangelog:42:731:x\x1f0"
     assert first[0]["id"] == str(uuid.uuid5(EVENT_ID_NAMESPACE, name))
     for n in range(200):  # the fast rendering agrees with the uuid module everywhere
-        assert event_id("s", f"i{n}", n % 3) == str(uuid.uuid5(EVENT_ID_NAMESPACE, f"s\x1fi{n}\x1f{n % 3}"))
+        assert event_id("s", f"i{n}", n % 3) == str(
+            uuid.uuid5(EVENT_ID_NAMESPACE, f"s\x1fi{n}\x1f{n % 3}")
+        )
     assert event_id("legacy.db", "x") != event_id("legacy.other", "x")
 
 
 def test_detail_follows_the_contract() -> None:
-    [detail] = details(change(before={"id": 1, "name": "old"}, after={"id": 1, "name": "new"}), ["id"])
+    [detail] = details(
+        change(before={"id": 1, "name": "old"}, after={"id": 1, "name": "new"}), ["id"]
+    )
     assert detail == {
-        "id": detail["id"], "op": "update", "table": "public.widgets", "key": {"id": 1},
-        "before": {"id": 1, "name": "old"}, "after": {"id": 1, "name": "new"},
-        "position": "00000000000000000042", "txid": 731,
-        "committed_at": "2026-11-28T17:45:52.123456Z", "origin": "legacy", "unchanged": [],
+        "id": detail["id"],
+        "op": "update",
+        "table": "public.widgets",
+        "key": {"id": 1},
+        "before": {"id": 1, "name": "old"},
+        "after": {"id": 1, "name": "new"},
+        "position": "00000000000000000042",
+        "txid": 731,
+        "committed_at": "2026-11-28T17:45:52.123456Z",
+        "origin": "legacy",
+        "unchanged": [],
         "schema_version": 1,
     }
 
@@ -62,7 +80,12 @@ def test_key_change_becomes_delete_then_insert_in_position_order() -> None:
     assert [(e["op"], e["key"]) for e in events] == [("delete", {"id": 1}), ("insert", {"id": 2})]
     assert events[0]["before"] == {"id": 1, "n": "a"} and events[0]["after"] is None
     assert events[1]["before"] is None and events[1]["after"] == {"id": 2, "n": "a"}
-    assert "00000000000000000042" < events[0]["position"] < events[1]["position"] < "00000000000000000043"
+    assert (
+        "00000000000000000042"
+        < events[0]["position"]
+        < events[1]["position"]
+        < "00000000000000000043"
+    )
     assert events[0]["id"] != events[1]["id"]
 
 
@@ -84,7 +107,11 @@ def test_entry_size_follows_the_aws_formula() -> None:
 
 def test_entries_carry_source_detail_type_and_time() -> None:
     [entry] = RENDERER.entries(change("insert", after={"id": 1, "price": "1.50"}), ["id"])
-    assert (entry.source, entry.detail_type, entry.time) == ("legacy.db", "public.widgets.insert", MOMENT)
+    assert (entry.source, entry.detail_type, entry.time) == (
+        "legacy.db",
+        "public.widgets.insert",
+        MOMENT,
+    )
     assert json.loads(entry.detail)["after"] == {"id": 1, "price": "1.50"}
     named = EventRenderer("s", lambda table: "NEW_WIDGET")
     assert named.entries(change("insert", after={"id": 1}), ["id"])[0].detail_type == "NEW_WIDGET"

@@ -9,8 +9,14 @@ from cdc.bus.publishers.file import FilePublisher
 
 
 def entry(n: int, detail: str | None = None) -> BusEntry:
-    return BusEntry.create(f"id-{n}", "public.t", "legacy.db", "public.t.insert",
-                           datetime(2026, 1, 1, tzinfo=UTC), detail or json.dumps({"n": n}))
+    return BusEntry.create(
+        f"id-{n}",
+        "public.t",
+        "legacy.db",
+        "public.t.insert",
+        datetime(2026, 1, 1, tzinfo=UTC),
+        detail or json.dumps({"n": n}),
+    )
 
 
 def test_one_entry_per_line_with_the_eventbridge_fields(tmp_path: Path) -> None:
@@ -22,8 +28,14 @@ def test_one_entry_per_line_with_the_eventbridge_fields(tmp_path: Path) -> None:
     assert "over the maximum of 1024" in rejected[0].reason
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert lines == [
-        {"Source": "legacy.db", "DetailType": "public.t.insert", "Time": "2026-01-01T00:00:00.000000Z",
-         "EventBusName": "legacy-bus", "Detail": {"n": n}} for n in (1, 3)
+        {
+            "Source": "legacy.db",
+            "DetailType": "public.t.insert",
+            "Time": "2026-01-01T00:00:00.000000Z",
+            "EventBusName": "legacy-bus",
+            "Detail": {"n": n},
+        }
+        for n in (1, 3)
     ]
 
 

@@ -18,8 +18,14 @@ from cdc.core.state import state_tables
 from tests.unit.test_pgoutput import begin, commit, delete, insert, relation, tuple_data, update
 
 OID = 16384
-COLUMNS = [(1, "id", 23, -1), (0, "name", 25, -1), (0, "note", 25, -1),
-           (0, "balance", 1700, 786438), (0, "updated_at", 1184, -1), (0, "active", 16, -1)]
+COLUMNS = [
+    (1, "id", 23, -1),
+    (0, "name", 25, -1),
+    (0, "note", 25, -1),
+    (0, "balance", 1700, 786438),
+    (0, "updated_at", 1184, -1),
+    (0, "active", 16, -1),
+]
 _HEADER = b"w" + struct.pack("!QQq", 1, 2, 3)
 
 
@@ -28,8 +34,9 @@ def frame(payload: bytes) -> memoryview:
 
 
 def source() -> LogicalSource:
-    src = LogicalSource(create_engine("sqlite://"), state_tables("sqlite"), "", "slot", "pub",
-                        "public")
+    src = LogicalSource(
+        create_engine("sqlite://"), state_tables("sqlite"), "", "slot", "pub", "public"
+    )
     changes: list[Change] = []
     src._on_frame(frame(relation(OID, "public", "accounts", b"d", COLUMNS)), changes)
     src._on_frame(frame(begin()), changes)
@@ -58,8 +65,14 @@ ROW = ("7", "Ada", None, "12.50", "2026-11-28 17:45:52.5+00", "t")
 def test_an_insert_becomes_its_change() -> None:
     (change,) = through_frames(insert(OID, tuple_data(*ROW)))
     assert change.op == "insert" and change.before is None and change.unchanged == ()
-    assert change.after == {"id": 7, "name": "Ada", "note": None, "balance": "12.50",
-                            "updated_at": "2026-11-28T17:45:52.500000Z", "active": True}
+    assert change.after == {
+        "id": 7,
+        "name": "Ada",
+        "note": None,
+        "balance": "12.50",
+        "updated_at": "2026-11-28T17:45:52.500000Z",
+        "active": True,
+    }
     assert change.position.endswith(".00000000") and change.identity.endswith(":0")
 
 
@@ -70,20 +83,25 @@ def test_an_unchanged_toasted_column_is_named_not_published_as_null() -> None:
     assert change.after is not None and "note" not in change.after
 
 
-@pytest.mark.parametrize("payload", [
-    insert(OID, tuple_data(*ROW)),
-    update(OID, tuple_data(*ROW)),
-    update(OID, tuple_data(*ROW), old=tuple_data("6", None, None, None, None, None)),
-    update(OID, tuple_data(*ROW), old=tuple_data(*ROW), kind=b"O"),
-    insert(OID, tuple_data("7", "Ada", b"\x00\xff", "1", "-infinity", "t")),  # a binary value
-    delete(OID, tuple_data("7", None, None, None, None, None)),
-])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        insert(OID, tuple_data(*ROW)),
+        update(OID, tuple_data(*ROW)),
+        update(OID, tuple_data(*ROW), old=tuple_data("6", None, None, None, None, None)),
+        update(OID, tuple_data(*ROW), old=tuple_data(*ROW), kind=b"O"),
+        insert(OID, tuple_data("7", "Ada", b"\x00\xff", "1", "-infinity", "t")),  # a binary value
+        delete(OID, tuple_data("7", None, None, None, None, None)),
+    ],
+)
 def test_every_row_message_gives_what_the_general_decoder_gives(payload: bytes) -> None:
     assert through_frames(payload) == through_decoder(payload)
 
 
 def test_a_binary_value_is_left_to_the_general_path() -> None:
-    (change,) = through_frames(insert(OID, tuple_data("7", "Ada", b"\x00\xff", "1", "infinity", "t")))
+    (change,) = through_frames(
+        insert(OID, tuple_data("7", "Ada", b"\x00\xff", "1", "infinity", "t"))
+    )
     assert change.after is not None
     assert change.after["note"] == base64.b64encode(b"\x00\xff").decode()
 
@@ -128,8 +146,9 @@ def test_random_tuples_agree_with_the_general_decoder() -> None:
         values: list[object] = ["1"]
         for _ in COLUMNS[1:]:
             choice = rng.random()
-            values.append(None if choice < 0.2 else UNCHANGED if choice < 0.3
-                          else rng.choice(texts[:4]))
+            values.append(
+                None if choice < 0.2 else UNCHANGED if choice < 0.3 else rng.choice(texts[:4])
+            )
         values[3] = rng.choice([None, "0", "12.50"])
         values[4] = rng.choice([None, "2026-11-28 17:45:52+00", "infinity"])
         values[5] = rng.choice([None, "t", "f"])

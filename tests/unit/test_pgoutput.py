@@ -69,8 +69,9 @@ def origin(name: str, lsn: int = LSN) -> bytes:
     return b"O" + struct.pack("!Q", lsn) + cstring(name)
 
 
-def relation(oid: int, namespace: str, name: str, identity: bytes,
-             columns: list[tuple[int, str, int, int]]) -> bytes:
+def relation(
+    oid: int, namespace: str, name: str, identity: bytes, columns: list[tuple[int, str, int, int]]
+) -> bytes:
     out = b"R" + struct.pack("!I", oid) + cstring(namespace) + cstring(name)
     out += identity + struct.pack("!H", len(columns))
     for flags, column, type_oid, typmod in columns:
@@ -102,8 +103,13 @@ def truncate(options: int, *oids: int) -> bytes:
 
 
 def message(transactional: bool, prefix: str, content: bytes, lsn: int = LSN) -> bytes:
-    return (b"M" + struct.pack("!BQ", int(transactional), lsn) + cstring(prefix)
-            + struct.pack("!I", len(content)) + content)
+    return (
+        b"M"
+        + struct.pack("!BQ", int(transactional), lsn)
+        + cstring(prefix)
+        + struct.pack("!I", len(content))
+        + content
+    )
 
 
 # --- transactions ---------------------------------------------------------------------------
@@ -132,15 +138,30 @@ def test_origin() -> None:
 
 
 def test_relation_with_key_flags_and_type_modifiers() -> None:
-    payload = relation(16390, "public", "orders", b"d", [
-        (1, "id", 20, -1), (0, "price", 1700, 655366), (0, "note", 1043, 104), (0, "é", 25, -1),
-    ])
-    assert decode(payload) == Relation(16390, "public", "orders", "d", (
-        RelationColumn(True, "id", 20, -1),
-        RelationColumn(False, "price", 1700, 655366),
-        RelationColumn(False, "note", 1043, 104),
-        RelationColumn(False, "é", 25, -1),
-    ))
+    payload = relation(
+        16390,
+        "public",
+        "orders",
+        b"d",
+        [
+            (1, "id", 20, -1),
+            (0, "price", 1700, 655366),
+            (0, "note", 1043, 104),
+            (0, "é", 25, -1),
+        ],
+    )
+    assert decode(payload) == Relation(
+        16390,
+        "public",
+        "orders",
+        "d",
+        (
+            RelationColumn(True, "id", 20, -1),
+            RelationColumn(False, "price", 1700, 655366),
+            RelationColumn(False, "note", 1043, 104),
+            RelationColumn(False, "é", 25, -1),
+        ),
+    )
 
 
 @pytest.mark.parametrize("identity", ["d", "n", "f", "i"])
@@ -192,8 +213,10 @@ def test_delete(kind: Literal["K", "O"]) -> None:
     assert decode(payload) == Delete(16390, ("1", None), kind)
 
 
-@pytest.mark.parametrize(("options", "cascade", "restart_identity"),
-                         [(0, False, False), (1, True, False), (2, False, True), (3, True, True)])
+@pytest.mark.parametrize(
+    ("options", "cascade", "restart_identity"),
+    [(0, False, False), (1, True, False), (2, False, True), (3, True, True)],
+)
 def test_truncate_options(options: int, cascade: bool, restart_identity: bool) -> None:
     decoded = decode(truncate(options, 16390, 16400, 0xFFFFFFFE))
     assert decoded == Truncate(options, (16390, 16400, 0xFFFFFFFE))
@@ -210,10 +233,17 @@ def test_transactional_and_non_transactional_messages() -> None:
 # --- malformed input --------------------------------------------------------------------------
 
 SAMPLES = [
-    begin(), commit(), origin("o"), relation(1, "s", "t", b"f", [(1, "id", 23, -1)]),
-    type_message(5, "s", "e"), insert(1, tuple_data("a", None, UNCHANGED, b"b")),
-    update(1, tuple_data("a"), old=tuple_data("b"), kind=b"O"), update(1, tuple_data("a")),
-    delete(1, tuple_data("a")), truncate(3, 1, 2), message(True, "p", b"xyz"),
+    begin(),
+    commit(),
+    origin("o"),
+    relation(1, "s", "t", b"f", [(1, "id", 23, -1)]),
+    type_message(5, "s", "e"),
+    insert(1, tuple_data("a", None, UNCHANGED, b"b")),
+    update(1, tuple_data("a"), old=tuple_data("b"), kind=b"O"),
+    update(1, tuple_data("a")),
+    delete(1, tuple_data("a")),
+    truncate(3, 1, 2),
+    message(True, "p", b"xyz"),
 ]
 
 
@@ -248,15 +278,18 @@ def test_a_column_value_longer_than_the_message() -> None:
         decode(payload)
 
 
-@pytest.mark.parametrize(("payload", "match"), [
-    (insert(1, b"\0\x01x"), "unknown tuple column kind 'x'"),
-    (b"I" + struct.pack("!I", 1) + b"K" + tuple_data("a"), "expected tuple marker 'N'"),
-    (b"D" + struct.pack("!I", 1) + b"N" + tuple_data("a"), "expected tuple marker 'K' or 'O'"),
-    (b"U" + struct.pack("!I", 1) + b"X" + tuple_data("a"), "'K', 'O' or 'N'"),
-    (update(1, tuple_data("a"), old=tuple_data("b")).replace(b"N\0", b"X\0"), "marker 'N'"),
-    (relation(1, "s", "t", b"x", []), "unknown replica identity 'x'"),
-    (insert(1, tuple_data("ok")).replace(b"ok", b"\xff\xfe"), "truncated or malformed Insert"),
-])
+@pytest.mark.parametrize(
+    ("payload", "match"),
+    [
+        (insert(1, b"\0\x01x"), "unknown tuple column kind 'x'"),
+        (b"I" + struct.pack("!I", 1) + b"K" + tuple_data("a"), "expected tuple marker 'N'"),
+        (b"D" + struct.pack("!I", 1) + b"N" + tuple_data("a"), "expected tuple marker 'K' or 'O'"),
+        (b"U" + struct.pack("!I", 1) + b"X" + tuple_data("a"), "'K', 'O' or 'N'"),
+        (update(1, tuple_data("a"), old=tuple_data("b")).replace(b"N\0", b"X\0"), "marker 'N'"),
+        (relation(1, "s", "t", b"x", []), "unknown replica identity 'x'"),
+        (insert(1, tuple_data("ok")).replace(b"ok", b"\xff\xfe"), "truncated or malformed Insert"),
+    ],
+)
 def test_malformed_messages(payload: bytes, match: str) -> None:
     with pytest.raises(DecodeError, match=match):
         decode(payload)
@@ -265,18 +298,24 @@ def test_malformed_messages(payload: bytes, match: str) -> None:
 # --- LSNs -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("lsn", "text"), [
-    (0, "0/0"), (0x16_B374D848, "16/B374D848"), (0xFFFFFFFF_FFFFFFFF, "FFFFFFFF/FFFFFFFF"),
-    (0x1_00000000, "1/0"),
-])
+@pytest.mark.parametrize(
+    ("lsn", "text"),
+    [
+        (0, "0/0"),
+        (0x16_B374D848, "16/B374D848"),
+        (0xFFFFFFFF_FFFFFFFF, "FFFFFFFF/FFFFFFFF"),
+        (0x1_00000000, "1/0"),
+    ],
+)
 def test_lsn_text_round_trip(lsn: int, text: str) -> None:
     assert format_lsn(lsn) == text
     assert parse_lsn(text) == lsn
     assert parse_lsn(text.lower()) == lsn
 
 
-@pytest.mark.parametrize("text", ["", "16", "16/", "/1", "0x16/1", "1_0/1", "+1/1", "g/1",
-                                  "123456789/0", "1/2/3"])
+@pytest.mark.parametrize(
+    "text", ["", "16", "16/", "/1", "0x16/1", "1_0/1", "+1/1", "g/1", "123456789/0", "1/2/3"]
+)
 def test_parse_lsn_rejects_other_text(text: str) -> None:
     with pytest.raises(ValueError, match="not an LSN"):
         parse_lsn(text)

@@ -48,13 +48,29 @@ def test_floats_and_their_special_words(oid: int) -> None:
         assert convert(oid, word) == word  # row_to_json writes these as strings
 
 
-@pytest.mark.parametrize(("oid", "text"), [
-    (25, 'héllo, "w"'), (1043, "x"), (1042, "a  "), (19, "pg_class"),
-    (2950, "54151372-be0c-4199-bd11-db1f4784d488"), (869, "10.0.0.1/8"), (650, "10.0.0.0/8"),
-    (829, "08:00:2b:01:02:03"), (1186, "1 year 2 days 03:00:00.5"), (1083, "10:00:01.5"),
-    (1266, "10:00:00+02"), (790, "$12.50"), (142, "<a/>"), (1082, "2026-02-03"),
-    (1082, "0044-03-15 BC"), (1082, "infinity"), (16385, "happy"), (999999, "{not an array}"),
-])
+@pytest.mark.parametrize(
+    ("oid", "text"),
+    [
+        (25, 'héllo, "w"'),
+        (1043, "x"),
+        (1042, "a  "),
+        (19, "pg_class"),
+        (2950, "54151372-be0c-4199-bd11-db1f4784d488"),
+        (869, "10.0.0.1/8"),
+        (650, "10.0.0.0/8"),
+        (829, "08:00:2b:01:02:03"),
+        (1186, "1 year 2 days 03:00:00.5"),
+        (1083, "10:00:01.5"),
+        (1266, "10:00:00+02"),
+        (790, "$12.50"),
+        (142, "<a/>"),
+        (1082, "2026-02-03"),
+        (1082, "0044-03-15 BC"),
+        (1082, "infinity"),
+        (16385, "happy"),
+        (999999, "{not an array}"),
+    ],
+)
 def test_text_like_and_unknown_types_are_unchanged(oid: int, text: str) -> None:
     assert convert(oid, text) == text
 
@@ -80,19 +96,22 @@ def test_timestamp_takes_row_to_json_form_without_a_zone() -> None:
     assert convert(1114, "infinity") == "infinity"
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("2026-11-28 18:45:52.5+01", "2026-11-28T17:45:52.500000Z"),
-    ("2026-11-28 18:45:52.123456-03:30", "2026-11-28T22:15:52.123456Z"),
-    # cdc.values prints no fraction when it is zero (datetime.isoformat): the same here.
-    ("2026-11-28 18:45:52+01", "2026-11-28T17:45:52.000000Z"),
-    ("1850-01-01 00:09:21+00:09:21", "1850-01-01T00:00:00.000000Z"),  # local mean time offsets
-    ("infinity", "infinity"),
-    ("-infinity", "-infinity"),
-    # Beyond what Python holds: PostgreSQL's text in row_to_json's form.
-    ("0044-03-15 10:00:00+01 BC", "0044-03-15T10:00:00+01:00 BC"),
-    ("12026-01-01 01:00:00+01", "12026-01-01T01:00:00+01:00"),
-    ("0001-01-01 00:30:00+01", "0001-01-01T00:30:00+01:00"),  # year 0 in UTC
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-11-28 18:45:52.5+01", "2026-11-28T17:45:52.500000Z"),
+        ("2026-11-28 18:45:52.123456-03:30", "2026-11-28T22:15:52.123456Z"),
+        # cdc.values prints no fraction when it is zero (datetime.isoformat): the same here.
+        ("2026-11-28 18:45:52+01", "2026-11-28T17:45:52.000000Z"),
+        ("1850-01-01 00:09:21+00:09:21", "1850-01-01T00:00:00.000000Z"),  # local mean time offsets
+        ("infinity", "infinity"),
+        ("-infinity", "-infinity"),
+        # Beyond what Python holds: PostgreSQL's text in row_to_json's form.
+        ("0044-03-15 10:00:00+01 BC", "0044-03-15T10:00:00+01:00 BC"),
+        ("12026-01-01 01:00:00+01", "12026-01-01T01:00:00+01:00"),
+        ("0001-01-01 00:30:00+01", "0001-01-01T00:30:00+01:00"),  # year 0 in UTC
+    ],
+)
 def test_timestamptz_in_utc(text: str, expected: str) -> None:
     assert convert(1184, text) == expected
 
@@ -108,7 +127,15 @@ def test_empty_array() -> None:
 def test_nulls_quotes_and_escapes_in_a_text_array() -> None:
     text = r'{NULL,"NULL","a,b","q\"uote","back\\slash",""," sp ","{x}",null}'
     assert convert(1009, text) == [
-        None, "NULL", "a,b", 'q"uote', "back\\slash", "", " sp ", "{x}", None,
+        None,
+        "NULL",
+        "a,b",
+        'q"uote',
+        "back\\slash",
+        "",
+        " sp ",
+        "{x}",
+        None,
     ]
 
 
@@ -125,7 +152,9 @@ def test_dimension_decoration_is_dropped() -> None:
 
 def test_elements_convert_with_the_element_type() -> None:
     assert convert(1185, '{"2026-01-01 10:00:00+01",NULL,infinity}') == [
-        "2026-01-01T09:00:00.000000Z", None, "infinity",
+        "2026-01-01T09:00:00.000000Z",
+        None,
+        "infinity",
     ]
     assert convert(1115, '{"2026-01-01 10:00:00.25"}') == ["2026-01-01T10:00:00.25"]
     assert convert(1231, "{1.50,NaN}") == ["1.50", "NaN"]
@@ -203,12 +232,18 @@ SAME_AS_TRIGGER_MODE: list[tuple[int, str, str]] = [
     (1007, "{1,NULL,3}", "[1,null,3]"),
     (1007, "{{1,2},{3,4}}", "[[1,2],[3,4]]"),
     (1007, "[0:1]={1,2}", "[1,2]"),
-    (1009, '{NULL,"NULL","a,b","q\\"uote","back\\\\slash",""," sp ","{x}"}',
-     '[null,"NULL","a,b","q\\"uote","back\\\\slash",""," sp ","{x}"]'),
+    (
+        1009,
+        '{NULL,"NULL","a,b","q\\"uote","back\\\\slash",""," sp ","{x}"}',
+        '[null,"NULL","a,b","q\\"uote","back\\\\slash",""," sp ","{x}"]',
+    ),
     (1231, "{1.50,NaN}", '[1.50,"NaN"]'),
     (1022, "{NaN,1.5,Infinity}", '["NaN",1.5,"Infinity"]'),
-    (1185, '{"2026-01-01 10:00:00+01","2026-01-01 05:30:00.25+01",infinity}',
-     '["2026-01-01T10:00:00+01:00","2026-01-01T05:30:00.25+01:00","infinity"]'),
+    (
+        1185,
+        '{"2026-01-01 10:00:00+01","2026-01-01 05:30:00.25+01",infinity}',
+        '["2026-01-01T10:00:00+01:00","2026-01-01T05:30:00.25+01:00","infinity"]',
+    ),
     (1115, '{"2026-01-01 10:00:00.25"}', '["2026-01-01T10:00:00.25"]'),
     (1001, '{"\\\\x01ff",NULL,"\\\\x"}', '["\\\\x01ff",null,"\\\\x"]'),
     (3807, '{"{\\"a\\": 1.0}",NULL}', '[{"a": 1.0},null]'),
@@ -221,17 +256,43 @@ SAME_AS_TRIGGER_MODE: list[tuple[int, str, str]] = [
 
 # The reflected SQLAlchemy type the trigger mode would convert each of these with.
 _SCALAR_TYPES: dict[int, sqltypes.TypeEngine[Any]] = {
-    16: sqltypes.BOOLEAN(), 17: postgresql.BYTEA(), 20: sqltypes.BIGINT(),
-    21: sqltypes.SMALLINT(), 23: sqltypes.INTEGER(), 25: sqltypes.TEXT(),
-    114: postgresql.JSON(), 700: sqltypes.REAL(), 701: sqltypes.DOUBLE_PRECISION(),
-    790: postgresql.MONEY(), 1042: sqltypes.CHAR(), 1043: sqltypes.VARCHAR(),
-    1082: sqltypes.DATE(), 1083: sqltypes.TIME(), 1114: sqltypes.TIMESTAMP(),
-    1184: sqltypes.TIMESTAMP(timezone=True), 1186: postgresql.INTERVAL(),
-    1266: sqltypes.TIME(timezone=True), 1700: sqltypes.NUMERIC(), 2950: postgresql.UUID(),
+    16: sqltypes.BOOLEAN(),
+    17: postgresql.BYTEA(),
+    20: sqltypes.BIGINT(),
+    21: sqltypes.SMALLINT(),
+    23: sqltypes.INTEGER(),
+    25: sqltypes.TEXT(),
+    114: postgresql.JSON(),
+    700: sqltypes.REAL(),
+    701: sqltypes.DOUBLE_PRECISION(),
+    790: postgresql.MONEY(),
+    1042: sqltypes.CHAR(),
+    1043: sqltypes.VARCHAR(),
+    1082: sqltypes.DATE(),
+    1083: sqltypes.TIME(),
+    1114: sqltypes.TIMESTAMP(),
+    1184: sqltypes.TIMESTAMP(timezone=True),
+    1186: postgresql.INTERVAL(),
+    1266: sqltypes.TIME(timezone=True),
+    1700: sqltypes.NUMERIC(),
+    2950: postgresql.UUID(),
     3802: postgresql.JSONB(),
 }
-_ARRAY_ELEMENTS = {1000: 16, 1001: 17, 1007: 23, 1009: 25, 1015: 1043, 1016: 20, 1022: 701,
-                   1115: 1114, 1182: 1082, 1185: 1184, 1231: 1700, 3807: 3802, 199: 114}
+_ARRAY_ELEMENTS = {
+    1000: 16,
+    1001: 17,
+    1007: 23,
+    1009: 25,
+    1015: 1043,
+    1016: 20,
+    1022: 701,
+    1115: 1114,
+    1182: 1082,
+    1185: 1184,
+    1231: 1700,
+    3807: 3802,
+    199: 114,
+}
 
 
 def _trigger_mode_type(oid: int) -> sqltypes.TypeEngine[Any]:

@@ -16,12 +16,11 @@ from sqlalchemy.dialects import postgresql
 from cdc.bus.events import Change, EventRenderer, json_object
 from cdc.capture.pgtypes import text_converter
 from cdc.capture.values import converter, row_converter
+from cdc.core.catalog import Column, TableShape
 from cdc.core.errors import ConfigError
 from cdc.core.tables import TableRef
 from cdc.validate.schemas import (
-    Column,
     SchemaRegistry,
-    TableShape,
     file_name,
     numeric_pattern,
     table_schemas,
@@ -31,22 +30,26 @@ from cdc.validate.schemas import (
 from cdc.validate.validator import exact_json, judge
 
 ORDERS = TableRef("public", "orders")
-SHAPE = TableShape(ORDERS, (
-    Column("id", sqltypes.INTEGER(), nullable=False),
-    Column("total", sqltypes.NUMERIC(10, 2), nullable=False),
-    Column("weight", postgresql.DOUBLE_PRECISION()),
-    Column("placed_at", postgresql.TIMESTAMP(timezone=True), nullable=False),
-    Column("local_time", postgresql.TIMESTAMP()),
-    Column("ship_date", sqltypes.DATE()),
-    Column("photo", postgresql.BYTEA()),
-    Column("ref", sqltypes.UUID()),
-    Column("meta", postgresql.JSONB()),
-    Column("tags", postgresql.ARRAY(sqltypes.TEXT())),
-    Column("code", sqltypes.VARCHAR(5)),
-    Column("mood", postgresql.ENUM("sad", "ok", name="mood")),
-    Column("paid", sqltypes.BOOLEAN()),
-    Column("note", sqltypes.TEXT()),
-), ("id",))
+SHAPE = TableShape(
+    ORDERS,
+    (
+        Column("id", sqltypes.INTEGER(), nullable=False),
+        Column("total", sqltypes.NUMERIC(10, 2), nullable=False),
+        Column("weight", postgresql.DOUBLE_PRECISION()),
+        Column("placed_at", postgresql.TIMESTAMP(timezone=True), nullable=False),
+        Column("local_time", postgresql.TIMESTAMP()),
+        Column("ship_date", sqltypes.DATE()),
+        Column("photo", postgresql.BYTEA()),
+        Column("ref", sqltypes.UUID()),
+        Column("meta", postgresql.JSONB()),
+        Column("tags", postgresql.ARRAY(sqltypes.TEXT())),
+        Column("code", sqltypes.VARCHAR(5)),
+        Column("mood", postgresql.ENUM("sad", "ok", name="mood")),
+        Column("paid", sqltypes.BOOLEAN()),
+        Column("note", sqltypes.TEXT()),
+    ),
+    ("id",),
+)
 SOURCE = "legacy.shop"
 MOMENT = datetime(2026, 11, 28, 17, 45, 52, 123456, tzinfo=UTC)
 RENDERER = EventRenderer(SOURCE, lambda table: "{schema}.{table}.{op}")
@@ -61,14 +64,26 @@ VALUES: list[tuple[Any, Any, str, list[Any]]] = [
     (postgresql.DOUBLE_PRECISION(), Decimal("1.5"), "1.5", ["1.5", None]),
     (postgresql.DOUBLE_PRECISION(), "NaN", "NaN", ["nan"]),
     (sqltypes.BOOLEAN(), True, "t", ["t", 1]),
-    (postgresql.TIMESTAMP(timezone=True), "2026-11-28T18:45:52.5+01:00", "2026-11-28 18:45:52.5+01",
-     ["2026-11-28 17:45:52", "2026-11-28T17:45:52Z", "2026-11-28T17:45:52.500000+01:00"]),
-    (postgresql.TIMESTAMP(), "2026-11-28T17:45:52.123", "2026-11-28 17:45:52.123",
-     ["2026-11-28T17:45:52Z", "yesterday"]),
+    (
+        postgresql.TIMESTAMP(timezone=True),
+        "2026-11-28T18:45:52.5+01:00",
+        "2026-11-28 18:45:52.5+01",
+        ["2026-11-28 17:45:52", "2026-11-28T17:45:52Z", "2026-11-28T17:45:52.500000+01:00"],
+    ),
+    (
+        postgresql.TIMESTAMP(),
+        "2026-11-28T17:45:52.123",
+        "2026-11-28 17:45:52.123",
+        ["2026-11-28T17:45:52Z", "yesterday"],
+    ),
     (sqltypes.DATE(), "2026-11-28", "2026-11-28", ["28/11/2026"]),
     (postgresql.BYTEA(), "\\x00ff10", "\\x00ff10", ["\\x00ff10", "not base64!"]),
-    (sqltypes.UUID(), "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
-     ["a0eebc99", 7]),
+    (
+        sqltypes.UUID(),
+        "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+        "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+        ["a0eebc99", 7],
+    ),
     (postgresql.JSONB(), {"a": [1, {"b": None}]}, '{"a": [1, {"b": null}]}', []),
     (postgresql.ARRAY(sqltypes.INTEGER()), [1, None, 3], "{1,NULL,3}", [["x"], "{1,2}", 5]),
     (postgresql.ARRAY(sqltypes.INTEGER()), [[1, 2], [3, 4]], "{{1,2},{3,4}}", []),
@@ -76,15 +91,31 @@ VALUES: list[tuple[Any, Any, str, list[Any]]] = [
     (postgresql.ENUM("sad", "ok", name="mood"), "ok", "ok", ["meh"]),
     (postgresql.MONEY(), "$1.00", "$1.00", [1]),
 ]
-OIDS = {sqltypes.INTEGER: 23, sqltypes.NUMERIC: 1700, postgresql.DOUBLE_PRECISION: 701,
-        sqltypes.BOOLEAN: 16, postgresql.TIMESTAMP: 1114, sqltypes.DATE: 1082,
-        postgresql.BYTEA: 17, sqltypes.UUID: 2950, postgresql.JSONB: 3802,
-        sqltypes.VARCHAR: 1043, postgresql.ENUM: 0, postgresql.MONEY: 790}
+OIDS = {
+    sqltypes.INTEGER: 23,
+    sqltypes.NUMERIC: 1700,
+    postgresql.DOUBLE_PRECISION: 701,
+    sqltypes.BOOLEAN: 16,
+    postgresql.TIMESTAMP: 1114,
+    sqltypes.DATE: 1082,
+    postgresql.BYTEA: 17,
+    sqltypes.UUID: 2950,
+    postgresql.JSONB: 3802,
+    sqltypes.VARCHAR: 1043,
+    postgresql.ENUM: 0,
+    postgresql.MONEY: 790,
+}
 
 
 def valid(column_type: Any, value: Any) -> list[str]:
-    registry = SchemaRegistry({"t": {"$defs": {"nested_array": {"type": "array"}},
-                                     **value_schema(column_type, "postgresql")}})
+    registry = SchemaRegistry(
+        {
+            "t": {
+                "$defs": {"nested_array": {"type": "array"}},
+                **value_schema(column_type, "postgresql"),
+            }
+        }
+    )
     errors = registry.errors("t", value)
     assert errors is not None
     return errors
@@ -98,8 +129,11 @@ def oid_of(column_type: Any) -> int:
     return OIDS[type(column_type)]
 
 
-@pytest.mark.parametrize(("column_type", "image_value", "pg_text", "wrong"), VALUES,
-                         ids=[f"{v[0]!r}:{v[2]}" for v in VALUES])
+@pytest.mark.parametrize(
+    ("column_type", "image_value", "pg_text", "wrong"),
+    VALUES,
+    ids=[f"{v[0]!r}:{v[2]}" for v in VALUES],
+)
 def test_a_value_as_either_capture_mode_renders_it_is_valid_and_wrong_forms_are_not(
     column_type: Any, image_value: Any, pg_text: str, wrong: list[Any]
 ) -> None:
@@ -119,25 +153,64 @@ def test_numeric_patterns_follow_precision_and_scale() -> None:
 
 
 def row(**overrides: Any) -> dict[str, Any]:
-    image = json_object(json.dumps({
-        "id": 1, "total": 12.25, "weight": 2.25, "placed_at": "2026-11-28T18:45:52+01:00",
-        "local_time": None, "ship_date": "2026-12-01", "photo": "\\x0102", "ref": None,
-        "meta": {"gift": True}, "tags": ["a", None], "code": "AB", "mood": "ok", "paid": False,
-        "note": None}).replace("12.25", "12.50"))  # as row_to_json writes numeric(10,2)
+    image = json_object(
+        json.dumps(
+            {
+                "id": 1,
+                "total": 12.25,
+                "weight": 2.25,
+                "placed_at": "2026-11-28T18:45:52+01:00",
+                "local_time": None,
+                "ship_date": "2026-12-01",
+                "photo": "\\x0102",
+                "ref": None,
+                "meta": {"gift": True},
+                "tags": ["a", None],
+                "code": "AB",
+                "mood": "ok",
+                "paid": False,
+                "note": None,
+            }
+        ).replace("12.25", "12.50")
+    )  # as row_to_json writes numeric(10,2)
     image.update(overrides)
     convert = row_converter({c.name: c.type for c in SHAPE.columns}, "postgresql")
     return convert(image)
 
 
-def rendered(op: str, before: dict[str, Any] | None, after: dict[str, Any] | None,
-             unchanged: tuple[str, ...] = ()) -> list[tuple[str, dict[str, Any]]]:
-    change = Change(ORDERS, op, before, after, "00000000000000000042", 731, MOMENT,  # type: ignore[arg-type]
-                    unchanged=unchanged, identity="changelog:42")
+def rendered(
+    op: str,
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+    unchanged: tuple[str, ...] = (),
+) -> list[tuple[str, dict[str, Any]]]:
+    change = Change(
+        ORDERS,
+        op,
+        before,
+        after,
+        "00000000000000000042",
+        731,
+        MOMENT,  # type: ignore[arg-type]
+        unchanged=unchanged,
+        identity="changelog:42",
+    )
     return [(e.detail_type, json.loads(e.detail)) for e in RENDERER.entries(change, ["id"])]
 
 
-@pytest.mark.parametrize("case", ["insert", "update", "update_no_before", "delete",
-                                  "delete_key_only", "key_change", "toast", "truncate"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "insert",
+        "update",
+        "update_no_before",
+        "delete",
+        "delete_key_only",
+        "key_change",
+        "toast",
+        "truncate",
+    ],
+)
 def test_every_detail_the_capture_renders_is_valid(case: str) -> None:
     events = {
         "insert": lambda: rendered("insert", None, row()),
@@ -146,8 +219,9 @@ def test_every_detail_the_capture_renders_is_valid(case: str) -> None:
         "delete": lambda: rendered("delete", row(), None),
         "delete_key_only": lambda: rendered("delete", {"id": 1}, None),
         "key_change": lambda: rendered("update", row(), row(id=2)),
-        "toast": lambda: rendered("update", None, {k: v for k, v in row().items() if k != "note"},
-                                  unchanged=("note",)),
+        "toast": lambda: rendered(
+            "update", None, {k: v for k, v in row().items() if k != "note"}, unchanged=("note",)
+        ),
         "truncate": lambda: rendered("truncate", None, None),
     }[case]()
     for detail_type, detail in events:
@@ -187,8 +261,10 @@ def test_a_template_without_op_gives_one_schema_checking_each_op() -> None:
 def test_schema_files_are_written_once_and_loaded_by_detail_type(tmp_path: Path) -> None:
     schemas = table_schemas(SHAPE, "{schema}.{table}.{op}", SOURCE, "postgresql")
     written = write_schemas(tmp_path, schemas)
-    assert sorted(p.name for p, _ in written) == [f"public.orders.{op}.json" for op in
-                                                  sorted(["insert", "update", "delete", "read", "truncate"])]
+    assert sorted(p.name for p, _ in written) == [
+        f"public.orders.{op}.json"
+        for op in sorted(["insert", "update", "delete", "read", "truncate"])
+    ]
     # An edited file is kept by a second run, replaced with --force
     edited = tmp_path / "public.orders.insert.json"
     edited.write_text(edited.read_text().replace('"minLength": 1', '"minLength": 2', 1))
@@ -197,8 +273,11 @@ def test_schema_files_are_written_once_and_loaded_by_detail_type(tmp_path: Path)
     assert dict(write_schemas(tmp_path, schemas, overwrite=True))[edited] is True
     assert '"minLength": 2' not in edited.read_text()
     # A hand-written schema for a new-system event: its DetailType is the file name
-    (tmp_path / "OrderPlaced.json").write_text(json.dumps(
-        {"type": "object", "required": ["order"], "properties": {"order": {"type": "object"}}}))
+    (tmp_path / "OrderPlaced.json").write_text(
+        json.dumps(
+            {"type": "object", "required": ["order"], "properties": {"order": {"type": "object"}}}
+        )
+    )
     registry = SchemaRegistry.load(tmp_path)
     assert "OrderPlaced" in registry and "public.orders.insert" in registry and len(registry) == 6
     assert registry.errors("OrderPlaced", {"id": "x"}) == ["detail: 'order' is a required property"]
@@ -224,12 +303,15 @@ def test_file_names_of_odd_detail_types() -> None:
 # -- the validator's pure step ---------------------------------------------------------------
 
 
-def envelope(detail: dict[str, Any] | str, detail_type: str = "public.orders.insert",
-             source: str = SOURCE) -> str:
+def envelope(
+    detail: dict[str, Any] | str, detail_type: str = "public.orders.insert", source: str = SOURCE
+) -> str:
     detail_text = detail if isinstance(detail, str) else json.dumps(detail)
-    return (f'{{"version": "0", "id": "env-1", "detail-type": {json.dumps(detail_type)}, '
-            f'"source": {json.dumps(source)}, "time": "2026-11-28T17:45:52Z", "region": "us-east-1", '
-            f'"resources": [], "detail": {detail_text}}}')
+    return (
+        f'{{"version": "0", "id": "env-1", "detail-type": {json.dumps(detail_type)}, '
+        f'"source": {json.dumps(source)}, "time": "2026-11-28T17:45:52Z", "region": "us-east-1", '
+        f'"resources": [], "detail": {detail_text}}}'
+    )
 
 
 def test_a_valid_event_becomes_the_same_detail_under_the_valid_source() -> None:
@@ -251,31 +333,39 @@ def test_invalid_unknown_already_valid_and_broken_messages() -> None:
     detail["after"]["mood"] = "meh"
     bad = judge(envelope(detail, detail_type), "m2", REGISTRY)
     assert bad.outcome == "dead_letter" and bad.reason.startswith("2 validation errors: ")
-    assert bad.errors == ("detail.after.mood: 'meh' is not one of ['sad', 'ok']",
-                          "detail.after.paid: 'yes' is not of type 'boolean'")
+    assert bad.errors == (
+        "detail.after.mood: 'meh' is not one of ['sad', 'ok']",
+        "detail.after.paid: 'yes' is not of type 'boolean'",
+    )
     assert bad.dead_letter().errors == bad.errors and bad.dead_letter().event_id == detail["id"]
 
     unknown = judge(envelope({"id": "n1"}, "OrderPlaced", "shop.orders"), "m3", REGISTRY)
-    assert unknown.outcome == "dead_letter" and "no schema for DetailType 'OrderPlaced'" in unknown.reason
+    assert (
+        unknown.outcome == "dead_letter"
+        and "no schema for DetailType 'OrderPlaced'" in unknown.reason
+    )
 
     again = judge(envelope(detail, detail_type, "valid.legacy.shop"), "m4", REGISTRY)
     assert again.outcome == "already_valid" and again.entry is None
 
     broken = judge("{not json", "m5", REGISTRY)
-    assert broken.outcome == "dead_letter" and broken.reason.startswith("not an event: body is not JSON")
+    assert broken.outcome == "dead_letter" and broken.reason.startswith(
+        "not an event: body is not JSON"
+    )
 
     no_id = judge(envelope({"x": 1}, "OrderPlaced"), "m6", SchemaRegistry({"OrderPlaced": {}}))
     assert no_id.outcome == "republish" and no_id.event_id == "env-1"  # the envelope id
 
 
 def test_exact_json_keeps_numbers_as_written() -> None:
-    value = {"a": Decimal("12.50"), "b": [1, Decimal("1E+5"), None, True], "c": "é\"", "d": {}}
+    value = {"a": Decimal("12.50"), "b": [1, Decimal("1E+5"), None, True], "c": 'é"', "d": {}}
     assert exact_json(value) == '{"a":12.50,"b":[1,1E+5,null,true],"c":"é\\"","d":{}}'
     assert json.loads(exact_json(value), parse_float=Decimal) == value
 
 
 def test_the_validator_retries_a_throttled_queue_instead_of_stopping(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from botocore.exceptions import ClientError
     from sqlalchemy import create_engine
 
@@ -288,13 +378,21 @@ def test_the_validator_retries_a_throttled_queue_instead_of_stopping(
 
     class ThrottledSqs:
         def receive_message(self, **_: Any) -> dict[str, Any]:
-            raise ClientError({"Error": {"Code": "RequestThrottled", "Message": "slow down"}},
-                              "ReceiveMessage")
+            raise ClientError(
+                {"Error": {"Code": "RequestThrottled", "Message": "slow down"}}, "ReceiveMessage"
+            )
 
     monkeypatch.setattr(queue_module, "backoff", lambda attempt: 0.0)
-    settings = load_settings({"CDC_DATABASE_URL": "sqlite://", "CDC_TABLES": "t",
-                              "CDC_VALIDATE_QUEUE_URL": "q"})
-    validator = Validator(settings, create_engine("sqlite://"), validation_tables("sqlite"),
-                          SchemaRegistry({}), NullPublisher(), ThrottledSqs())
+    settings = load_settings(
+        {"CDC_DATABASE_URL": "sqlite://", "CDC_TABLES": "t", "CDC_VALIDATE_QUEUE_URL": "q"}
+    )
+    validator = Validator(
+        settings,
+        create_engine("sqlite://"),
+        validation_tables("sqlite"),
+        SchemaRegistry({}),
+        NullPublisher(),
+        ThrottledSqs(),
+    )
     assert validator.poll_once() == 0
     assert validator.stats.queue_retries_by_code == {"RequestThrottled": 1}

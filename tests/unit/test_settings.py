@@ -25,8 +25,14 @@ def test_nothing_configured_is_the_embedded_demo() -> None:
 
 
 def test_postgres_settings_from_the_environment() -> None:
-    settings = load_settings({"CDC_DATABASE_URL": PG, "CDC_TABLES": "orders, sales.items",
-                              "CDC_BATCH_SIZE": "200", "CDC_BUS": "eventbridge"})
+    settings = load_settings(
+        {
+            "CDC_DATABASE_URL": PG,
+            "CDC_TABLES": "orders, sales.items",
+            "CDC_BATCH_SIZE": "200",
+            "CDC_BUS": "eventbridge",
+        }
+    )
     assert settings.url.drivername == "postgresql+psycopg"
     assert settings.table_refs == [TableRef("public", "orders"), TableRef("sales", "items")]
     assert settings.event_source == "legacy.shop"
@@ -41,18 +47,23 @@ def test_tables_are_required_only_where_asked() -> None:
         load_settings({"CDC_DATABASE_URL": PG})
 
 
-@pytest.mark.parametrize(("env", "names", "says"), [
-    ({"CDC_DATABASE_URL": PG}, "CDC_TABLES", "CDC_TABLES=public.orders"),
-    ({"CDC_CAPTURE": "wal"}, "CDC_CAPTURE", "'changelog' or 'logical'"),
-    ({"CDC_BATCH_SIZE": "0"}, "CDC_BATCH_SIZE", "greater than or equal to 1"),
-    ({"CDC_BATCH_SIZE": "many"}, "CDC_BATCH_SIZE", "valid integer"),
-    ({"CDC_DATABASE_URL": "mysql://u:s3cret-pw@h/db"}, "CDC_DATABASE_URL", "not supported"),
-    ({"CDC_DATABASE_URL": "not a url s3cret-pw"}, "CDC_DATABASE_URL", "postgresql://USER"),
-    ({"CDC_DETAIL_TYPE": "{schema}.{tabel}"}, "CDC_DETAIL_TYPE", "unknown placeholder {tabel}"),
-    ({"CDC_TABELS": "x"}, "CDC_TABELS", "did you mean CDC_TABLES"),
-    ({"CDC_BUS": "kafka"}, "CDC_BUS", "'eventbridge', 'file' or 'null'"),
-])
-def test_a_wrong_setting_is_named_with_what_to_write(env: dict[str, str], names: str, says: str) -> None:
+@pytest.mark.parametrize(
+    ("env", "names", "says"),
+    [
+        ({"CDC_DATABASE_URL": PG}, "CDC_TABLES", "CDC_TABLES=public.orders"),
+        ({"CDC_CAPTURE": "wal"}, "CDC_CAPTURE", "'changelog' or 'logical'"),
+        ({"CDC_BATCH_SIZE": "0"}, "CDC_BATCH_SIZE", "greater than or equal to 1"),
+        ({"CDC_BATCH_SIZE": "many"}, "CDC_BATCH_SIZE", "valid integer"),
+        ({"CDC_DATABASE_URL": "mysql://u:s3cret-pw@h/db"}, "CDC_DATABASE_URL", "not supported"),
+        ({"CDC_DATABASE_URL": "not a url s3cret-pw"}, "CDC_DATABASE_URL", "postgresql://USER"),
+        ({"CDC_DETAIL_TYPE": "{schema}.{tabel}"}, "CDC_DETAIL_TYPE", "unknown placeholder {tabel}"),
+        ({"CDC_TABELS": "x"}, "CDC_TABELS", "did you mean CDC_TABLES"),
+        ({"CDC_BUS": "kafka"}, "CDC_BUS", "'eventbridge', 'file' or 'null'"),
+    ],
+)
+def test_a_wrong_setting_is_named_with_what_to_write(
+    env: dict[str, str], names: str, says: str
+) -> None:
     message = error_of(env)
     assert message.startswith(names) and says in message
     assert "s3cret" not in message
@@ -63,7 +74,7 @@ def test_toml_file_with_per_table_options_and_environment_winning(tmp_path: Path
     config.write_text(
         'database_url = "postgresql://u@h/legacy"\n'
         'tables = ["orders", "customers"]\n'
-        'batch_size = 50\n'
+        "batch_size = 50\n"
         '[table_options."public.orders"]\n'
         'detail_type = "NEW_ORDER_{op}"\n'
     )
@@ -75,7 +86,7 @@ def test_toml_file_with_per_table_options_and_environment_winning(tmp_path: Path
 
 def test_toml_errors_name_the_file_setting(tmp_path: Path) -> None:
     config = tmp_path / "cdc.toml"
-    config.write_text('batch_sise = 5\n')
+    config.write_text("batch_sise = 5\n")
     assert "unknown setting 'batch_sise'" in error_of({"CDC_CONFIG": str(config)})
     config.write_text('batch_size = "x"\n')
     assert error_of({"CDC_CONFIG": str(config)}).startswith("batch_size in the CDC_CONFIG file")

@@ -19,8 +19,9 @@ from sync_back.mapping import Mappings
 
 class FakeSqs:
     def __init__(self, count: int) -> None:
-        self.messages = [{"MessageId": f"m{i}", "ReceiptHandle": f"r{i}", "Body": f"b{i}"}
-                         for i in range(count)]
+        self.messages = [
+            {"MessageId": f"m{i}", "ReceiptHandle": f"r{i}", "Body": f"b{i}"} for i in range(count)
+        ]
         self.deleted: list[str] = []
         self.extended: list[list[str]] = []
 
@@ -36,8 +37,14 @@ class FakeSqs:
 
 
 def make(sqs: FakeSqs) -> Consumer:
-    settings = load_settings({"CDC_DATABASE_URL": "sqlite://", "CDC_TABLES": "t",
-                              "CDC_SYNC_QUEUE_URL": "q", "CDC_SYNC_VISIBILITY_TIMEOUT": "10"})
+    settings = load_settings(
+        {
+            "CDC_DATABASE_URL": "sqlite://",
+            "CDC_TABLES": "t",
+            "CDC_SYNC_QUEUE_URL": "q",
+            "CDC_SYNC_VISIBILITY_TIMEOUT": "10",
+        }
+    )
     return Consumer(settings, create_engine("sqlite://"), state_tables("sqlite"), Mappings(), sqs)
 
 
@@ -55,7 +62,9 @@ def test_messages_are_deleted_after_they_were_handled() -> None:
     assert handled == ["m0", "m1", "m2"] and sqs.deleted == ["r0", "r1", "r2"]
 
 
-def test_a_slow_batch_extends_the_visibility_of_what_is_left(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_slow_batch_extends_the_visibility_of_what_is_left(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     sqs = FakeSqs(4)
     consumer = make(sqs)
     clock = iter(range(0, 1000, 3))  # each handled message takes 3 of the 10 seconds
@@ -85,7 +94,9 @@ def test_lost_database_connections_are_retried() -> None:
     def flaky() -> str:
         calls.append(1)
         if len(calls) < 3:
-            raise OperationalError("INSERT", {}, Exception("server closed the connection unexpectedly"))
+            raise OperationalError(
+                "INSERT", {}, Exception("server closed the connection unexpectedly")
+            )
         return "applied"
 
     consumer._retrying.wait = lambda state: 0.0  # type: ignore[method-assign,assignment]

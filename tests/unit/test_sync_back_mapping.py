@@ -61,10 +61,15 @@ def test_the_documented_example_loads_with_its_defaults() -> None:
 
 
 def test_defaults_of_a_minimal_mapping() -> None:
-    mapping = Mapping.model_validate({
-        "detail_type": "CustomerCreated", "table": "customers", "op": "upsert", "key": ["id"],
-        "columns": {"id": {"path": "customer_id", "type": "uuid"}},
-    })
+    mapping = Mapping.model_validate(
+        {
+            "detail_type": "CustomerCreated",
+            "table": "customers",
+            "op": "upsert",
+            "key": ["id"],
+            "columns": {"id": {"path": "customer_id", "type": "uuid"}},
+        }
+    )
     assert mapping.table == TableRef("public", "customers")
     assert mapping.source is None and mapping.id_path == "id" and mapping.version_column is None
     assert mapping.conflict == "newer_wins" and mapping.strict is False and mapping.root is None
@@ -83,7 +88,10 @@ def test_no_section_or_no_mappings_is_an_empty_set() -> None:
 
 def mapping_for(detail_type: str, source: str | None, table: str) -> dict[str, Any]:
     entry = {
-        "detail_type": detail_type, "table": table, "op": "upsert", "key": ["id"],
+        "detail_type": detail_type,
+        "table": table,
+        "op": "upsert",
+        "key": ["id"],
         "columns": {"id": {"path": "entity_id", "type": "int"}},
     }
     if source is not None:
@@ -118,60 +126,98 @@ def test_find_with_only_a_source_specific_mapping_does_not_match_other_sources()
 def change(**changes: Any) -> Callable[[dict[str, Any]], None]:
     def apply(mapping: dict[str, Any]) -> None:
         mapping.update(changes)
+
     return apply
 
 
 def drop(name: str) -> Callable[[dict[str, Any]], None]:
     def apply(mapping: dict[str, Any]) -> None:
         del mapping[name]
+
     return apply
 
 
 def column(name: str, **changes: Any) -> Callable[[dict[str, Any]], None]:
     def apply(mapping: dict[str, Any]) -> None:
         mapping["columns"].setdefault(name, {}).update(changes)
+
     return apply
 
 
 NAME = "sync_back.mappings[0] (OrderPlaced)"
 
 
-@pytest.mark.parametrize(("edit", "setting", "says"), [
-    (change(colums={}), NAME, "colums: unknown key; did you mean 'columns'?"),
-    (column("customer", max_len=10), NAME, "columns.customer.max_len: unknown key; did you mean 'max_length'?"),
-    (drop("detail_type"), "sync_back.mappings[0]", "detail_type: required, but missing"),
-    (change(detail_type=""), "sync_back.mappings[0]", "detail_type: String should have at least 1"),
-    (drop("op"), NAME, "op: required, but missing"),
-    (change(op="insert"), NAME, "op: Input should be 'upsert' or 'delete' (got 'insert')"),
-    (change(conflict="oldest_wins"), NAME, "conflict: Input should be 'newer_wins'"),
-    (column("total", type="decimal"), NAME, "columns.total.type: Input should be 'text'"),
-    (column("total", path=""), NAME, "columns.total.path: String should have at least 1"),
-    (column("total", path="a..b"), NAME, "columns.total.path: 'a..b' is not a path"),
-    (change(root="order."), NAME, "root: 'order.' is not a path"),
-    (change(id_path=".id"), NAME, "id_path: '.id' is not a path"),
-    (column("id", max_length=5), NAME, "columns.id: max_length applies to text columns only"),
-    (column("customer", max_length=0), NAME, "columns.customer.max_length: Input should be greater"),
-    (change(key=["order_id"]), NAME, "key: column 'order_id' is not mapped"),
-    (change(key=[]), NAME, "key: "),
-    (change(key=["id", "id"]), NAME, "key: a column is named twice"),
-    (change(key=[""]), NAME, "key.0: String should have at least 1"),
-    (column("id", required=False), NAME, "key: column 'id' must be required"),
-    (column("id", type="json"), NAME, "key: column 'id' is json"),
-    (change(version_column="changed_at"), NAME, "version_column: column 'changed_at' is not mapped"),
-    (change(version_column="customer"), NAME, "version_column: column 'customer' is text"),
-    (column("updated_at", required=False), NAME, "version_column: column 'updated_at' must be required"),
-    (change(table=""), NAME, "table: empty table name"),
-    (change(table=".orders"), NAME, "table: empty schema name"),
-    (change(table="public."), NAME, "table: empty table name"),
-    (change(table=5), NAME, "table: expected a table name"),
-    (change(columns={}), NAME, "columns: Dictionary should have at least 1"),
-    (column("", path="x", type="text"), NAME, "columns: a column name is empty"),
-    (change(op="delete"), NAME, "a delete writes no values; map only the key and version columns (remove customer, note, total)"),
-    (change(root=None, id_path="id"), "", "id_path: 'id' is also where column 'id' is read"),
-    (change(strict="yes"), NAME, "strict: Input should be a valid boolean"),
-    (column("note", required="false"), NAME, "columns.note.required: Input should be a valid boolean"),
-    (column("customer", max_length="200"), NAME, "columns.customer.max_length: Input should be a valid integer"),
-])
+@pytest.mark.parametrize(
+    ("edit", "setting", "says"),
+    [
+        (change(colums={}), NAME, "colums: unknown key; did you mean 'columns'?"),
+        (
+            column("customer", max_len=10),
+            NAME,
+            "columns.customer.max_len: unknown key; did you mean 'max_length'?",
+        ),
+        (drop("detail_type"), "sync_back.mappings[0]", "detail_type: required, but missing"),
+        (
+            change(detail_type=""),
+            "sync_back.mappings[0]",
+            "detail_type: String should have at least 1",
+        ),
+        (drop("op"), NAME, "op: required, but missing"),
+        (change(op="insert"), NAME, "op: Input should be 'upsert' or 'delete' (got 'insert')"),
+        (change(conflict="oldest_wins"), NAME, "conflict: Input should be 'newer_wins'"),
+        (column("total", type="decimal"), NAME, "columns.total.type: Input should be 'text'"),
+        (column("total", path=""), NAME, "columns.total.path: String should have at least 1"),
+        (column("total", path="a..b"), NAME, "columns.total.path: 'a..b' is not a path"),
+        (change(root="order."), NAME, "root: 'order.' is not a path"),
+        (change(id_path=".id"), NAME, "id_path: '.id' is not a path"),
+        (column("id", max_length=5), NAME, "columns.id: max_length applies to text columns only"),
+        (
+            column("customer", max_length=0),
+            NAME,
+            "columns.customer.max_length: Input should be greater",
+        ),
+        (change(key=["order_id"]), NAME, "key: column 'order_id' is not mapped"),
+        (change(key=[]), NAME, "key: "),
+        (change(key=["id", "id"]), NAME, "key: a column is named twice"),
+        (change(key=[""]), NAME, "key.0: String should have at least 1"),
+        (column("id", required=False), NAME, "key: column 'id' must be required"),
+        (column("id", type="json"), NAME, "key: column 'id' is json"),
+        (
+            change(version_column="changed_at"),
+            NAME,
+            "version_column: column 'changed_at' is not mapped",
+        ),
+        (change(version_column="customer"), NAME, "version_column: column 'customer' is text"),
+        (
+            column("updated_at", required=False),
+            NAME,
+            "version_column: column 'updated_at' must be required",
+        ),
+        (change(table=""), NAME, "table: empty table name"),
+        (change(table=".orders"), NAME, "table: empty schema name"),
+        (change(table="public."), NAME, "table: empty table name"),
+        (change(table=5), NAME, "table: expected a table name"),
+        (change(columns={}), NAME, "columns: Dictionary should have at least 1"),
+        (column("", path="x", type="text"), NAME, "columns: a column name is empty"),
+        (
+            change(op="delete"),
+            NAME,
+            "a delete writes no values; map only the key and version columns (remove customer, note, total)",
+        ),
+        (change(root=None, id_path="id"), "", "id_path: 'id' is also where column 'id' is read"),
+        (change(strict="yes"), NAME, "strict: Input should be a valid boolean"),
+        (
+            column("note", required="false"),
+            NAME,
+            "columns.note.required: Input should be a valid boolean",
+        ),
+        (
+            column("customer", max_length="200"),
+            NAME,
+            "columns.customer.max_length: Input should be a valid integer",
+        ),
+    ],
+)
 def test_a_wrong_mapping_is_named_by_index_and_detail_type_with_the_field(
     edit: Callable[[dict[str, Any]], None], setting: str, says: str
 ) -> None:

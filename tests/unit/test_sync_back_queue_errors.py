@@ -25,8 +25,12 @@ def client_error(code: str, operation: str = "ReceiveMessage") -> ClientError:
 class FailingSqs(FakeSqs):
     """Fails the first calls of each kind as scripted, then behaves."""
 
-    def __init__(self, count: int, receive: list[Exception] | None = None,
-                 delete: list[Exception | dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        count: int,
+        receive: list[Exception] | None = None,
+        delete: list[Exception | dict[str, Any]] | None = None,
+    ) -> None:
         super().__init__(count)
         self.receive_failures = list(receive or [])
         self.delete_script = list(delete or [])
@@ -44,9 +48,12 @@ class FailingSqs(FakeSqs):
             raise step
         failed = set(step.get("failed", [])) if step else set()
         super().delete_message_batch(QueueUrl, [e for e in Entries if e["Id"] not in failed])
-        return {"Successful": [{"Id": e["Id"]} for e in Entries if e["Id"] not in failed],
-                "Failed": [{"Id": i, "SenderFault": False, "Code": "InternalError"}
-                           for i in sorted(failed)]}
+        return {
+            "Successful": [{"Id": e["Id"]} for e in Entries if e["Id"] not in failed],
+            "Failed": [
+                {"Id": i, "SenderFault": False, "Code": "InternalError"} for i in sorted(failed)
+            ],
+        }
 
 
 @pytest.fixture(autouse=True)
@@ -62,15 +69,22 @@ def handled_all(consumer: Any) -> None:
 
 
 def test_passing_receive_failures_are_retried_and_counted_by_code() -> None:
-    sqs = FailingSqs(3, receive=[client_error("RequestThrottled"),
-                                 EndpointConnectionError(endpoint_url="http://sqs")])
+    sqs = FailingSqs(
+        3,
+        receive=[
+            client_error("RequestThrottled"),
+            EndpointConnectionError(endpoint_url="http://sqs"),
+        ],
+    )
     consumer = make(sqs)
     handled_all(consumer)
     assert consumer.poll_once() == 0 and consumer.poll_once() == 0
     assert consumer.stats.last_polled_at == 0.0  # the queue has not answered yet
     assert consumer.poll_once() == 3
-    assert consumer.stats.queue_retries_by_code == {"RequestThrottled": 1,
-                                                    "EndpointConnectionError": 1}
+    assert consumer.stats.queue_retries_by_code == {
+        "RequestThrottled": 1,
+        "EndpointConnectionError": 1,
+    }
     assert consumer.stats.last_polled_at > 0 and sqs.deleted == ["r0", "r1", "r2"]
 
 
@@ -82,8 +96,9 @@ def test_permanent_queue_errors_stop_the_consumer_with_what_to_do(code: str) -> 
 
 
 def test_failed_entries_of_a_delete_are_tried_again() -> None:
-    sqs = FailingSqs(3, delete=[{"failed": ["1", "2"]}, client_error("InternalError"),
-                                {"failed": []}])
+    sqs = FailingSqs(
+        3, delete=[{"failed": ["1", "2"]}, client_error("InternalError"), {"failed": []}]
+    )
     consumer = make(sqs)
     handled_all(consumer)
     assert consumer.poll_once() == 3
@@ -125,12 +140,24 @@ def test_a_failed_visibility_extension_does_not_stop_the_batch(
 
 def test_outcomes_are_counted_for_metrics() -> None:
     consumer = make(FakeSqs(0))
-    for outcome in ("applied", "applied", "duplicate", "skip_stale", "skip_conflict", "parked",
-                    "dead_letter"):
+    for outcome in (
+        "applied",
+        "applied",
+        "duplicate",
+        "skip_stale",
+        "skip_conflict",
+        "parked",
+        "dead_letter",
+    ):
         consumer._count(outcome)
     stats = consumer.stats
-    assert (stats.applied, stats.duplicates, stats.stale, stats.conflicts, stats.parked) == \
-        (2, 1, 1, 2, 1)
+    assert (stats.applied, stats.duplicates, stats.stale, stats.conflicts, stats.parked) == (
+        2,
+        1,
+        1,
+        2,
+        1,
+    )
     assert stats.skipped == 2 and stats.dead_letters == 0  # dead letters: counted when stored
 
 

@@ -15,7 +15,8 @@ from cdc.core.tables import TableRef
 from sync_back.mapping import Mapping, load_mappings
 from sync_back.rows import RowWrite, to_write
 
-MAPPINGS = load_mappings(tomllib.loads("""
+MAPPINGS = load_mappings(
+    tomllib.loads("""
 [[sync_back.mappings]]
 detail_type = "OrderPlaced"
 source = "shop.orders"
@@ -48,7 +49,8 @@ conflict = "legacy_wins"
 strict = true
 [sync_back.mappings.columns]
 id = { path = "order_id", type = "int" }
-""")["sync_back"])
+""")["sync_back"]
+)
 
 DETAIL: dict[str, Any] = {
     "id": "evt-0001",
@@ -152,9 +154,12 @@ def test_the_valid_event_becomes_a_typed_row_write() -> None:
 def test_the_envelope_keeps_its_fields_and_raw_body() -> None:
     envelope = parse_message(VALID)
     assert envelope == Envelope(
-        envelope_id="0d5e3c2a-8f0b-4a51-9c1e-7c2f0e0b6a11", source="shop.orders",
-        detail_type="OrderPlaced", time=datetime(2026, 11, 28, 17, 45, 53, tzinfo=UTC),
-        detail=envelope.detail, body=VALID,
+        envelope_id="0d5e3c2a-8f0b-4a51-9c1e-7c2f0e0b6a11",
+        source="shop.orders",
+        detail_type="OrderPlaced",
+        time=datetime(2026, 11, 28, 17, 45, 53, tzinfo=UTC),
+        detail=envelope.detail,
+        body=VALID,
     )
     assert envelope.detail["order"]["id"] == 42
     assert parse_message(body(time=_ABSENT)).time is None
@@ -173,8 +178,12 @@ def test_a_missing_optional_field_is_left_out_and_a_null_one_is_written_as_null(
 
 
 def test_numbers_keep_every_digit() -> None:
-    write = write_of(body({"order.total": RAW, "order.meta": RAW},
-                          raw='12345678901234567890.123456789012345678901'))
+    write = write_of(
+        body(
+            {"order.total": RAW, "order.meta": RAW},
+            raw="12345678901234567890.123456789012345678901",
+        )
+    )
     assert write.values["total"] == Decimal("12345678901234567890.123456789012345678901")
     assert write.values["meta"] == "12345678901234567890.123456789012345678901"
     assert write_of(body({"order.total": 7})).values["total"] == Decimal(7)
@@ -183,7 +192,7 @@ def test_numbers_keep_every_digit() -> None:
 
 
 def test_json_columns_hold_lossless_json_text() -> None:
-    meta = {"a": [1, None, True, False, "é\n\"q\""], "b": {"c": {}}, "d": []}
+    meta = {"a": [1, None, True, False, 'é\n"q"'], "b": {"c": {}}, "d": []}
     text = write_of(body({"order.meta": meta})).values["meta"]
     assert json.loads(text) == meta
     text = write_of(body({"order.meta": RAW}, raw='{"x": 1.10, "y": 1E+5}')).values["meta"]
@@ -212,14 +221,23 @@ def test_a_strict_mapping_refuses_fields_it_does_not_use() -> None:
 
 
 def test_strict_walks_under_the_root_into_mapped_objects_and_lists() -> None:
-    mapping = Mapping.model_validate({
-        "detail_type": "X", "table": "t", "op": "upsert", "key": ["id"], "root": "order",
-        "id_path": "meta.event_id", "strict": True,
-        "columns": {"id": {"path": "id", "type": "int"},
-                    "name": {"path": "customer.name", "type": "text"},
-                    "sku": {"path": "lines.0.sku", "type": "text"},
-                    "extra": {"path": "extra", "type": "json"}},
-    })
+    mapping = Mapping.model_validate(
+        {
+            "detail_type": "X",
+            "table": "t",
+            "op": "upsert",
+            "key": ["id"],
+            "root": "order",
+            "id_path": "meta.event_id",
+            "strict": True,
+            "columns": {
+                "id": {"path": "id", "type": "int"},
+                "name": {"path": "customer.name", "type": "text"},
+                "sku": {"path": "lines.0.sku", "type": "text"},
+                "extra": {"path": "extra", "type": "json"},
+            },
+        }
+    )
 
     def envelope(detail: dict[str, Any]) -> Envelope:
         return Envelope("env", "s", "X", None, detail, "{}")
@@ -228,10 +246,12 @@ def test_strict_walks_under_the_root_into_mapped_objects_and_lists() -> None:
     detail = {"meta": {"event_id": "e1", "trace": "t"}, "order": order}
     # Fields beside the root are not the mapping's business; inside it, every one must be used
     assert to_write(envelope(detail), mapping).event_id == "e1"
-    for extra, path in [({"customer": {"name": "a", "age": 3}}, "order.customer.age"),
-                        ({"lines": [{"sku": "x", "qty": 1}]}, "order.lines.0.qty"),
-                        ({"lines": [{"sku": "x"}, {"sku": "y"}]}, "order.lines.1"),
-                        ({"total": 1}, "order.total")]:
+    for extra, path in [
+        ({"customer": {"name": "a", "age": 3}}, "order.customer.age"),
+        ({"lines": [{"sku": "x", "qty": 1}]}, "order.lines.0.qty"),
+        ({"lines": [{"sku": "x"}, {"sku": "y"}]}, "order.lines.1"),
+        ({"total": 1}, "order.total"),
+    ]:
         with pytest.raises(Invalid) as caught:
             to_write(envelope({**detail, "order": {**order, **extra}}), mapping)
         assert caught.value.reason.startswith(f"{path}: not used")
@@ -266,9 +286,16 @@ MALFORMED: list[tuple[str, str, str]] = [
     ("oversized body", body({"order.note": "x" * 300_000}), "bytes, over 262144"),
     ("1000 levels deep", body(detail=RAW, raw=DEEP_DETAIL), "nested too deeply"),
     ("100000 levels deep", body({"order.meta": RAW}, raw=DEEPER_LIST), "nested too deeply"),
-    ("integer of 5000 digits", body({"order.total": RAW}, raw="9" * 5000), "an integer has more than"),
-    ("index into a list by name", body({"order.customer": [{"name": "Ada"}]}),
-     "order.customer.name (column customer): order.customer is a list, which has no field 'name'"),
+    (
+        "integer of 5000 digits",
+        body({"order.total": RAW}, raw="9" * 5000),
+        "an integer has more than",
+    ),
+    (
+        "index into a list by name",
+        body({"order.customer": [{"name": "Ada"}]}),
+        "order.customer.name (column customer): order.customer is a list, which has no field 'name'",
+    ),
     ("missing detail", body(detail=_ABSENT), "missing 'detail'"),
     ("detail a string", body(detail="{}"), "'detail' is not an object (got a string)"),
     ("detail null", body(detail=None), "'detail' is not an object (got null)"),
@@ -289,70 +316,229 @@ MALFORMED: list[tuple[str, str, str]] = [
     ("event id empty", body({"id": ""}), "event id at 'id': missing or not a string"),
     ("event id too long", body({"id": "e" * 300}), "event id at 'id': 300 characters"),
     ("event id with NUL", body({"id": "evt\x001"}), "event id at 'id': contains a NUL"),
-    ("null key", body({"order.id": None}), "order.id (column id): null, but the column is required"),
+    (
+        "null key",
+        body({"order.id": None}),
+        "order.id (column id): null, but the column is required",
+    ),
     ("null total", body({"order.total": None}), "order.total (column total): null"),
     ("null bool", body({"order.paid": None}), "order.paid (column paid): null"),
-    ("customer a string", body({"order.customer": "Ada"}),
-     "order.customer.name (column customer): order.customer is 'Ada', which has no field 'name'"),
-    ("customer null", body({"order.customer": None}), "order.customer.name (column customer): missing"),
-    ("lines a string", body({"order.lines": "W-1"}), "order.lines.0.sku (column first_sku): order.lines is 'W-1', which has no field '0'"),
+    (
+        "customer a string",
+        body({"order.customer": "Ada"}),
+        "order.customer.name (column customer): order.customer is 'Ada', which has no field 'name'",
+    ),
+    (
+        "customer null",
+        body({"order.customer": None}),
+        "order.customer.name (column customer): missing",
+    ),
+    (
+        "lines a string",
+        body({"order.lines": "W-1"}),
+        "order.lines.0.sku (column first_sku): order.lines is 'W-1', which has no field '0'",
+    ),
     # wrong type for each column type
     ("string for int", body({"order.id": "42"}), "order.id (column id): expected int, got '42'"),
     ("float for int", body({"order.id": 42.5}), "order.id (column id): expected int, got 42.5"),
     ("integral float for int", body({"order.id": 42.0}), "order.id (column id): expected int"),
-    ("int over 2**63", body({"order.id": 2**63}), "order.id (column id): 9223372036854775808 is out of the range"),
-    ("int under -2**63", body({"order.id": -(2**63) - 1}), "order.id (column id): -9223372036854775809 is out"),
+    (
+        "int over 2**63",
+        body({"order.id": 2**63}),
+        "order.id (column id): 9223372036854775808 is out of the range",
+    ),
+    (
+        "int under -2**63",
+        body({"order.id": -(2**63) - 1}),
+        "order.id (column id): -9223372036854775809 is out",
+    ),
     ("bool for int", body({"order.id": True}), "order.id (column id): expected int, got true"),
-    ("object for int", body({"order.id": {"$gt": 0}}), "order.id (column id): expected int, got an object"),
-    ("'NaN' numeric", body({"order.total": "NaN"}), "order.total (column total): expected numeric, got 'NaN'"),
-    ("'abc' numeric", body({"order.total": "abc"}), "order.total (column total): expected numeric, got 'abc'"),
-    ("'Infinity' numeric", body({"order.total": "Infinity"}), "order.total (column total): expected numeric"),
-    ("padded numeric", body({"order.total": " 12"}), "order.total (column total): expected numeric"),
-    ("underscored numeric", body({"order.total": "1_000"}), "order.total (column total): expected numeric"),
-    ("arabic digits numeric", body({"order.total": "\u0661\u0662"}), "order.total (column total): expected numeric"),
-    ("bool for numeric", body({"order.total": False}), "order.total (column total): expected numeric, got false"),
-    ("1e999999 numeric", body({"order.total": RAW}, raw="1e999999"),
-     "order.total (column total): 1E+999999 is out of the range of numeric"),
-    ("'1e-999999' numeric", body({"order.total": "1e-999999"}), "order.total (column total): '1e-999999' is out of the range"),
-    ("1e999999 float", body({"order.weight": RAW}, raw="1e999999"),
-     "order.weight (column weight): 1E+999999 is out of the range of float"),
+    (
+        "object for int",
+        body({"order.id": {"$gt": 0}}),
+        "order.id (column id): expected int, got an object",
+    ),
+    (
+        "'NaN' numeric",
+        body({"order.total": "NaN"}),
+        "order.total (column total): expected numeric, got 'NaN'",
+    ),
+    (
+        "'abc' numeric",
+        body({"order.total": "abc"}),
+        "order.total (column total): expected numeric, got 'abc'",
+    ),
+    (
+        "'Infinity' numeric",
+        body({"order.total": "Infinity"}),
+        "order.total (column total): expected numeric",
+    ),
+    (
+        "padded numeric",
+        body({"order.total": " 12"}),
+        "order.total (column total): expected numeric",
+    ),
+    (
+        "underscored numeric",
+        body({"order.total": "1_000"}),
+        "order.total (column total): expected numeric",
+    ),
+    (
+        "arabic digits numeric",
+        body({"order.total": "\u0661\u0662"}),
+        "order.total (column total): expected numeric",
+    ),
+    (
+        "bool for numeric",
+        body({"order.total": False}),
+        "order.total (column total): expected numeric, got false",
+    ),
+    (
+        "1e999999 numeric",
+        body({"order.total": RAW}, raw="1e999999"),
+        "order.total (column total): 1E+999999 is out of the range of numeric",
+    ),
+    (
+        "'1e-999999' numeric",
+        body({"order.total": "1e-999999"}),
+        "order.total (column total): '1e-999999' is out of the range",
+    ),
+    (
+        "1e999999 float",
+        body({"order.weight": RAW}, raw="1e999999"),
+        "order.weight (column weight): 1E+999999 is out of the range of float",
+    ),
     ("huge int float", body({"order.weight": 10**400}), "order.weight (column weight): 1000000000"),
-    ("string for float", body({"order.weight": "1.5"}), "order.weight (column weight): expected float"),
-    ("number for text", body({"order.customer.name": 42}), "order.customer.name (column customer): expected text, got 42"),
-    ("object for text", body({"order.customer.name": {"first": "Ada"}}),
-     "order.customer.name (column customer): expected text, got an object"),
-    ("list for text", body({"order.customer.name": ["Ada"]}), "order.customer.name (column customer): expected text, got a list"),
-    ("text over max_length", body({"order.customer.name": "A" * 250}),
-     "order.customer.name (column customer): 250 characters, over the maximum 200"),
-    ("NUL in text", body({"order.note": "leave\x00here"}), "order.note (column note): contains a NUL character"),
-    ("lone surrogate", body({"order.note": RAW}, raw='"\\ud800"'), "order.note (column note): contains an unpaired surrogate"),
-    ("naive timestamptz", body({"order.updated_at": "2026-11-28T17:45:52"}),
-     "order.updated_at (column updated_at): expected timestamptz, got '2026-11-28T17:45:52' (no time zone"),
-    ("'yesterday' timestamptz", body({"order.updated_at": "yesterday"}), "order.updated_at (column updated_at): expected timestamptz"),
-    ("epoch timestamptz", body({"order.updated_at": 1764351952}), "order.updated_at (column updated_at): expected timestamptz"),
-    ("date-only timestamptz", body({"order.updated_at": "2026-11-28"}), "order.updated_at (column updated_at): "),
-    ("aware timestamp", body({"order.placed_local": "2026-11-28T18:45:52Z"}),
-     "order.placed_local (column placed_local): expected timestamp, got '2026-11-28T18:45:52Z' (has a time zone"),
-    ("'2026-13-45' date", body({"order.ship_date": "2026-13-45"}), "order.ship_date (column ship_date): expected date"),
-    ("datetime for date", body({"order.ship_date": "2026-12-01T10:00:00"}), "order.ship_date (column ship_date): "),
-    ("number for date", body({"order.ship_date": 20261201}), "order.ship_date (column ship_date): expected date"),
-    ("bad uuid", body({"order.ref": "not-a-uuid"}), "order.ref (column ref): expected uuid, got 'not-a-uuid'"),
-    ("short uuid", body({"order.ref": "6f1c8a52-3c1e-5a0b-9d7e"}), "order.ref (column ref): expected uuid"),
-    ("int for uuid", body({"order.ref": 123}), "order.ref (column ref): expected uuid (a string), got 123"),
-    ("int for bool", body({"order.paid": 1}), "order.paid (column paid): expected bool (true or false), got 1"),
-    ("'true' for bool", body({"order.paid": "true"}), "order.paid (column paid): expected bool (true or false), got 'true'"),
-    ("NUL inside json", body({"order.meta": {"k": "a\x00b"}}), "order.meta (column meta): a string in the value contains a NUL"),
-    ("NUL json key", body({"order.meta": {"a\x00": 1}}), "order.meta (column meta): a string in the value contains a NUL"),
-    ("huge number in json", body({"order.meta": RAW}, raw="[1e999999]"), "order.meta (column meta): the number 1E+999999"),
+    (
+        "string for float",
+        body({"order.weight": "1.5"}),
+        "order.weight (column weight): expected float",
+    ),
+    (
+        "number for text",
+        body({"order.customer.name": 42}),
+        "order.customer.name (column customer): expected text, got 42",
+    ),
+    (
+        "object for text",
+        body({"order.customer.name": {"first": "Ada"}}),
+        "order.customer.name (column customer): expected text, got an object",
+    ),
+    (
+        "list for text",
+        body({"order.customer.name": ["Ada"]}),
+        "order.customer.name (column customer): expected text, got a list",
+    ),
+    (
+        "text over max_length",
+        body({"order.customer.name": "A" * 250}),
+        "order.customer.name (column customer): 250 characters, over the maximum 200",
+    ),
+    (
+        "NUL in text",
+        body({"order.note": "leave\x00here"}),
+        "order.note (column note): contains a NUL character",
+    ),
+    (
+        "lone surrogate",
+        body({"order.note": RAW}, raw='"\\ud800"'),
+        "order.note (column note): contains an unpaired surrogate",
+    ),
+    (
+        "naive timestamptz",
+        body({"order.updated_at": "2026-11-28T17:45:52"}),
+        "order.updated_at (column updated_at): expected timestamptz, got '2026-11-28T17:45:52' (no time zone",
+    ),
+    (
+        "'yesterday' timestamptz",
+        body({"order.updated_at": "yesterday"}),
+        "order.updated_at (column updated_at): expected timestamptz",
+    ),
+    (
+        "epoch timestamptz",
+        body({"order.updated_at": 1764351952}),
+        "order.updated_at (column updated_at): expected timestamptz",
+    ),
+    (
+        "date-only timestamptz",
+        body({"order.updated_at": "2026-11-28"}),
+        "order.updated_at (column updated_at): ",
+    ),
+    (
+        "aware timestamp",
+        body({"order.placed_local": "2026-11-28T18:45:52Z"}),
+        "order.placed_local (column placed_local): expected timestamp, got '2026-11-28T18:45:52Z' (has a time zone",
+    ),
+    (
+        "'2026-13-45' date",
+        body({"order.ship_date": "2026-13-45"}),
+        "order.ship_date (column ship_date): expected date",
+    ),
+    (
+        "datetime for date",
+        body({"order.ship_date": "2026-12-01T10:00:00"}),
+        "order.ship_date (column ship_date): ",
+    ),
+    (
+        "number for date",
+        body({"order.ship_date": 20261201}),
+        "order.ship_date (column ship_date): expected date",
+    ),
+    (
+        "bad uuid",
+        body({"order.ref": "not-a-uuid"}),
+        "order.ref (column ref): expected uuid, got 'not-a-uuid'",
+    ),
+    (
+        "short uuid",
+        body({"order.ref": "6f1c8a52-3c1e-5a0b-9d7e"}),
+        "order.ref (column ref): expected uuid",
+    ),
+    (
+        "int for uuid",
+        body({"order.ref": 123}),
+        "order.ref (column ref): expected uuid (a string), got 123",
+    ),
+    (
+        "int for bool",
+        body({"order.paid": 1}),
+        "order.paid (column paid): expected bool (true or false), got 1",
+    ),
+    (
+        "'true' for bool",
+        body({"order.paid": "true"}),
+        "order.paid (column paid): expected bool (true or false), got 'true'",
+    ),
+    (
+        "NUL inside json",
+        body({"order.meta": {"k": "a\x00b"}}),
+        "order.meta (column meta): a string in the value contains a NUL",
+    ),
+    (
+        "NUL json key",
+        body({"order.meta": {"a\x00": 1}}),
+        "order.meta (column meta): a string in the value contains a NUL",
+    ),
+    (
+        "huge number in json",
+        body({"order.meta": RAW}, raw="[1e999999]"),
+        "order.meta (column meta): the number 1E+999999",
+    ),
 ]
 # Each required field missing in turn.
 MALFORMED += [
     (f"missing {path}", body({path: _ABSENT}), f"{path} (column {column}): missing")
     for path, column in [
-        ("order.id", "id"), ("order.total", "total"), ("order.customer.name", "customer"),
-        ("order.updated_at", "updated_at"), ("order.placed_local", "placed_local"),
-        ("order.ship_date", "ship_date"), ("order.ref", "ref"), ("order.paid", "paid"),
-        ("order.weight", "weight"), ("order.meta", "meta"),
+        ("order.id", "id"),
+        ("order.total", "total"),
+        ("order.customer.name", "customer"),
+        ("order.updated_at", "updated_at"),
+        ("order.placed_local", "placed_local"),
+        ("order.ship_date", "ship_date"),
+        ("order.ref", "ref"),
+        ("order.paid", "paid"),
+        ("order.weight", "weight"),
+        ("order.meta", "meta"),
     ]
 ]
 
@@ -362,9 +548,12 @@ def test_the_corpus_is_large_and_its_names_are_unique() -> None:
     assert len({name for name, _, _ in MALFORMED}) == len(MALFORMED)
 
 
-@pytest.mark.parametrize(("text", "needle"), [(b, n) for _, b, n in MALFORMED],
-                         ids=[name for name, _, _ in MALFORMED])
-def test_a_malformed_event_is_refused_with_a_reason_naming_the_field(text: str, needle: str) -> None:
+@pytest.mark.parametrize(
+    ("text", "needle"), [(b, n) for _, b, n in MALFORMED], ids=[name for name, _, _ in MALFORMED]
+)
+def test_a_malformed_event_is_refused_with_a_reason_naming_the_field(
+    text: str, needle: str
+) -> None:
     reason = reason_of(text)
     assert needle in reason
     # Reasons go into a dead-letter table and logs: short, whatever the input's size.
@@ -374,7 +563,7 @@ def test_a_malformed_event_is_refused_with_a_reason_naming_the_field(text: str, 
 HOSTILE_BUT_VALID: list[tuple[str, str]] = [
     ("SQL injection", "'; DROP TABLE orders; --"),
     ("Bobby Tables", "Robert'); DROP TABLE students;--"),
-    ("quote and backslash soup", "\\'\"`\\\\\"; --"),
+    ("quote and backslash soup", '\\\'"`\\\\"; --'),
     ("SQL comment and semicolon", "x */; SELECT pg_sleep(10); /*"),
     ("psycopg placeholders", "%s %(name)s $1 :name ?"),
     ("format strings", "{0} {__class__} %n %x"),
@@ -392,11 +581,20 @@ HOSTILE_BUT_VALID: list[tuple[str, str]] = [
 ]
 
 
-@pytest.mark.parametrize("text", [t for _, t in HOSTILE_BUT_VALID],
-                         ids=[name for name, _ in HOSTILE_BUT_VALID])
+@pytest.mark.parametrize(
+    "text", [t for _, t in HOSTILE_BUT_VALID], ids=[name for name, _ in HOSTILE_BUT_VALID]
+)
 def test_a_hostile_but_valid_string_is_accepted_as_plain_text(text: str) -> None:
-    write = write_of(body({"order.customer.name": text, "order.note": text,
-                           "order.meta": {text: [text]}, "id": text[:200] or "e"}))
+    write = write_of(
+        body(
+            {
+                "order.customer.name": text,
+                "order.note": text,
+                "order.meta": {text: [text]},
+                "id": text[:200] or "e",
+            }
+        )
+    )
     assert write.values["customer"] == text and write.values["note"] == text
     assert json.loads(write.values["meta"]) == {text: [text]}
 
@@ -412,7 +610,8 @@ def test_other_valid_edge_values() -> None:
     assert write_of(body({"order.id": -(2**63)})).key == {"id": -(2**63)}
     assert write_of(body({"order.paid": False})).values["paid"] is False
     assert write_of(body({"order.ref": "6F1C8A523C1E5A0B9D7E2F4B8C6D1E90"})).values["ref"] == (
-        uuid.UUID("6f1c8a52-3c1e-5a0b-9d7e-2f4b8c6d1e90"))
+        uuid.UUID("6f1c8a52-3c1e-5a0b-9d7e-2f4b8c6d1e90")
+    )
     extra = write_of(body({"order.unmapped": {"deep": [1, 2]}, "__proto__": {"x": 1}}))
     assert "unmapped" not in extra.values
 

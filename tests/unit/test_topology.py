@@ -77,8 +77,11 @@ def test_the_default_topology_passes_cfn_lint_too(tmp_path: Path) -> None:
     text = render(topology_from_settings(settings))
     assert lint(text, config=ManualArgs(regions=["us-east-1"])) == []
     # This capture is the one producer; no consumer yet
-    rules = {k: v for k, v in yaml.safe_load(text)["Resources"].items()
-             if v["Type"] == "AWS::Events::Rule"}
+    rules = {
+        k: v
+        for k, v in yaml.safe_load(text)["Resources"].items()
+        if v["Type"] == "AWS::Events::Rule"
+    }
     assert rules["ProducerForwardRule"]["Properties"]["EventPattern"] == {"source": ["legacy.shop"]}
     assert set(rules) == {"ProducerForwardRule", "ValidationRule"}
 
@@ -96,26 +99,36 @@ def test_producers_forward_their_source_to_the_central_bus_with_a_role(tmp_path:
     assert rule["Properties"]["EventBusName"] == {"Ref": "ShopBusName"}
     assert rule["Properties"]["EventPattern"] == {"source": ["legacy.shop"]}
     target = target_of(rule)
-    assert target["Arn"] == {"Fn::Sub": "arn:${AWS::Partition}:events:${CentralRegion}:"
-                                        "${CentralAccountId}:event-bus/${CentralBusName}"}
+    assert target["Arn"] == {
+        "Fn::Sub": "arn:${AWS::Partition}:events:${CentralRegion}:"
+        "${CentralAccountId}:event-bus/${CentralBusName}"
+    }
     assert target["RoleArn"] == {"Fn::GetAtt": ["ShopForwardRole", "Arn"]}
-    assert target["DeadLetterConfig"] == {"Arn": {"Fn::GetAtt": ["ShopForwardDeadLetterQueue", "Arn"]}}
+    assert target["DeadLetterConfig"] == {
+        "Arn": {"Fn::GetAtt": ["ShopForwardDeadLetterQueue", "Arn"]}
+    }
     role = resources["ShopForwardRole"]["Properties"]
     [statement] = role["Policies"][0]["PolicyDocument"]["Statement"]
     assert statement["Action"] == "events:PutEvents" and statement["Resource"] == target["Arn"]
     # A producer's filter on detail-type narrows what it forwards
     assert resources["BillingForwardRule"]["Properties"]["EventPattern"] == {
-        "source": ["legacy.billing"], "detail-type": ["public.invoices.insert"]}
+        "source": ["legacy.billing"],
+        "detail-type": ["public.invoices.insert"],
+    }
     # The central bus takes from each producer account only that producer's source
     policy = resources["ShopCentralBusPolicy"]
     assert policy["Condition"] == "InCentral"
     assert policy["Properties"]["Statement"]["Principal"] == {
-        "AWS": {"Fn::Sub": "arn:${AWS::Partition}:iam::${ShopAccountId}:root"}}
+        "AWS": {"Fn::Sub": "arn:${AWS::Partition}:iam::${ShopAccountId}:root"}
+    }
     assert policy["Properties"]["Statement"]["Condition"] == {
-        "StringEquals": {"events:source": ["legacy.shop"]}}
+        "StringEquals": {"events:source": ["legacy.shop"]}
+    }
 
 
-def test_the_central_account_validates_producer_events_and_routes_valid_ones(tmp_path: Path) -> None:
+def test_the_central_account_validates_producer_events_and_routes_valid_ones(
+    tmp_path: Path,
+) -> None:
     _, doc = rendered(tmp_path)
     resources = doc["Resources"]
     validation = resources["ValidationRule"]
@@ -125,7 +138,8 @@ def test_the_central_account_validates_producer_events_and_routes_valid_ones(tmp
     assert validation["Properties"]["EventPattern"] == {"source": ["legacy.billing", "legacy.shop"]}
     assert target_of(validation)["Arn"] == {"Fn::GetAtt": ["ValidationQueue", "Arn"]}
     assert resources["ValidationQueue"]["Properties"]["RedrivePolicy"]["deadLetterTargetArn"] == {
-        "Fn::GetAtt": ["ValidationDeadLetterQueue", "Arn"]}
+        "Fn::GetAtt": ["ValidationDeadLetterQueue", "Arn"]
+    }
 
     view = resources["RealtimeViewRule"]
     assert view["Properties"]["EventPattern"] == {
@@ -136,9 +150,11 @@ def test_the_central_account_validates_producer_events_and_routes_valid_ones(tmp
     assert target_of(view)["Arn"] == {"Fn::GetAtt": ["RealtimeViewQueue", "Arn"]}
     archive = resources["HistoryArchiveRule"]
     assert archive["Properties"]["EventPattern"] == {"source": [{"prefix": "valid."}]}
-    assert target_of(archive)["Arn"] == {"Fn::Sub": "arn:${AWS::Partition}:events:"
-                                         "${HistoryArchiveRegion}:${HistoryArchiveAccountId}:"
-                                         "event-bus/${HistoryArchiveBusName}"}
+    assert target_of(archive)["Arn"] == {
+        "Fn::Sub": "arn:${AWS::Partition}:events:"
+        "${HistoryArchiveRegion}:${HistoryArchiveAccountId}:"
+        "event-bus/${HistoryArchiveBusName}"
+    }
     assert target_of(archive)["RoleArn"] == {"Fn::GetAtt": ["HistoryArchiveDeliveryRole", "Arn"]}
     # Every rule's target has a dead-letter queue that the rule may write to
     for name, resource in resources.items():
@@ -146,15 +162,24 @@ def test_the_central_account_validates_producer_events_and_routes_valid_ones(tmp
             continue
         dead_letter = target_of(resource)["DeadLetterConfig"]["Arn"]["Fn::GetAtt"][0]
         assert resources[dead_letter]["Type"] == "AWS::SQS::Queue", name
-        policies = [r for r in resources.values() if r["Type"] == "AWS::SQS::QueuePolicy"
-                    and {"Ref": dead_letter} in r["Properties"]["Queues"]]
-        [statement] = [s for p in policies for s in p["Properties"]["PolicyDocument"]["Statement"]
-                       if s["Resource"] == {"Fn::GetAtt": [dead_letter, "Arn"]}]
+        policies = [
+            r
+            for r in resources.values()
+            if r["Type"] == "AWS::SQS::QueuePolicy"
+            and {"Ref": dead_letter} in r["Properties"]["Queues"]
+        ]
+        [statement] = [
+            s
+            for p in policies
+            for s in p["Properties"]["PolicyDocument"]["Statement"]
+            if s["Resource"] == {"Fn::GetAtt": [dead_letter, "Arn"]}
+        ]
         assert statement["Condition"]["ArnEquals"]["aws:SourceArn"] == {"Fn::GetAtt": [name, "Arn"]}
     # The consumer's own bus lives in its account, open to the central account
     assert resources["HistoryArchiveBus"]["Condition"] == "InHistoryArchive"
     assert resources["HistoryArchiveBusPolicy"]["Properties"]["Statement"]["Principal"] == {
-        "AWS": {"Fn::Sub": "arn:${AWS::Partition}:iam::${CentralAccountId}:root"}}
+        "AWS": {"Fn::Sub": "arn:${AWS::Partition}:iam::${CentralAccountId}:root"}
+    }
 
 
 def test_parameters_and_conditions_per_account(tmp_path: Path) -> None:
@@ -165,20 +190,31 @@ def test_parameters_and_conditions_per_account(tmp_path: Path) -> None:
     assert parameters["ShopAccountId"]["AllowedPattern"] == r"^\d{12}$"
     assert "Default" not in parameters["BillingRegion"]  # not configured: given at deploy time
     assert parameters["HistoryArchiveBusName"]["Default"] == "analytics"
-    assert doc["Conditions"]["InShop"] == {"Fn::And": [
-        {"Fn::Equals": [{"Ref": "AWS::AccountId"}, {"Ref": "ShopAccountId"}]},
-        {"Fn::Equals": [{"Ref": "AWS::Region"}, {"Ref": "ShopRegion"}]}]}
+    assert doc["Conditions"]["InShop"] == {
+        "Fn::And": [
+            {"Fn::Equals": [{"Ref": "AWS::AccountId"}, {"Ref": "ShopAccountId"}]},
+            {"Fn::Equals": [{"Ref": "AWS::Region"}, {"Ref": "ShopRegion"}]},
+        ]
+    }
     for name, resource in doc["Resources"].items():
         assert resource["Condition"] in doc["Conditions"], name
 
 
-@pytest.mark.parametrize(("extra", "says"), [
-    ('[[topology.producers]]\nname = "x"\nsource = "valid.shop"\n', "may not start with 'valid.'"),
-    ('[[topology.producers]]\nname = "x"\nsource = "a"\n[[topology.consumers]]\nname = "x"\n',
-     "named 'x'"),
-    ('[[topology.producers]]\nname = "x y"\nsource = "a"\n', "topology.producers.0.name"),
-    ('central_bus = "b"\n', "CDC_CENTRAL_BUS_NAME"),
-])
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        (
+            '[[topology.producers]]\nname = "x"\nsource = "valid.shop"\n',
+            "may not start with 'valid.'",
+        ),
+        (
+            '[[topology.producers]]\nname = "x"\nsource = "a"\n[[topology.consumers]]\nname = "x"\n',
+            "named 'x'",
+        ),
+        ('[[topology.producers]]\nname = "x y"\nsource = "a"\n', "topology.producers.0.name"),
+        ('central_bus = "b"\n', "CDC_CENTRAL_BUS_NAME"),
+    ],
+)
 def test_topology_mistakes_are_named(tmp_path: Path, extra: str, says: str) -> None:
     text = 'database_url = "postgresql://u@h/shop"\ntables = ["t"]\n[topology]\n' + extra
     with pytest.raises(ConfigError, match=says):
@@ -196,10 +232,12 @@ def test_the_commands_are_wired_into_cdc(tmp_path: Path, monkeypatch: pytest.Mon
     from cdc.cli import main, parser
     from cdc.commands import validation as validation_cli
 
-    commands = {("schemas", "generate"): validation_cli.cmd_schemas_generate,
-                ("validate",): validation_cli.cmd_validate,
-                ("topology", "render"): validation_cli.cmd_topology_render,
-                ("topology", "apply"): validation_cli.cmd_topology_apply}
+    commands = {
+        ("schemas", "generate"): validation_cli.cmd_schemas_generate,
+        ("validate",): validation_cli.cmd_validate,
+        ("topology", "render"): validation_cli.cmd_topology_render,
+        ("topology", "apply"): validation_cli.cmd_topology_apply,
+    }
     for argv, func in commands.items():
         assert parser().parse_args(list(argv)).func is func
     config = tmp_path / "cdc.toml"
@@ -207,4 +245,7 @@ def test_the_commands_are_wired_into_cdc(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("CDC_CONFIG", str(config))
     out = tmp_path / "out.yaml"
     assert main(["topology", "render", "-o", str(out)]) == 0
-    assert yaml.safe_load(out.read_text())["Resources"]["ValidationRule"]["Type"] == "AWS::Events::Rule"
+    assert (
+        yaml.safe_load(out.read_text())["Resources"]["ValidationRule"]["Type"]
+        == "AWS::Events::Rule"
+    )

@@ -31,11 +31,24 @@ def convert_pg(image: str) -> dict:
 
 def test_postgres_images_become_the_contract_forms() -> None:
     # As row_to_json writes them, with a writer whose TimeZone is Europe/Paris
-    image = json.dumps({
-        "id": 1, "price": 0, "ratio": 0.25, "at": "2026-11-28T18:45:52.5+01:00",
-        "naive": "2026-01-01T10:00:00", "raw": "\\x0102ff", "doc": {"a": [1, 2.5]},
-        "tags": [1.10, None, 3], "u": "54151372-be0c-4199-bd11-db1f4784d488", "name": "é",
-    }).replace('"price": 0', '"price": 12345678901234567890.10').replace("1.1,", "1.10,")
+    image = (
+        json.dumps(
+            {
+                "id": 1,
+                "price": 0,
+                "ratio": 0.25,
+                "at": "2026-11-28T18:45:52.5+01:00",
+                "naive": "2026-01-01T10:00:00",
+                "raw": "\\x0102ff",
+                "doc": {"a": [1, 2.5]},
+                "tags": [1.10, None, 3],
+                "u": "54151372-be0c-4199-bd11-db1f4784d488",
+                "name": "é",
+            }
+        )
+        .replace('"price": 0', '"price": 12345678901234567890.10')
+        .replace("1.1,", "1.10,")
+    )
     out = convert_pg(image)
     assert out["price"] == "12345678901234567890.10"  # every digit, the scale kept
     assert out["ratio"] == 0.25
@@ -50,10 +63,24 @@ def test_postgres_images_become_the_contract_forms() -> None:
 
 
 def test_nulls_special_values_and_escape_bytea() -> None:
-    out = convert_pg(json.dumps({"price": "NaN", "at": "infinity", "raw": "ab\\\\c\\001",
-                                 "doc": None, "ratio": "Infinity"}))
-    assert out == {"price": "NaN", "at": "infinity", "raw": "YWJcYwE=", "doc": None,
-                   "ratio": "Infinity"}
+    out = convert_pg(
+        json.dumps(
+            {
+                "price": "NaN",
+                "at": "infinity",
+                "raw": "ab\\\\c\\001",
+                "doc": None,
+                "ratio": "Infinity",
+            }
+        )
+    )
+    assert out == {
+        "price": "NaN",
+        "at": "infinity",
+        "raw": "YWJcYwE=",
+        "doc": None,
+        "ratio": "Infinity",
+    }
 
 
 def test_a_column_added_after_the_catalog_was_read_gets_generic_conversion() -> None:
@@ -63,7 +90,9 @@ def test_a_column_added_after_the_catalog_was_read_gets_generic_conversion() -> 
 
 
 def test_sqlite_blobs_and_numerics() -> None:
-    convert = row_converter({"b": sqltypes.BLOB(), "n": sqltypes.NUMERIC(), "t": sqltypes.TEXT()}, "sqlite")
+    convert = row_converter(
+        {"b": sqltypes.BLOB(), "n": sqltypes.NUMERIC(), "t": sqltypes.TEXT()}, "sqlite"
+    )
     parsed = json_object('{"b": ["0102FF"], "n": 4.99, "t": "x", "other": ["00"]}')
     assert parsed is not None
     assert convert(parsed) == {"b": "AQL/", "n": "4.99", "t": "x", "other": "AA=="}

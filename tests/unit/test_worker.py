@@ -19,13 +19,26 @@ from cdc.core.settings import load_settings
 from cdc.core.tables import TableRef
 
 TABLE = TableRef("public", "orders")
-INFO = TableInfo(TABLE, {"id": sqltypes.INTEGER()}, ("id",),
-                 row_converter({"id": sqltypes.INTEGER()}, "postgresql"))
+INFO = TableInfo(
+    TABLE,
+    {"id": sqltypes.INTEGER()},
+    ("id",),
+    row_converter({"id": sqltypes.INTEGER()}, "postgresql"),
+)
 
 
 def change(n: int, origin: str = "legacy") -> Change:
-    return Change(TABLE, "insert", None, {"id": n}, f"{n:020d}", 1, datetime.now(UTC),
-                  origin=origin, identity=f"changelog:{n}")
+    return Change(
+        TABLE,
+        "insert",
+        None,
+        {"id": n},
+        f"{n:020d}",
+        1,
+        datetime.now(UTC),
+        origin=origin,
+        identity=f"changelog:{n}",
+    )
 
 
 class FakeSource:
@@ -47,8 +60,9 @@ class FakeSource:
 
     def ack(self, batch: Batch, rejections: Sequence[Rejection]) -> None:
         self.events.append("ack")
-        self.acked.append(([c.position for c in batch.changes],
-                           [r.entry.event_id for r in rejections]))
+        self.acked.append(
+            ([c.position for c in batch.changes], [r.entry.event_id for r in rejections])
+        )
 
     def table(self, name: str) -> TableInfo:
         return INFO
@@ -58,8 +72,9 @@ class FakeSource:
 
 
 class FakePublisher:
-    def __init__(self, source: FakeSource, reject_keys: frozenset[int] = frozenset(),
-                 interrupt: bool = False) -> None:
+    def __init__(
+        self, source: FakeSource, reject_keys: frozenset[int] = frozenset(), interrupt: bool = False
+    ) -> None:
         self.source = source
         self.reject_keys = reject_keys
         self.interrupt = interrupt
@@ -70,15 +85,23 @@ class FakePublisher:
         if self.interrupt:
             raise Interrupted
         self.published.extend(entries)
-        return [Rejection(e, "too big") for e in entries
-                if int(e.detail.split('"id":')[-1].split("}")[0]) in self.reject_keys]
+        return [
+            Rejection(e, "too big")
+            for e in entries
+            if int(e.detail.split('"id":')[-1].split("}")[0]) in self.reject_keys
+        ]
 
     def close(self) -> None:
         pass
 
 
-SETTINGS = load_settings({"CDC_DATABASE_URL": "postgresql://u@h/shop", "CDC_TABLES": "orders",
-                          "CDC_POLL_INTERVAL": "0.01"})
+SETTINGS = load_settings(
+    {
+        "CDC_DATABASE_URL": "postgresql://u@h/shop",
+        "CDC_TABLES": "orders",
+        "CDC_POLL_INTERVAL": "0.01",
+    }
+)
 
 
 def test_ack_follows_publish_and_carries_the_dead_letters() -> None:

@@ -76,8 +76,9 @@ class _Outcome:
     code: str = ""  # why ``retry`` is not empty, for the log
 
 
-def pack(entries: Sequence[BusEntry], max_bytes: int,
-         max_entries: int = MAX_ENTRIES_PER_CALL) -> list[list[BusEntry]]:
+def pack(
+    entries: Sequence[BusEntry], max_bytes: int, max_entries: int = MAX_ENTRIES_PER_CALL
+) -> list[list[BusEntry]]:
     """Split ``entries``, in order, into calls of at most ``max_entries`` and ``max_bytes``.
 
     Each entry must fit ``max_bytes`` on its own; ``publish`` rejects the ones that do not.
@@ -113,8 +114,11 @@ class EventBridgePublisher:
         # PutEvents calls of one batch go out side by side: each waits tens of milliseconds on
         # AWS, and their order does not matter (``position`` carries the order; the batch is
         # acknowledged only when every call has its verdict).
-        self._pool = (ThreadPoolExecutor(concurrency, thread_name_prefix="put-events")
-                      if concurrency > 1 else None)
+        self._pool = (
+            ThreadPoolExecutor(concurrency, thread_name_prefix="put-events")
+            if concurrency > 1
+            else None
+        )
         self._client = client
         self._max_entry_bytes = max_entry_bytes
         # An event nobody sets: ``wait`` on it is a plain sleep.
@@ -144,9 +148,13 @@ class EventBridgePublisher:
 
     def publish(self, entries: Sequence[BusEntry]) -> list[Rejection]:
         rejected = [
-            Rejection(entry, f"entry is {entry.size} bytes, over the maximum of "
-                             f"{self._max_entry_bytes} (CDC_MAX_ENTRY_BYTES)")
-            for entry in entries if entry.size > self._max_entry_bytes
+            Rejection(
+                entry,
+                f"entry is {entry.size} bytes, over the maximum of "
+                f"{self._max_entry_bytes} (CDC_MAX_ENTRY_BYTES)",
+            )
+            for entry in entries
+            if entry.size > self._max_entry_bytes
         ]
         sendable = [entry for entry in entries if entry.size <= self._max_entry_bytes]
         calls = pack(sendable, self._max_entry_bytes)
@@ -246,8 +254,11 @@ class EventBridgePublisher:
         if len(entries) > 1:
             # A whole-call validation error does not say which entry is at fault. Sent alone,
             # each entry gets its own verdict, so only the bad one is rejected.
-            log.warning("PutEvents refused a call of %d entries with %s; sending them one by one",
-                        len(entries), code)
+            log.warning(
+                "PutEvents refused a call of %d entries with %s; sending them one by one",
+                len(entries),
+                code,
+            )
             return _Outcome(rejected=tuple(r for e in entries for r in self._deliver([e])))
         return _Outcome(rejected=(Rejection(entries[0], f"{code}: {message}"),))
 
@@ -288,7 +299,10 @@ class EventBridgePublisher:
         outcome: _Outcome = state.outcome.result()
         log.warning(
             "PutEvents failed with %s for %d entries; attempt %d, retrying in %.3fs",
-            outcome.code, len(outcome.retry), state.attempt_number, state.upcoming_sleep,
+            outcome.code,
+            len(outcome.retry),
+            state.attempt_number,
+            state.upcoming_sleep,
         )
 
 
@@ -302,7 +316,9 @@ def check_bus(event_bus_name: str) -> None:
     try:
         boto3.client("events").describe_event_bus(Name=event_bus_name)
     except NoRegionError:
-        raise ConfigError("AWS_DEFAULT_REGION", "set the AWS region of the bus, e.g. AWS_DEFAULT_REGION=eu-west-1") from None
+        raise ConfigError(
+            "AWS_DEFAULT_REGION", "set the AWS region of the bus, e.g. AWS_DEFAULT_REGION=eu-west-1"
+        ) from None
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
         if code == "ResourceNotFoundException":

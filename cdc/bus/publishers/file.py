@@ -27,16 +27,28 @@ class FilePublisher:
         for entry in entries:
             if entry.size > self.max_entry_bytes:
                 # The same limit as EventBridge, so what passes here passes there.
-                rejections.append(Rejection(entry, (
-                    f"entry is {entry.size} bytes, over the maximum of {self.max_entry_bytes} "
-                    "(CDC_MAX_ENTRY_BYTES)")))
+                rejections.append(
+                    Rejection(
+                        entry,
+                        (
+                            f"entry is {entry.size} bytes, over the maximum of "
+                            f"{self.max_entry_bytes} (CDC_MAX_ENTRY_BYTES)"
+                        ),
+                    )
+                )
                 continue
             lines.append(
-                '{"Source":' + json.dumps(entry.source)
-                + ',"DetailType":' + json.dumps(entry.detail_type)
-                + ',"Time":"' + iso_utc(entry.time)
-                + '","EventBusName":' + json.dumps(self.event_bus_name)
-                + ',"Detail":' + entry.detail + "}\n"
+                '{"Source":'
+                + json.dumps(entry.source)
+                + ',"DetailType":'
+                + json.dumps(entry.detail_type)
+                + ',"Time":"'
+                + iso_utc(entry.time)
+                + '","EventBusName":'
+                + json.dumps(self.event_bus_name)
+                + ',"Detail":'
+                + entry.detail
+                + "}\n"
             )
         if lines:
             self._file.write("".join(lines))

@@ -34,8 +34,12 @@ from cdc.core.state import StateTables
 
 log = logging.getLogger(__name__)
 STREAM = "changelog"
-_OPS: dict[str, Op] = {"insert": "insert", "update": "update", "delete": "delete",
-                       "truncate": "truncate"}
+_OPS: dict[str, Op] = {
+    "insert": "insert",
+    "update": "update",
+    "delete": "delete",
+    "truncate": "truncate",
+}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -62,8 +66,12 @@ class ChangeLogSource:
             self._delete = f"DELETE FROM {log_table} WHERE id = ANY(%s)"  # with dead letters
             # Reads and acknowledgements without dead letters: sent ahead (cdc.sources.readahead).
             # No startup options: a connection pooler may refuse them.
-            self._ahead = ReadAhead(conninfo_of(engine.url, "cdc", options=None), log_table,
-                                    tables.qualified(tables.checkpoints), STREAM)
+            self._ahead = ReadAhead(
+                conninfo_of(engine.url, "cdc", options=None),
+                log_table,
+                tables.qualified(tables.checkpoints),
+                STREAM,
+            )
 
     def table(self, name: str) -> TableInfo:
         return self.catalog.table(name)
@@ -119,8 +127,12 @@ class ChangeLogSource:
         if any(row[2] == WATERMARK_OP for row in rows):
             return self._with_marks(rows, limit)
         changes = [change(*row) for row in rows]
-        return Batch(changes, [row[0] for row in rows], changes[-1].position if changes else "",
-                     drained=len(rows) < limit)
+        return Batch(
+            changes,
+            [row[0] for row in rows],
+            changes[-1].position if changes else "",
+            drained=len(rows) < limit,
+        )
 
     def _with_marks(self, rows: list[Any], limit: int) -> Batch:
         """A batch holding backfill watermarks: they are acknowledged, never published."""
@@ -132,13 +144,27 @@ class ChangeLogSource:
                 marks.append(Mark(len(changes), token, f"{row[0]:020d}"))
             else:
                 changes.append(self._change(*row))
-        return Batch(changes, [row[0] for row in rows], changes[-1].position if changes else "",
-                     marks=marks, drained=len(rows) < limit)
+        return Batch(
+            changes,
+            [row[0] for row in rows],
+            changes[-1].position if changes else "",
+            marks=marks,
+            drained=len(rows) < limit,
+        )
 
-    def _change(self, log_id: int, table_name: str, op: str, before_text: str | None,
-                after_text: str | None, txid: int | None, origin: str | None,
-                captured_at: datetime | str, position: str | None = None,
-                identity: str | None = None) -> Change:
+    def _change(
+        self,
+        log_id: int,
+        table_name: str,
+        op: str,
+        before_text: str | None,
+        after_text: str | None,
+        txid: int | None,
+        origin: str | None,
+        captured_at: datetime | str,
+        position: str | None = None,
+        identity: str | None = None,
+    ) -> Change:
         info = self.catalog.table(table_name)
         parse = info.parse
         before = None if before_text is None else parse(before_text)
@@ -158,10 +184,16 @@ class ChangeLogSource:
             # Zero-padded, so positions sort as text in id order (per key, commit order).
             position = f"{log_id:020d}"
         return Change(
-            info.ref, _OPS[op],
+            info.ref,
+            _OPS[op],
             None if before is None else convert(before),
             None if after is None else convert(after),
-            position, txid, moment, origin or "legacy", (), identity,
+            position,
+            txid,
+            moment,
+            origin or "legacy",
+            (),
+            identity,
         )
 
     def ack(self, batch: Batch, rejections: Sequence[Rejection]) -> None:
@@ -186,8 +218,9 @@ class ChangeLogSource:
                     # and are published again with the same ids. It saves a flush per batch.
                     cursor.execute("SET LOCAL synchronous_commit = off")
                     cursor.execute(self._delete, (list(batch.ack_ids),))
-                checkpoints.store(connection, self.state, STREAM, batch.last_position,
-                                  len(batch.changes))
+                checkpoints.store(
+                    connection, self.state, STREAM, batch.last_position, len(batch.changes)
+                )
         except Exception:
             self._drop_connection()
             raise

@@ -278,8 +278,9 @@ class LogicalSource:
                     deadletters.store(connection, self.state, rejections)
                 else:
                     connection.exec_driver_sql("SET LOCAL synchronous_commit = off")
-                checkpoints.store(connection, self.state, STREAM, self._last_position,
-                                  self._unrecorded)
+                checkpoints.store(
+                    connection, self.state, STREAM, self._last_position, self._unrecorded
+                )
         except Exception:
             self._drop_state_connection()
             raise
@@ -414,14 +415,21 @@ class LogicalSource:
         elif isinstance(message, Truncate):
             assert txn is not None, "truncate outside a transaction"
             for oid in message.relation_oids:
-                changes.append(self._make(txn, self._relations[oid].ref, "truncate", None, None, ()))
+                changes.append(
+                    self._make(txn, self._relations[oid].ref, "truncate", None, None, ())
+                )
         elif isinstance(message, Message):
-            if message.transactional and message.prefix == ORIGIN_MESSAGE_PREFIX and txn is not None:
+            if (
+                message.transactional
+                and message.prefix == ORIGIN_MESSAGE_PREFIX
+                and txn is not None
+            ):
                 txn.origin = message.content.decode() or "legacy"
             elif message.transactional and message.prefix == WATERMARK_PREFIX and txn is not None:
                 # A backfill's chunk goes right here: positions <commit LSN>.<index>
-                self._marks.append(Mark(len(changes), message.content.decode(),
-                                        txn.position_prefix[:-1]))
+                self._marks.append(
+                    Mark(len(changes), message.content.decode(), txn.position_prefix[:-1])
+                )
             elif not message.transactional and txn is None:
                 self._safe_lsn = max(self._safe_lsn, message.lsn)
         elif isinstance(message, Origin) and txn is not None:
@@ -469,19 +477,41 @@ class LogicalSource:
             return None
         index = txn.index
         txn.index = index + 1
-        return Change(rel.ref, "insert" if data[0] == 0x49 else "update", None, after,
-                      f"{txn.position_prefix}{index:08d}", txn.xid, txn.committed_at,
-                      txn.origin, unchanged, f"{txn.identity_prefix}{index}")
+        return Change(
+            rel.ref,
+            "insert" if data[0] == 0x49 else "update",
+            None,
+            after,
+            f"{txn.position_prefix}{index:08d}",
+            txn.xid,
+            txn.committed_at,
+            txn.origin,
+            unchanged,
+            f"{txn.identity_prefix}{index}",
+        )
 
-    def _make(self, txn: _Transaction, ref: TableRef, op: Op, before: Row | None,
-              after: Row | None, unchanged: tuple[str, ...]) -> Change:
+    def _make(
+        self,
+        txn: _Transaction,
+        ref: TableRef,
+        op: Op,
+        before: Row | None,
+        after: Row | None,
+        unchanged: tuple[str, ...],
+    ) -> Change:
         index = txn.index
         txn.index += 1
         return Change(
-            table=ref, op=op, before=before, after=after,
+            table=ref,
+            op=op,
+            before=before,
+            after=after,
             position=f"{txn.position_prefix}{index:08d}",
-            txid=txn.xid, committed_at=txn.committed_at, origin=txn.origin,
-            unchanged=unchanged, identity=f"{txn.identity_prefix}{index}",
+            txid=txn.xid,
+            committed_at=txn.committed_at,
+            origin=txn.origin,
+            unchanged=unchanged,
+            identity=f"{txn.identity_prefix}{index}",
         )
 
     @staticmethod
@@ -505,7 +535,9 @@ class LogicalSource:
         row, _ = cls._row(rel, values)
         if key_only:
             # A 'K' tuple carries the replica identity columns; the others are absent, not NULL.
-            return {n: row.get(n) for n, is_key in zip(rel.names, rel.key_flags, strict=False) if is_key}
+            return {
+                n: row.get(n) for n, is_key in zip(rel.names, rel.key_flags, strict=False) if is_key
+            }
         return row
 
 
@@ -517,8 +549,11 @@ _NEW_TUPLE_ONLY = frozenset((b"I", b"U"))
 _u32 = struct.Struct("!I").unpack_from
 
 
-def _new_row(data: bytes, pos: int, columns: tuple[tuple[str, TextConvert], ...],
-             ) -> tuple[dict[str, Any], tuple[str, ...], int]:
+def _new_row(
+    data: bytes,
+    pos: int,
+    columns: tuple[tuple[str, TextConvert], ...],
+) -> tuple[dict[str, Any], tuple[str, ...], int]:
     """The TupleData at ``pos`` read straight into a row of converted values, with the names
     of unchanged TOASTed columns, and the offset after it: what ``decode`` and ``_row`` do
     together, in one pass. Text, null and unchanged columns only (binary: ``_NotFast``); the
@@ -552,17 +587,23 @@ def check_slot(engine: Engine, slot: str) -> int:
     """The slot's confirmed flush LSN, after checking that the slot can be streamed."""
     with engine.connect() as connection:
         row = connection.execute(
-            text("SELECT plugin, wal_status, "
-                 "pg_wal_lsn_diff(confirmed_flush_lsn, '0/0')::bigint AS confirmed "
-                 "FROM pg_replication_slots WHERE slot_name = :s"),
+            text(
+                "SELECT plugin, wal_status, "
+                "pg_wal_lsn_diff(confirmed_flush_lsn, '0/0')::bigint AS confirmed "
+                "FROM pg_replication_slots WHERE slot_name = :s"
+            ),
             {"s": slot},
         ).first()
     if row is None:
-        raise PermanentError(f"replication slot {slot!r} does not exist; run `cdc setup` "
-                             "(or name the DBA's slot in CDC_SLOT_NAME)")
+        raise PermanentError(
+            f"replication slot {slot!r} does not exist; run `cdc setup` "
+            "(or name the DBA's slot in CDC_SLOT_NAME)"
+        )
     if row.plugin != "pgoutput":
-        raise PermanentError(f"replication slot {slot!r} uses the {row.plugin!r} plugin; "
-                             "the logical mode needs a pgoutput slot")
+        raise PermanentError(
+            f"replication slot {slot!r} uses the {row.plugin!r} plugin; "
+            "the logical mode needs a pgoutput slot"
+        )
     if row.wal_status == "lost":
         raise PermanentError(slot_lost_message(slot))
     return int(row.confirmed or 0)
@@ -580,11 +621,15 @@ class SlotStatus:
 
 def slot_status(engine: Engine, slot: str) -> SlotStatus:
     with engine.connect() as connection:
-        row = connection.execute(text(
-            "SELECT wal_status, active, confirmed_flush_lsn::text AS flushed, "
-            "pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint AS lag, "
-            "pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint AS retained "
-            "FROM pg_replication_slots WHERE slot_name = :s"), {"s": slot}).first()
+        row = connection.execute(
+            text(
+                "SELECT wal_status, active, confirmed_flush_lsn::text AS flushed, "
+                "pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint AS lag, "
+                "pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint AS retained "
+                "FROM pg_replication_slots WHERE slot_name = :s"
+            ),
+            {"s": slot},
+        ).first()
     if row is None:
         return SlotStatus(False)
     return SlotStatus(True, row.wal_status, row.active, row.lag, row.flushed, row.retained)

@@ -61,13 +61,15 @@ class ReadAhead:
         self._conninfo = conninfo
         self._stream = stream.encode()
         self._first = f"SELECT {_COLUMNS} FROM {log_table} ORDER BY id LIMIT $1".encode()
-        self._ahead = (f"SELECT {_COLUMNS} FROM {log_table} WHERE id <> ALL($1::bigint[]) "
-                       "ORDER BY id LIMIT $2").encode()
+        self._ahead = (
+            f"SELECT {_COLUMNS} FROM {log_table} WHERE id <> ALL($1::bigint[]) ORDER BY id LIMIT $2"
+        ).encode()
         self._delete = (
             f"WITH gone AS (DELETE FROM {log_table} WHERE id = ANY($1::bigint[]) RETURNING 1) "
             f"INSERT INTO {checkpoint_table} AS c (stream, position, published, updated_at) "
             "SELECT $2, $3, $4, now() WHERE EXISTS (SELECT 1 FROM gone) "
-            "ON CONFLICT (stream) DO UPDATE SET position = greatest(c.position, excluded.position), "
+            "ON CONFLICT (stream) DO UPDATE SET "
+            "position = greatest(c.position, excluded.position), "
             "published = c.published + excluded.published, updated_at = excluded.updated_at"
         ).encode()
         self._connection: psycopg.Connection[Any] | None = None
@@ -118,8 +120,12 @@ class ReadAhead:
         """Start deleting a published batch, its checkpoint with it."""
         self.quiesce()
         with self._or_reset():
-            self._unconfirmed = (_int_array(ids), self._stream, position.encode(),
-                                 str(count).encode())
+            self._unconfirmed = (
+                _int_array(ids),
+                self._stream,
+                position.encode(),
+                str(count).encode(),
+            )
             self._send("delete", self._delete, self._unconfirmed)
 
     @contextlib.contextmanager
@@ -146,8 +152,11 @@ class ReadAhead:
         try:
             self.settle()
         except Exception as exc:
-            log.warning("the last batch's acknowledgement failed (%s); it will be published "
-                        "again, with the same ids", exc)
+            log.warning(
+                "the last batch's acknowledgement failed (%s); it will be published "
+                "again, with the same ids",
+                exc,
+            )
         self.reset()
 
     # -- the connection ------------------------------------------------------------------
@@ -181,10 +190,14 @@ class ReadAhead:
         while pg.get_result() is not None:  # the end of this statement's results
             pass
         self._in_flight = None
-        if result is None or result.status not in (pq.ExecStatus.TUPLES_OK,
-                                                     pq.ExecStatus.COMMAND_OK):
+        if result is None or result.status not in (
+            pq.ExecStatus.TUPLES_OK,
+            pq.ExecStatus.COMMAND_OK,
+        ):
             message = (result.error_message if result else b"no result").decode(errors="replace")
-            severity = result.error_field(pq.DiagnosticField.SEVERITY_NONLOCALIZED) if result else None
+            severity = (
+                result.error_field(pq.DiagnosticField.SEVERITY_NONLOCALIZED) if result else None
+            )
             if pg.status != pq.ConnStatus.OK or severity in (b"FATAL", b"PANIC"):
                 raise psycopg.OperationalError(f"change log {what}: {message.strip()}")
             raise psycopg.DatabaseError(f"change log {what}: {message.strip()}")
