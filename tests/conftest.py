@@ -59,13 +59,18 @@ def pg_url(postgres_server: URL) -> Iterator[URL]:
     finally:
         with admin.connect() as connection:
             # Replication slots block DROP DATABASE; their walsenders must go first.
-            connection.execute(text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d "
-                "AND pid <> pg_backend_pid()"), {"d": name})
+            connection.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d "
+                    "AND pid <> pg_backend_pid()"
+                ),
+                {"d": name},
+            )
             for _ in range(50):
-                slots = connection.execute(text(
-                    "SELECT slot_name, active FROM pg_replication_slots WHERE database = :d"),
-                    {"d": name}).all()
+                slots = connection.execute(
+                    text("SELECT slot_name, active FROM pg_replication_slots WHERE database = :d"),
+                    {"d": name},
+                ).all()
                 if not any(active for _, active in slots):
                     break
                 time.sleep(0.1)
@@ -90,13 +95,25 @@ def moto_endpoint() -> Iterator[str]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
-    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
-                                             "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_DEFAULT_REGION")}
-    os.environ.update({
-        "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    })
+    saved = {
+        k: os.environ.get(k)
+        for k in (
+            "AWS_ENDPOINT_URL",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_REGION",
+            "AWS_DEFAULT_REGION",
+        )
+    }
+    os.environ.update(
+        {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_REGION": "us-east-1",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+    )
     try:
         yield endpoint
     finally:
