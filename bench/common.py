@@ -7,11 +7,13 @@ small and shared, so absolute numbers drift from run to run while ratios hold.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import platform
+import secrets
 import statistics
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -66,11 +68,32 @@ def libpq(url: URL) -> str:
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
+def _host_tag() -> str:
+    """This machine's (process-id space's) part of a run id, as tests/databases.py makes it."""
+    try:
+        pid_namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        pid_namespace = ""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as file:
+            boot_id = file.read().strip()
+    except OSError:
+        boot_id = ""
+    key = "\n".join([platform.node(), boot_id, pid_namespace])
+    return hashlib.md5(key.encode(), usedforsecurity=False).hexdigest()[:8]
+
+
+# Scratch databases are named cdc_bench_<run id>_<random>, the run id naming this process, by
+# the rule in tests/databases.py: scripts/prepare-postgres --clean-stale drops them once this
+# process is gone (killed before it could), and never while it runs.
+RUN_ID = f"{_host_tag()}_{os.getpid()}_{secrets.token_hex(3)}"
+
+
 @contextmanager
 def scratch_database(prefix: str = "cdc_bench") -> Iterator[URL]:
     """A fresh database on the base server, dropped on the way out whatever happened."""
     server = base_url()
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    name = f"{prefix}_{RUN_ID}_{secrets.token_hex(4)}"
     with psycopg.connect(libpq(server), autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     try:

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import os
 import socket
-import time
-import uuid
 from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import NullPool
+
+from tests.databases import database_name, drop_databases, new_run_id, run_databases
 
 
 def _docker_answers() -> bool:
@@ -26,11 +26,38 @@ def _docker_answers() -> bool:
         return False
 
 
+# This session's run id (see tests/databases.py for the naming rule): every database the tests
+# create carries it. Made here, once per pytest process, never taken from the environment (a
+# pytest started by a test must not share its parent's id, whose databases it would drop at its
+# end); exported for subprocesses that want it.
+RUN_ID = new_run_id()
+os.environ["CDC_TEST_RUN_ID"] = RUN_ID
+
+# Servers this session created databases on and that outlive it (not a testcontainers one).
+_SERVERS: list[URL] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def drop_this_runs_databases() -> Iterator[None]:
+    """At the end of the session, drop whatever database of this run is left (a teardown that
+    failed), with its replication slots; only sessions on this run's databases are ended."""
+    yield
+    for server in _SERVERS:
+        admin = create_engine(server, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+        try:
+            with admin.connect() as connection:
+                drop_databases(connection, run_databases(connection, "test", RUN_ID))
+        finally:
+            admin.dispose()
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[URL]:
     configured = os.environ.get("CDC_TEST_DATABASE_URL")
     if configured:
-        yield make_url(configured).set(drivername="postgresql+psycopg")
+        server = make_url(configured).set(drivername="postgresql+psycopg")
+        _SERVERS.append(server)
+        yield server
         return
     if _docker_answers():
         from testcontainers.postgres import PostgresContainer
@@ -48,8 +75,8 @@ def postgres_server() -> Iterator[URL]:
 
 @pytest.fixture
 def pg_url(postgres_server: URL) -> Iterator[URL]:
-    """A fresh database for one test, dropped afterwards."""
-    name = f"cdc_test_{uuid.uuid4().hex[:12]}"
+    """A fresh database for one test, cdc_test_<run id>_<random>, dropped afterwards."""
+    name = database_name("test", RUN_ID)
     # NullPool: a fresh connection at teardown, even if the server restarted meanwhile
     admin = create_engine(postgres_server, isolation_level="AUTOCOMMIT", poolclass=NullPool)
     with admin.connect() as connection:
@@ -58,25 +85,7 @@ def pg_url(postgres_server: URL) -> Iterator[URL]:
         yield postgres_server.set(database=name)
     finally:
         with admin.connect() as connection:
-            # Replication slots block DROP DATABASE; their walsenders must go first.
-            connection.execute(
-                text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d "
-                    "AND pid <> pg_backend_pid()"
-                ),
-                {"d": name},
-            )
-            for _ in range(50):
-                slots = connection.execute(
-                    text("SELECT slot_name, active FROM pg_replication_slots WHERE database = :d"),
-                    {"d": name},
-                ).all()
-                if not any(active for _, active in slots):
-                    break
-                time.sleep(0.1)
-            for slot, _ in slots:
-                connection.execute(text("SELECT pg_drop_replication_slot(:s)"), {"s": slot})
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            drop_databases(connection, [name])
         admin.dispose()
 
 
