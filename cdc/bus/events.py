@@ -25,7 +25,7 @@ import orjson
 
 from cdc.core.tables import TableRef
 
-Op = Literal["insert", "update", "delete", "read", "truncate"]
+Op = Literal["insert", "update", "delete", "read", "truncate", "schema"]
 JsonValue = Any  # JSON-compatible value after conversion by ``cdc.values`` or ``cdc.pgtypes``
 Row = Mapping[str, JsonValue]
 
@@ -54,6 +54,10 @@ class Change(NamedTuple):
     # A stable identity of the change within its source (change-log id, LSN and index):
     # the event id derives from it, so a re-read change gets the same id.
     identity: str = ""
+    # The table's key columns and schema version in effect at this change (None: the
+    # renderer's caller looks the key up); a change without key columns has ``key: null``.
+    key_columns: tuple[str, ...] | None = None
+    schema_version: int = SCHEMA_VERSION
 
 
 class BusEntry(NamedTuple):
@@ -194,11 +198,21 @@ class EventRenderer:
         return out
 
     def render_into(self, out: list[BusEntry], change: Change, key_columns: Sequence[str]) -> None:
-        """Append the change's entries to ``out``: one, or two when an update changed the key."""
+        """Append the change's entries to ``out``: one, or two when an update changed the key.
+        ``key_columns`` serve a change that does not name its own."""
+        if change.key_columns is not None:
+            key_columns = change.key_columns
         before, after = change.before, change.after
         image = after if after is not None else before
-        key = None if image is None else _key(image, key_columns)
-        if before is not None and change.op == "update":
+        # A schema change, or a table without a key (REPLICA IDENTITY FULL): ``key`` is null.
+        key = None if image is None or not key_columns else _key(image, key_columns)
+        if before is not None and change.op == "update" and key is not None:
+            if change.unchanged:
+                # A key column the new tuple did not send (an unchanged TOASTed value) still
+                # holds the old value: the key moved only if a column that was sent differs.
+                key = {
+                    c: before.get(c) if c in change.unchanged else key.get(c) for c in key_columns
+                }
             old_key = _key(before, key_columns)
             if old_key != key:
                 # The two halves sort right after the change's own position, in this order.
@@ -236,7 +250,7 @@ class EventRenderer:
                 "committed_at": self._iso(change.committed_at),
                 "origin": change.origin,
                 "unchanged": change.unchanged,
-                "schema_version": SCHEMA_VERSION,
+                "schema_version": change.schema_version,
             },
             default=_json_default,
         )

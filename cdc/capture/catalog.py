@@ -12,7 +12,7 @@ from sqlalchemy import types as sqltypes
 
 from cdc.bus.events import json_object
 from cdc.capture.values import RowConvert, exact_in_doubles, row_converters
-from cdc.core.catalog import reflect
+from cdc.core.catalog import TableShape, reflect
 from cdc.core.tables import TableRef
 
 
@@ -27,6 +27,8 @@ class TableInfo:
     # ``convert`` without its check for columns the catalog does not know, for images whose
     # keys the caller checked (None: use ``convert``).
     convert_known: RowConvert | None = None
+    # The table's schema version (cdc.capture.history): 1 until its shape first changes.
+    version: int = 1
 
 
 def _fast_parse(text: str) -> dict[str, Any]:
@@ -40,15 +42,23 @@ def _fast_parse(text: str) -> dict[str, Any]:
 
 
 def read_table(engine: Engine, ref: TableRef) -> TableInfo:
-    shape = reflect(engine, ref)
+    return table_info(reflect(engine, ref), engine.dialect.name)
+
+
+def table_info(shape: TableShape, dialect: str, version: int = 1) -> TableInfo:
     types = shape.types
-    dialect = engine.dialect.name
     # orjson parses an image about four times faster than the json module, but into doubles:
     # taken only where every exact numeric column fits a double (see cdc.capture.values).
     fast = dialect == "postgresql" and exact_in_doubles(types)
     convert, convert_known = row_converters(types, dialect, numerics_as_doubles=fast)
     return TableInfo(
-        ref, types, shape.key, convert, _fast_parse if fast else json_object, convert_known
+        shape.ref,
+        types,
+        shape.key,
+        convert,
+        _fast_parse if fast else json_object,
+        convert_known,
+        version,
     )
 
 

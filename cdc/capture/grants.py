@@ -18,7 +18,7 @@ def capture_grants(settings: Settings, role: str) -> list[str]:
         f"GRANT SELECT, INSERT, UPDATE ON {schema}.checkpoints TO {capture};",
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.dead_letters TO {capture};",
         f"GRANT SELECT, INSERT, UPDATE ON {schema}.backfills TO {capture};",
-        f"GRANT SELECT ON {schema}.alembic_version TO {capture};",
+        f"GRANT SELECT ON {schema}.alembic_version, {schema}.table_schemas TO {capture};",
         f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema} TO {capture};",
         f"GRANT SELECT ON {tables} TO {capture};",
     ]

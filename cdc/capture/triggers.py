@@ -12,10 +12,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, exc, text
 
+from cdc.capture import history
 from cdc.capture.catalog import TableInfo
 from cdc.core.errors import SetupError
+from cdc.core.state import state_tables
 from cdc.core.tables import TableRef, quote_ident
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,50 @@ def install(engine: Engine, infos: Iterable[TableInfo], state_schema: str) -> No
                 _drop_postgres(connection, info.ref, state_schema)
                 _install_postgres(connection, info.ref, state_schema)
             log.info("capture triggers installed on %s", info.ref.qualified)
+        if engine.dialect.name != "postgresql" or not _install_ddl_trigger(
+            connection, state_schema
+        ):
+            return
+        # The shape now is where each table's history starts (or its next version, when the
+        # table changed while its DDL was not tracked).
+        state = state_tables(engine.dialect.name, state_schema)
+        position = history.latest_position(connection, state)
+        for info in infos:
+            shape = history.current_shape(connection, info.ref, state_schema)
+            history.record(connection, state, info.ref, shape, position)
+
+
+def ddl_trigger_name(state_schema: str) -> str:
+    return f"{state_schema}_capture_ddl"
+
+
+def _install_ddl_trigger(connection: Connection, state_schema: str) -> bool:
+    """The event trigger that records schema changes of captured tables at their position in
+    the change log; False (with a warning) when this role may not create it."""
+    name = ddl_trigger_name(state_schema)
+    exists = connection.execute(
+        text("SELECT 1 FROM pg_event_trigger WHERE evtname = :n"), {"n": name}
+    ).first()
+    if exists:
+        return True
+    statement = (
+        f"CREATE EVENT TRIGGER {quote_ident(name)} ON ddl_command_end "
+        f"WHEN TAG IN ('ALTER TABLE') EXECUTE FUNCTION {quote_ident(state_schema)}.capture_ddl()"
+    )
+    try:
+        with connection.begin_nested():
+            connection.execute(text(statement))
+    except exc.ProgrammingError as error:
+        if "permission denied" not in str(error) and "must be superuser" not in str(error):
+            raise
+        log.warning(
+            "schema changes of captured tables will not be followed at their position: only a "
+            "superuser may create the event trigger that records them. As a superuser, run: %s; "
+            "then `cdc setup` again",
+            statement,
+        )
+        return False
+    return True
 
 
 def drop(engine: Engine, tables: Iterable[TableRef], state_schema: str) -> None:

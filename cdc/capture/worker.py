@@ -172,7 +172,8 @@ class Worker:
                 # Written by sync back: publishing it would echo the new system's own event.
                 self.stats.skipped += 1
                 continue
-            if change.table != ref:  # runs of one table: its key is looked up once per run
+            if change.key_columns is None and change.table != ref:
+                # runs of one table: its key is looked up once per run
                 ref = change.table
                 key = table(ref.qualified).key
             render(out, change, key)

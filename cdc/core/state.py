@@ -36,6 +36,7 @@ class StateTables:
     conflicts: Table
     synced_rows: Table
     backfills: Table
+    table_schemas: Table
 
     def qualified(self, table: Table) -> str:
         """The SQL name, for DDL written by hand (triggers)."""
@@ -142,6 +143,15 @@ def state_tables(dialect: str, schema: str = "cdc") -> StateTables:
         Column("updated_at", moment, nullable=False),
         Column("finished_at", moment),
     )
+    table_schemas = Table(
+        f"{prefix}table_schemas",
+        metadata,
+        Column("table_name", Text, primary_key=True),
+        Column("version", Integer, primary_key=True),
+        Column("position", Text, nullable=False),
+        Column("shape", Text, nullable=False),
+        Column("recorded_at", moment, nullable=False),
+    )
     return StateTables(
         metadata,
         table_schema,
@@ -155,4 +165,5 @@ def state_tables(dialect: str, schema: str = "cdc") -> StateTables:
         conflicts,
         synced_rows,
         backfills,
+        table_schemas,
     )

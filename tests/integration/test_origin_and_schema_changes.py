@@ -89,6 +89,8 @@ def test_columns_added_and_dropped_while_running_show_in_the_next_events(pg_url:
     import json
 
     details = [json.loads(d) for d in recorder.details]
+    assert [d["schema_version"] for d in details if d["op"] == "schema"] == [2, 3]
+    details = [d for d in details if d["op"] != "schema"]
     assert details[0]["after"] == {"id": 1, "body": "a"}
     assert details[1]["after"] == {"id": 1, "body": "a", "amount": "2.500"}  # exact, by new type
     assert details[2]["after"] == {"id": 2, "amount": "1.000"}

@@ -27,6 +27,7 @@ from cdc.bus.events import Change, Op, parse_iso
 from cdc.bus.publishers import Rejection
 from cdc.capture import checkpoints, deadletters
 from cdc.capture.catalog import Catalog, TableInfo
+from cdc.capture.history import SchemaHistory, Version
 from cdc.capture.sources import WATERMARK_OP, Batch, Mark
 from cdc.capture.sources.readahead import ReadAhead
 from cdc.core.database import conninfo_of
@@ -40,6 +41,8 @@ _OPS: dict[str, Op] = {
     "delete": "delete",
     "truncate": "truncate",
 }
+SCHEMA_OP = "schema"  # a row the DDL event trigger wrote: the table's next schema version
+_SPECIAL_OPS = frozenset((WATERMARK_OP, SCHEMA_OP))
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -52,6 +55,10 @@ class ChangeLogSource:
         self.state = tables
         self.default_schema = default_schema
         self.catalog = Catalog(engine, default_schema)
+        self.history = SchemaHistory(engine, tables, default_schema)
+        # Per table, its newest version known: a change after its position takes it at once.
+        self._newest: dict[str, Version] = {}
+        self._warned: set[str] = set()
         self._connection: Connection | None = None
         self._sqlite = engine.dialect.name == "sqlite"
         self._ahead: ReadAhead | None = None
@@ -74,12 +81,37 @@ class ChangeLogSource:
             )
 
     def table(self, name: str) -> TableInfo:
-        return self.catalog.table(name)
+        """The table as it is now (its newest version)."""
+        versions = self.history.versions(name)
+        return versions[-1].info if versions else self.catalog.table(name)
 
-    def _refresh(self, name: str) -> TableInfo:
+    def _info_at(self, name: str, position: str) -> TableInfo:
+        """The table's version in effect at ``position`` (the catalog, for a table without a
+        schema history)."""
+        version = self.history.in_effect(name, position)
+        versions = self.history.versions(name)
+        if version is None:  # DDL not tracked: the catalog, read again when columns change
+            version = Version(1, "", {}, self.catalog.table(name))
+        self._newest[name] = versions[-1] if versions else version
+        return version.info
+
+    def _unknown_columns(self, name: str, info: TableInfo) -> TableInfo:
+        if self.history.versions(name):
+            # Tracked DDL, yet a column no version has: the event trigger was removed. The
+            # checked conversion keeps the row (unknown columns as plain JSON).
+            if name not in self._warned:
+                self._warned.add(name)
+                log.warning(
+                    "%s has columns its schema history lacks: is the DDL event trigger still "
+                    "installed? (run `cdc setup` again)",
+                    name,
+                )
+            return info
         log.info("columns of %s changed; reading its catalog again", name)
         self.catalog.forget(name)
-        return self.catalog.table(name)
+        info = self.catalog.table(name)
+        self._newest[name] = Version(1, "", {}, info)
+        return info
 
     def _connected(self) -> Connection:
         if self._connection is None or self._connection.closed or self._connection.invalidated:
@@ -124,7 +156,7 @@ class ChangeLogSource:
 
     def _batch(self, rows: list[Any], limit: int) -> Batch:
         change = self._change
-        if any(row[2] == WATERMARK_OP for row in rows):
+        if any(row[2] in _SPECIAL_OPS for row in rows):
             return self._with_marks(rows, limit)
         changes = [change(*row) for row in rows]
         return Batch(
@@ -135,13 +167,16 @@ class ChangeLogSource:
         )
 
     def _with_marks(self, rows: list[Any], limit: int) -> Batch:
-        """A batch holding backfill watermarks: they are acknowledged, never published."""
+        """A batch holding backfill watermarks (acknowledged, never published) or schema
+        changes (published as ``schema`` events, and taken as the table's new version)."""
         changes: list[Change] = []
         marks: list[Mark] = []
         for row in rows:
             if row[2] == WATERMARK_OP:
                 token = orjson.loads(row[4]).get("token", "") if row[4] else ""
                 marks.append(Mark(len(changes), token, f"{row[0]:020d}"))
+            elif row[2] == SCHEMA_OP:
+                changes.append(self._schema_change(*row))
             else:
                 changes.append(self._change(*row))
         return Batch(
@@ -165,7 +200,14 @@ class ChangeLogSource:
         position: str | None = None,
         identity: str | None = None,
     ) -> Change:
-        info = self.catalog.table(table_name)
+        moment = parse_iso(captured_at) if isinstance(captured_at, str) else captured_at
+        if identity is None or position is None:  # not made by the read (readahead makes both)
+            position, identity = _position_and_identity(log_id, txid, moment)
+        newest = self._newest.get(table_name)
+        if newest is not None and position > newest.position:
+            info = newest.info
+        else:
+            info = self._info_at(table_name, position)
         parse = info.parse
         before = None if before_text is None else parse(before_text)
         after = None if after_text is None else parse(after_text)
@@ -173,16 +215,8 @@ class ChangeLogSource:
         # Both images have the same columns (one row type): one check covers them.
         convert = info.convert_known or info.convert
         if image is not None and not image.keys() <= info.columns.keys():
-            info = self._refresh(table_name)
+            info = self._unknown_columns(table_name, info)
             convert = info.convert  # which checks: the column may be gone again
-        moment = parse_iso(captured_at) if isinstance(captured_at, str) else captured_at
-        if identity is None or position is None:  # not made by the read (readahead makes both)
-            # The change-log id alone could repeat if the state schema were rebuilt; the
-            # transaction id and capture time (in microseconds, whatever the session's TimeZone)
-            # make the identity unique for good.
-            identity = f"changelog:{log_id}:{txid}:{(moment - _EPOCH) // _MICROSECOND}"
-            # Zero-padded, so positions sort as text in id order (per key, commit order).
-            position = f"{log_id:020d}"
         return Change(
             info.ref,
             _OPS[op],
@@ -194,6 +228,42 @@ class ChangeLogSource:
             origin or "legacy",
             (),
             identity,
+            info.key,
+            info.version,
+        )
+
+    def _schema_change(
+        self,
+        log_id: int,
+        table_name: str,
+        _op: str,
+        before_text: str | None,
+        after_text: str | None,
+        txid: int | None,
+        origin: str | None,
+        captured_at: datetime | str,
+        position: str | None = None,
+        identity: str | None = None,
+    ) -> Change:
+        moment = parse_iso(captured_at) if isinstance(captured_at, str) else captured_at
+        if identity is None or position is None:
+            position, identity = _position_and_identity(log_id, txid, moment)
+        described = orjson.loads(after_text or "{}")
+        version = self.history.add(table_name, described["version"], position, described["shape"])
+        self._newest[table_name] = self.history.versions(table_name)[-1]
+        return Change(
+            version.info.ref,
+            "schema",
+            None if before_text is None else orjson.loads(before_text),
+            version.shape,
+            position,
+            txid,
+            moment,
+            origin or "legacy",
+            (),
+            identity,
+            (),
+            version.number,
         )
 
     def ack(self, batch: Batch, rejections: Sequence[Rejection]) -> None:
@@ -240,3 +310,14 @@ class ChangeLogSource:
             self._ahead.close()
         self._drop_connection()
         self.engine.dispose()
+
+
+def _position_and_identity(log_id: int, txid: int | None, moment: datetime) -> tuple[str, str]:
+    """What the read-ahead query makes on the server, made here (SQLite, dead-letter path).
+    Zero-padded, positions sort as text in id order (per key, commit order). The change-log id
+    alone could repeat if the state schema were rebuilt; the transaction id and capture time
+    (in microseconds, whatever the session's TimeZone) make the identity unique for good."""
+    return (
+        f"{log_id:020d}",
+        f"changelog:{log_id}:{txid}:{(moment - _EPOCH) // _MICROSECOND}",
+    )

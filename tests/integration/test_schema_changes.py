@@ -1,0 +1,174 @@
+"""Schema changes of a captured table while changes of the old shape still wait in the stream:
+every change is converted by the shape its table had when the change was written, and each new
+shape is published once as a ``schema`` event that bumps the table's ``schema_version``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, text
+from sqlalchemy.engine import URL
+
+from cdc.bus.publishers.file import NullPublisher
+from cdc.capture.worker import Worker
+from cdc.core.settings import Settings
+from tests.integration.helpers import changelog_source, prepared, settings_for
+
+pytestmark = pytest.mark.integration
+
+
+class Recorder(NullPublisher):
+    def __init__(self) -> None:
+        super().__init__()
+        self.details: list[dict[str, Any]] = []
+
+    def publish(self, entries):  # type: ignore[no-untyped-def]
+        self.details.extend(json.loads(e.detail) for e in entries)
+        return super().publish(entries)
+
+
+def drained(settings: Settings, engine: Engine) -> list[dict[str, Any]]:
+    recorder = Recorder()
+    worker = Worker(settings, changelog_source(settings, engine), recorder)
+    while worker.step():
+        pass
+    worker.source.close()
+    return recorder.details
+
+
+# (column type before, value before, DDL, value after, what the events must hold)
+CASES = {
+    "add": (
+        "text",
+        "'a'",
+        "ALTER TABLE prices ADD COLUMN extra numeric(10,2)",
+        "UPDATE prices SET extra = 1.5",
+        ("extra", "1.50"),
+    ),
+    "drop": (
+        "text",
+        "'a'",
+        "ALTER TABLE prices DROP COLUMN note",
+        "UPDATE prices SET amount = 'b'",
+        ("note", None),
+    ),
+    "rename": (
+        "text",
+        "'a'",
+        "ALTER TABLE prices RENAME COLUMN note TO remark",
+        "UPDATE prices SET amount = 'b'",
+        ("remark", "n"),
+    ),
+    "widen numeric": (
+        "numeric(10,2)",
+        "1.25",
+        "ALTER TABLE prices ALTER COLUMN amount TYPE numeric(30,10)",
+        "UPDATE prices SET amount = 12345678901234567890.1234567891",
+        ("amount", "12345678901234567890.1234567891"),
+    ),
+    "change scale": (
+        "numeric(10,2)",
+        "1.25",
+        "ALTER TABLE prices ALTER COLUMN amount TYPE numeric(10,4)",
+        "UPDATE prices SET amount = 2.5",
+        ("amount", "2.5000"),
+    ),
+    "int to numeric": (
+        "integer",
+        "2",
+        "ALTER TABLE prices ALTER COLUMN amount TYPE numeric(12,4)",
+        "UPDATE prices SET amount = 2.5",
+        ("amount", "2.5000"),
+    ),
+    "text to timestamptz": (
+        "text",
+        "'2026-01-01 10:00:00+02'",
+        "ALTER TABLE prices ALTER COLUMN amount TYPE timestamptz USING amount::timestamptz",
+        "UPDATE prices SET amount = '2026-06-01 12:00:00+02'",
+        ("amount", "2026-06-01T10:00:00.000000Z"),
+    ),
+    "text to jsonb": (
+        "text",
+        """'{"a": 1}'""",
+        "ALTER TABLE prices ALTER COLUMN amount TYPE jsonb USING amount::jsonb",
+        """UPDATE prices SET amount = '{"b": [1, 2.5]}'""",
+        ("amount", {"b": [1, 2.5]}),
+    ),
+}
+# What the change written before the DDL must show, read after it (the old type's conversion)
+BEFORE = {
+    "text": ("amount", None),
+    "numeric(10,2)": ("amount", "1.25"),
+    "integer": ("amount", 2),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_schema_change_is_followed_at_its_position(pg_url: URL, case: str) -> None:
+    column_type, first, ddl, write, (column, expected) = CASES[case]
+    settings = settings_for(pg_url, "prices")
+    engine = prepared(
+        settings,
+        f"CREATE TABLE prices (id int PRIMARY KEY, amount {column_type}, note text);"
+        f"INSERT INTO prices VALUES (1, {first}, 'n')",
+    )
+    # Given a change of the old shape still waiting, then the DDL, then a change of the new one
+    with engine.begin() as connection:
+        connection.execute(text(f"UPDATE prices SET amount = {first}, note = 'n'"))
+        connection.execute(text(ddl))
+        connection.execute(text(write))
+    # When the worker reads them all after the DDL
+    details = [d for d in drained(settings, engine) if d["op"] != "insert"]
+    old, schema, new = details
+    # Then the old change keeps the old conversion, version 1
+    assert old["op"] == "update" and old["schema_version"] == 1
+    if column_type != "text":
+        assert old["after"]["amount"] == BEFORE[column_type][1]
+    else:
+        assert isinstance(old["after"]["amount"], str)
+    # and the schema change comes between, with the new shape
+    assert schema["op"] == "schema" and schema["schema_version"] == 2
+    assert schema["key"] is None and schema["table"] == "public.prices"
+    names = [c["name"] for c in schema["after"]["columns"]]
+    assert schema["after"]["key"] == ["id"]
+    assert [c["name"] for c in schema["before"]["columns"]] == ["id", "amount", "note"]
+    # and the first change after it has the new name and the exact value under the contract
+    assert new["schema_version"] == 2
+    if expected is None:
+        assert column not in new["after"] and column not in names
+    else:
+        assert new["after"][column] == expected and column in names
+    assert old["position"] < schema["position"] < new["position"]
+
+
+def test_the_schema_event_has_its_detail_type_and_names_the_types(pg_url: URL) -> None:
+    settings = settings_for(pg_url, "prices")
+    engine = prepared(settings, "CREATE TABLE prices (id int PRIMARY KEY, amount numeric(10,2))")
+    with engine.begin() as connection:
+        connection.execute(text("ALTER TABLE prices ALTER COLUMN amount TYPE numeric(30,10)"))
+        connection.execute(text("ALTER TABLE prices ADD COLUMN seen timestamptz NOT NULL"))
+    recorder = Recorder()
+    worker = Worker(settings, changelog_source(settings, engine), recorder)
+    entries = worker.entries(worker.source.read(10).changes)
+    assert [e.detail_type for e in entries] == ["public.prices.schema"] * 2
+    last = json.loads(entries[-1].detail)
+    assert last["schema_version"] == 3
+    assert last["after"]["columns"] == [
+        {"name": "id", "type": "integer", "nullable": False},
+        {"name": "amount", "type": "numeric(30,10)", "nullable": True},
+        {"name": "seen", "type": "timestamp with time zone", "nullable": False},
+    ]
+    worker.source.close()
+
+
+def test_a_ddl_that_changes_no_column_publishes_nothing(pg_url: URL) -> None:
+    settings = settings_for(pg_url, "prices")
+    engine = prepared(settings, "CREATE TABLE prices (id int PRIMARY KEY, amount int)")
+    with engine.begin() as connection:
+        connection.execute(text("ALTER TABLE prices ALTER COLUMN amount SET DEFAULT 3"))
+        connection.execute(text("CREATE INDEX ON prices (amount)"))
+        connection.execute(text("INSERT INTO prices (id) VALUES (1)"))
+    [event] = drained(settings, engine)
+    assert event["op"] == "insert" and event["schema_version"] == 1
