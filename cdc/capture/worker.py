@@ -127,6 +127,8 @@ class Worker:
             return False
         try:
             rejections = self.publisher.publish(entries) if entries else []
+            if batch.unrenderable:
+                rejections = rejections + self._unrenderable(batch)
         except Interrupted:
             log.warning(
                 "stop requested while the bus was failing; %d changes stay unacknowledged "
@@ -155,6 +157,16 @@ class Worker:
                 self.stats.last_committed_at, batch.changes[-1].committed_at.timestamp()
             )
         return True
+
+    def _unrenderable(self, batch: Batch) -> list[Rejection]:
+        """The changes the source could not convert, as dead letters (raw images, ``key``
+        null), so that the stream goes on past them."""
+        out: list[Rejection] = []
+        for item in batch.unrenderable:
+            entries: list[BusEntry] = []
+            self.renderer.render_into(entries, item.change, ())
+            out.extend(Rejection(entry, item.reason) for entry in entries)
+        return out
 
     def _ack(self, batch: Batch, rejections: Sequence[Rejection]) -> bool:
         self.source.ack(batch, rejections)

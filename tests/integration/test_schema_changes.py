@@ -172,3 +172,63 @@ def test_a_ddl_that_changes_no_column_publishes_nothing(pg_url: URL) -> None:
         connection.execute(text("INSERT INTO prices (id) VALUES (1)"))
     [event] = drained(settings, engine)
     assert event["op"] == "insert" and event["schema_version"] == 1
+
+
+def test_a_dropped_table_s_waiting_changes_still_go_out_and_the_rest_flows(pg_url: URL) -> None:
+    settings = settings_for(pg_url, "gone,kept")
+    engine = prepared(
+        settings,
+        "CREATE TABLE gone (id int PRIMARY KEY, amount numeric(10,2));"
+        "CREATE TABLE kept (id int PRIMARY KEY)",
+    )
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO gone VALUES (1, 2.5)"))
+        connection.execute(text("DROP TABLE gone"))
+        connection.execute(text("INSERT INTO kept VALUES (1), (2)"))
+    details = drained(settings, engine)
+    assert [(d["table"], d["key"]) for d in details] == [
+        ("public.gone", {"id": 1}),
+        ("public.kept", {"id": 1}),
+        ("public.kept", {"id": 2}),
+    ]
+    assert details[0]["after"] == {"id": 1, "amount": "2.50"}  # by its recorded shape
+
+
+def test_a_change_that_cannot_be_converted_is_a_dead_letter_and_the_rest_flows(
+    pg_url: URL,
+) -> None:
+    from cdc.capture import deadletters
+    from cdc.core.state import state_tables
+
+    settings = settings_for(pg_url, "gone,kept")
+    engine = prepared(
+        settings,
+        "CREATE TABLE gone (id int PRIMARY KEY); CREATE TABLE kept (id int PRIMARY KEY, b bytea)",
+    )
+    with engine.begin() as connection:
+        # Given a table whose DDL is not tracked (setup without a superuser: no history)
+        connection.execute(text("DELETE FROM cdc.table_schemas WHERE table_name = 'public.gone'"))
+        connection.execute(text("INSERT INTO gone VALUES (1)"))
+        connection.execute(text("DROP TABLE gone"))
+        connection.execute(text("INSERT INTO kept VALUES (1)"))
+        # and a row image whose bytea value is not hex
+        connection.execute(
+            text(
+                "INSERT INTO cdc.changelog (table_name, op, after) "
+                """VALUES ('public.kept', 'insert', '{"id": 3, "b": "\\\\xZZ"}')"""
+            )
+        )
+        connection.execute(text("INSERT INTO kept VALUES (2)"))
+    # When the worker drains the change log
+    details = drained(settings, engine)
+    # Then the rest flows, and both bad changes are dead letters naming their position
+    assert [(d["table"], d["key"]) for d in details] == [
+        ("public.kept", {"id": 1}),
+        ("public.kept", {"id": 2}),
+    ]
+    letters = deadletters.listing(engine, state_tables("postgresql", "cdc"))
+    assert [letter.table for letter in letters] == ["public.gone", "public.kept"]
+    assert "public.gone does not exist" in letters[0].reason
+    assert all("at position 000000" in letter.reason for letter in letters)
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM cdc.changelog")).scalar() == 0

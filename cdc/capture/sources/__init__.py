@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from cdc.bus.events import Change
 from cdc.bus.publishers import Rejection
@@ -42,6 +42,14 @@ class Batch:
     marks: Sequence[Mark] = ()
     # change log: fewer rows than asked, so every row visible at the read is in this batch
     drained: bool = False
+    # changes the source could not convert (their table gone, a value it cannot read): their
+    # raw images go to the dead letters with the reason when the batch is acknowledged
+    unrenderable: Sequence[Unrenderable] = ()
+
+
+class Unrenderable(NamedTuple):
+    change: Change  # the images as stored, unconverted
+    reason: str
 
 
 class Source(Protocol):

@@ -23,15 +23,17 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Engine, func, select
 
-from cdc.bus.events import Change, Op, parse_iso
+from cdc.bus.events import Change, Op, json_object, parse_iso
 from cdc.bus.publishers import Rejection
 from cdc.capture import checkpoints, deadletters
 from cdc.capture.catalog import Catalog, TableInfo
 from cdc.capture.history import SchemaHistory, Version
-from cdc.capture.sources import WATERMARK_OP, Batch, Mark
+from cdc.capture.sources import WATERMARK_OP, Batch, Mark, Unrenderable
 from cdc.capture.sources.readahead import ReadAhead
 from cdc.core.database import conninfo_of
+from cdc.core.errors import SetupError
 from cdc.core.state import StateTables
+from cdc.core.tables import TableRef
 
 log = logging.getLogger(__name__)
 STREAM = "changelog"
@@ -44,6 +46,9 @@ _OPS: dict[str, Op] = {
 SCHEMA_OP = "schema"  # a row the DDL event trigger wrote: the table's next schema version
 _SPECIAL_OPS = frozenset((WATERMARK_OP, SCHEMA_OP))
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# What makes a change unrenderable (set aside as a dead letter) rather than an error to retry:
+# its table is gone from the database and from the history, or a value does not convert.
+UNRENDERABLE = (SetupError, ValueError, TypeError, KeyError, ArithmeticError)
 _MICROSECOND = timedelta(microseconds=1)
 
 
@@ -158,7 +163,10 @@ class ChangeLogSource:
         change = self._change
         if any(row[2] in _SPECIAL_OPS for row in rows):
             return self._with_marks(rows, limit)
-        changes = [change(*row) for row in rows]
+        try:
+            changes = [change(*row) for row in rows]
+        except UNRENDERABLE:
+            return self._with_marks(rows, limit)  # one by one, to set the bad ones aside
         return Batch(
             changes,
             [row[0] for row in rows],
@@ -171,21 +179,51 @@ class ChangeLogSource:
         changes (published as ``schema`` events, and taken as the table's new version)."""
         changes: list[Change] = []
         marks: list[Mark] = []
+        unrenderable: list[Unrenderable] = []
         for row in rows:
-            if row[2] == WATERMARK_OP:
-                token = orjson.loads(row[4]).get("token", "") if row[4] else ""
-                marks.append(Mark(len(changes), token, f"{row[0]:020d}"))
-            elif row[2] == SCHEMA_OP:
-                changes.append(self._schema_change(*row))
-            else:
-                changes.append(self._change(*row))
+            try:
+                if row[2] == WATERMARK_OP:
+                    token = orjson.loads(row[4]).get("token", "") if row[4] else ""
+                    marks.append(Mark(len(changes), token, f"{row[0]:020d}"))
+                elif row[2] == SCHEMA_OP:
+                    changes.append(self._schema_change(*row))
+                else:
+                    changes.append(self._change(*row))
+            except UNRENDERABLE as error:
+                unrenderable.append(self._unrenderable(row, error))
+        positions = [c.position for c in changes] + [u.change.position for u in unrenderable]
         return Batch(
             changes,
             [row[0] for row in rows],
-            changes[-1].position if changes else "",
+            max(positions, default=""),
             marks=marks,
             drained=len(rows) < limit,
+            unrenderable=unrenderable,
         )
+
+    def _unrenderable(self, row: Any, error: BaseException) -> Unrenderable:
+        """A change-log row the worker cannot convert, as stored (JSON parsed exactly, or the
+        text itself), for the dead letters."""
+        log_id, table_name, op, before_text, after_text, txid, origin, captured_at = row[:8]
+        moment = parse_iso(captured_at) if isinstance(captured_at, str) else captured_at
+        position, identity = _position_and_identity(log_id, txid, moment)
+        ref = TableRef.parse(table_name, self.default_schema)
+        reason = f"cannot convert the change at position {position} of {ref.qualified}: {error}"
+        log.error("dead letter: %s", reason)
+        change = Change(
+            ref,
+            _OPS.get(op, "update"),
+            _raw_image(before_text),
+            _raw_image(after_text),
+            position,
+            txid,
+            moment,
+            origin or "legacy",
+            (),
+            identity,
+            (),
+        )
+        return Unrenderable(change, reason)
 
     def _change(
         self,
@@ -310,6 +348,15 @@ class ChangeLogSource:
             self._ahead.close()
         self._drop_connection()
         self.engine.dispose()
+
+
+def _raw_image(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        return json_object(text)
+    except ValueError:
+        return {"_raw": text}
 
 
 def _position_and_identity(log_id: int, txid: int | None, moment: datetime) -> tuple[str, str]:
