@@ -144,13 +144,21 @@ def _sqlite_trigger_name(ref: TableRef, op: str) -> str:
     return f"cdc_capture_{op}_{ref.name}"
 
 
-def sqlite_image(columns: Iterable[str], row: str) -> str:
+def sqlite_image(columns: Iterable[str], row: str, table: str | None = None) -> str:
+    """A JSON object of the row's columns. With ``table``, each key is the column's name read
+    from the catalog by its position when the trigger runs, so a ``RENAME COLUMN`` (which
+    SQLite applies to the trigger's ``NEW.x`` too) is followed by the key at once."""
     # json_object refuses BLOB values, so a blob travels as ["<hex>"] (cdc.values unwraps it).
     parts = []
-    for column in columns:
+    for cid, column in enumerate(columns):
         value = f"{row}.{quote_ident(column)}"
+        key = (
+            _literal(column)
+            if table is None
+            else f"(SELECT name FROM pragma_table_info({_literal(table)}) WHERE cid = {cid})"
+        )
         parts.append(
-            f"{_literal(column)}, CASE WHEN typeof({value}) = 'blob' "
+            f"{key}, CASE WHEN typeof({value}) = 'blob' "
             f"THEN json_array(hex({value})) ELSE {value} END"
         )
     return "json_object(" + ", ".join(parts) + ")"
@@ -158,10 +166,14 @@ def sqlite_image(columns: Iterable[str], row: str) -> str:
 
 def _install_sqlite(connection: Connection, info: TableInfo) -> None:
     ref = info.ref
+    name = ref.name
     images = {
-        "insert": ("NULL", sqlite_image(info.columns, "NEW")),
-        "update": (sqlite_image(info.columns, "OLD"), sqlite_image(info.columns, "NEW")),
-        "delete": (sqlite_image(info.columns, "OLD"), "NULL"),
+        "insert": ("NULL", sqlite_image(info.columns, "NEW", name)),
+        "update": (
+            sqlite_image(info.columns, "OLD", name),
+            sqlite_image(info.columns, "NEW", name),
+        ),
+        "delete": (sqlite_image(info.columns, "OLD", name), "NULL"),
     }
     for op in _SQLITE_OPS:
         before, after = images[op]

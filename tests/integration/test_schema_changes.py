@@ -5,6 +5,7 @@ shape is published once as a ``schema`` event that bumps the table's ``schema_ve
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -232,3 +233,20 @@ def test_a_change_that_cannot_be_converted_is_a_dead_letter_and_the_rest_flows(
     assert all("at position 000000" in letter.reason for letter in letters)
     with engine.connect() as connection:
         assert connection.execute(text("SELECT count(*) FROM cdc.changelog")).scalar() == 0
+
+
+def test_sqlite_a_renamed_column_shows_its_new_name_in_the_next_event(tmp_path: Path) -> None:
+    from cdc.core.settings import load_settings
+
+    settings = load_settings(
+        {"CDC_DATABASE_URL": f"sqlite:///{tmp_path / 'legacy.db'}", "CDC_TABLES": "notes"}
+    )
+    engine = prepared(settings, "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO notes VALUES (1, 'a')"))
+        # the legacy application renames a column while capture is installed
+        connection.execute(text("ALTER TABLE notes RENAME COLUMN body TO text"))
+        connection.execute(text("UPDATE notes SET text = 'b'"))
+    first, second = drained(settings, engine)
+    assert first["after"] == {"id": 1, "body": "a"}
+    assert second["before"] == {"id": 1, "text": "a"} and second["after"] == {"id": 1, "text": "b"}
