@@ -250,3 +250,108 @@ def test_sqlite_a_renamed_column_shows_its_new_name_in_the_next_event(tmp_path: 
     first, second = drained(settings, engine)
     assert first["after"] == {"id": 1, "body": "a"}
     assert second["before"] == {"id": 1, "text": "a"} and second["after"] == {"id": 1, "text": "b"}
+
+
+def _replayed(details: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """The table a consumer keeps by applying every event in position order."""
+    rows: dict[int, dict[str, Any]] = {}
+    for event in sorted(details, key=lambda d: d["position"]):
+        if event["op"] in ("insert", "update", "read"):
+            rows[event["key"]["id"]] = event["after"]
+        elif event["op"] == "delete":
+            rows.pop(event["key"]["id"], None)
+    return rows
+
+
+def _same(value: Any, other: Any) -> bool:
+    from decimal import Decimal
+
+    if value is None or other is None:
+        return value is other
+    return Decimal(str(value)) == Decimal(str(other))
+
+
+def test_replaying_every_event_gives_the_table_despite_concurrent_ddl(pg_url: URL) -> None:
+    import random
+    import threading
+    import time
+
+    from tests.integration.helpers import raw_engine
+
+    settings = settings_for(pg_url, "items")
+    engine = prepared(settings, "CREATE TABLE items (id int PRIMARY KEY, a int NOT NULL)")
+    writers = raw_engine(pg_url)
+    stop = threading.Event()
+    ddl = [
+        "ALTER TABLE items ADD COLUMN c numeric(10,2)",
+        "ALTER TABLE items ALTER COLUMN a TYPE bigint",
+        "ALTER TABLE items ALTER COLUMN c TYPE numeric(20,4)",
+        "ALTER TABLE items ALTER COLUMN a TYPE numeric(14,3)",
+        "ALTER TABLE items ADD COLUMN d numeric(8,1)",
+    ]
+
+    def write(seed: int) -> None:
+        rng = random.Random(seed)
+        while not stop.is_set():
+            key = rng.randrange(50)
+            with writers.begin() as connection:
+                choice = rng.random()
+                if choice < 0.5:
+                    connection.execute(
+                        text(
+                            "INSERT INTO items (id, a) VALUES (:k, :v) "
+                            "ON CONFLICT (id) DO UPDATE SET a = items.a + 1"
+                        ),
+                        {"k": key, "v": rng.randrange(1000)},
+                    )
+                elif choice < 0.9:
+                    connection.execute(text("UPDATE items SET a = a + 1 WHERE id = :k"), {"k": key})
+                else:
+                    connection.execute(text("DELETE FROM items WHERE id = :k"), {"k": key})
+
+    def alter() -> None:
+        for statement in ddl:
+            time.sleep(0.3)
+            with writers.begin() as connection:
+                connection.execute(text(statement))
+
+    recorder = Recorder()
+    worker = Worker(settings, changelog_source(settings, engine), recorder)
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(3)]
+    # Given writers and DDL running while the worker captures
+    for thread in threads:
+        thread.start()
+    alterer = threading.Thread(target=alter)
+    alterer.start()
+    try:
+        deadline = time.monotonic() + 10
+        while alterer.is_alive() and time.monotonic() < deadline:
+            worker.step()
+    finally:
+        stop.set()
+        for thread in [*threads, alterer]:
+            thread.join()
+    while worker.step():
+        pass
+    worker.source.close()
+    # Then every schema change was published once, in order
+    details = recorder.details
+    assert [d["schema_version"] for d in details if d["op"] == "schema"] == [2, 3, 4, 5, 6]
+    # and replaying the row events by position gives the table as it is
+    with engine.connect() as connection:
+        table = {r.id: r._asdict() for r in connection.execute(text("SELECT * FROM items"))}
+    replayed = _replayed(details)
+    assert replayed.keys() == table.keys() and table
+    for key, row in table.items():
+        for column, value in row.items():
+            assert _same(replayed[key].get(column), value), (key, column, replayed[key], row)
+    # and a's values are exact strings with three decimals once its type is numeric(14,3)
+    numeric_era = [
+        d for d in details if d["op"] in ("insert", "update") and d["schema_version"] >= 5
+    ]
+    assert numeric_era and all(d["after"]["a"].endswith(".000") for d in numeric_era)
+    assert all(
+        isinstance(d["after"]["a"], int)
+        for d in details
+        if d["schema_version"] < 5 and d["op"] in ("insert", "update")
+    )
