@@ -35,7 +35,7 @@ from cdc.core.errors import ConfigError
 
 JsonSchema = dict[str, Any]
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
-OPS: tuple[Op, ...] = ("insert", "update", "delete", "read", "truncate")
+OPS: tuple[Op, ...] = ("insert", "update", "delete", "read", "truncate", "schema")
 # Each error message is cut to this length: a message quotes the offending value, which may be
 # a whole row image.
 MAX_ERROR_CHARS = 400
@@ -184,7 +184,34 @@ def _op_rules(op: Op) -> dict[str, JsonSchema]:
         }
     if op == "delete":  # logical mode: only the key columns without REPLICA IDENTITY FULL
         return {"key": {"$ref": "#/$defs/key"}, "before": row, "after": null}
+    if op == "schema":  # the table's shape before (null: not recorded) and after a DDL
+        shape: JsonSchema = {"$ref": "#/$defs/shape"}
+        return {"key": null, "before": {"anyOf": [shape, {"type": "null"}]}, "after": shape}
     return {"key": null, "before": null, "after": null}  # truncate
+
+
+# A ``schema`` event's before and after: the table's columns in order, and its key.
+_SHAPE: JsonSchema = {
+    "type": "object",
+    "required": ["columns", "key"],
+    "properties": {
+        "columns": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "type", "nullable"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "type": {"type": "string"},
+                    "nullable": {"type": "boolean"},
+                },
+                "additionalProperties": False,
+            },
+        },
+        "key": {"type": "array", "items": {"type": "string"}},
+    },
+    "additionalProperties": False,
+}
 
 
 def detail_schema(
@@ -211,7 +238,7 @@ def detail_schema(
             "items": {"enum": [c.name for c in shape.columns]},
             "uniqueItems": True,
         },
-        "schema_version": {"const": SCHEMA_VERSION},
+        "schema_version": {"type": "integer", "minimum": SCHEMA_VERSION},
     }
     schema: JsonSchema = {
         "$schema": DRAFT,
@@ -240,6 +267,7 @@ def detail_schema(
         ]
     schema["$defs"] = {
         "row": row,
+        "shape": _SHAPE,
         "key": {
             "type": "object",
             "properties": key_properties,

@@ -178,6 +178,16 @@ def row(**overrides: Any) -> dict[str, Any]:
     return convert(image)
 
 
+SHAPE_BEFORE = {"columns": [{"name": "id", "type": "integer", "nullable": False}], "key": ["id"]}
+SHAPE_AFTER = {
+    "columns": [
+        {"name": "id", "type": "integer", "nullable": False},
+        {"name": "total", "type": "numeric(10,2)", "nullable": False},
+    ],
+    "key": ["id"],
+}
+
+
 def rendered(
     op: str,
     before: dict[str, Any] | None,
@@ -194,6 +204,8 @@ def rendered(
         MOMENT,  # type: ignore[arg-type]
         unchanged=unchanged,
         identity="changelog:42",
+        # a schema change names no key columns (the source sets them per change)
+        key_columns=() if op == "schema" else None,
     )
     return [(e.detail_type, json.loads(e.detail)) for e in RENDERER.entries(change, ["id"])]
 
@@ -209,6 +221,7 @@ def rendered(
         "key_change",
         "toast",
         "truncate",
+        "schema",
     ],
 )
 def test_every_detail_the_capture_renders_is_valid(case: str) -> None:
@@ -223,6 +236,7 @@ def test_every_detail_the_capture_renders_is_valid(case: str) -> None:
             "update", None, {k: v for k, v in row().items() if k != "note"}, unchanged=("note",)
         ),
         "truncate": lambda: rendered("truncate", None, None),
+        "schema": lambda: rendered("schema", SHAPE_BEFORE, SHAPE_AFTER),
     }[case]()
     for detail_type, detail in events:
         assert REGISTRY.errors(detail_type, detail) == [], detail_type
@@ -263,7 +277,7 @@ def test_schema_files_are_written_once_and_loaded_by_detail_type(tmp_path: Path)
     written = write_schemas(tmp_path, schemas)
     assert sorted(p.name for p, _ in written) == [
         f"public.orders.{op}.json"
-        for op in sorted(["insert", "update", "delete", "read", "truncate"])
+        for op in sorted(["insert", "update", "delete", "read", "truncate", "schema"])
     ]
     # An edited file is kept by a second run, replaced with --force
     edited = tmp_path / "public.orders.insert.json"
@@ -279,7 +293,7 @@ def test_schema_files_are_written_once_and_loaded_by_detail_type(tmp_path: Path)
         )
     )
     registry = SchemaRegistry.load(tmp_path)
-    assert "OrderPlaced" in registry and "public.orders.insert" in registry and len(registry) == 6
+    assert "OrderPlaced" in registry and "public.orders.insert" in registry and len(registry) == 7
     assert registry.errors("OrderPlaced", {"id": "x"}) == ["detail: 'order' is a required property"]
 
 
