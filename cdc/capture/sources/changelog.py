@@ -27,7 +27,7 @@ from cdc.bus.events import Change, Op, parse_iso
 from cdc.bus.publishers import Rejection
 from cdc.capture import checkpoints, deadletters
 from cdc.capture.catalog import Catalog, TableInfo
-from cdc.capture.sources import WATERMARK_OP, Batch, Mark
+from cdc.capture.sources import WATERMARK_OP, Backlog, Batch, Mark
 from cdc.capture.sources.readahead import ReadAhead
 from cdc.core.database import conninfo_of
 from cdc.core.state import StateTables
@@ -225,7 +225,7 @@ class ChangeLogSource:
             self._drop_connection()
             raise
 
-    def pending(self) -> tuple[int, datetime | None]:
+    def backlog(self) -> Backlog:
         table = self.state.changelog
         with self.engine.connect() as connection:
             count, oldest = connection.execute(
@@ -233,7 +233,7 @@ class ChangeLogSource:
             ).one()
         if isinstance(oldest, str):
             oldest = parse_iso(oldest)
-        return int(count), oldest
+        return Backlog(pending=int(count), oldest=oldest)
 
     def close(self) -> None:
         if self._ahead is not None:
