@@ -12,18 +12,13 @@ import logging
 import time
 from collections.abc import Iterator
 from http.server import ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from cdc.capture.sources.changelog import ChangeLogSource
-from cdc.capture.sources.logical import LogicalSource, slot_status
 from cdc.capture.worker import Worker
 from cdc.core.health import serve_endpoints
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 
@@ -103,34 +98,31 @@ class WorkerCollector(Collector):
     def _backlog(self) -> Iterator[Any]:
         """What waits in the source, read from the database at scrape time (skipped, with a
         debug line, when the database does not answer: /readyz tells that story)."""
-        source = self.worker.source
         try:
-            if isinstance(source, ChangeLogSource):
-                count, _ = source.pending()
-                pending = GaugeMetricFamily(
-                    "cdc_pending_changes", "change-log rows not yet published"
-                )
-                pending.add_metric([], count)
-                yield pending
-            elif isinstance(source, LogicalSource):
-                status = slot_status(source.engine, source.slot)
-                retained = GaugeMetricFamily(
-                    "cdc_slot_retained_wal_bytes",
-                    "WAL the replication slot holds back (current LSN minus its restart LSN)",
-                    labels=["slot"],
-                )
-                retained.add_metric([source.slot], status.retained_bytes or 0)
-                yield retained
-                behind = GaugeMetricFamily(
-                    "cdc_slot_lag_bytes",
-                    "WAL not yet confirmed as published (current LSN "
-                    "minus the slot's confirmed flush LSN)",
-                    labels=["slot"],
-                )
-                behind.add_metric([source.slot], status.lag_bytes or 0)
-                yield behind
+            backlog = self.worker.source.backlog()
         except Exception as exc:
             log.debug("backlog metrics skipped: %s", exc)
+            return
+        if backlog.pending is not None:
+            pending = GaugeMetricFamily("cdc_pending_changes", "change-log rows not yet published")
+            pending.add_metric([], backlog.pending)
+            yield pending
+        if backlog.slot is not None:
+            retained = GaugeMetricFamily(
+                "cdc_slot_retained_wal_bytes",
+                "WAL the replication slot holds back (current LSN minus its restart LSN)",
+                labels=["slot"],
+            )
+            retained.add_metric([backlog.slot], backlog.retained_bytes)
+            yield retained
+            behind = GaugeMetricFamily(
+                "cdc_slot_lag_bytes",
+                "WAL not yet confirmed as published (current LSN "
+                "minus the slot's confirmed flush LSN)",
+                labels=["slot"],
+            )
+            behind.add_metric([backlog.slot], backlog.unconfirmed_bytes)
+            yield behind
 
 
 def serve(worker: Worker, port: int, ready_within: float = 30.0) -> ThreadingHTTPServer:

@@ -1,19 +1,23 @@
-"""``cdc setup`` in ``logical`` mode: the publication of the tracked tables and the slot.
+"""The ``logical`` mode's publication and replication slot: everything that asks
+``pg_replication_slots``.
 
-Uses the ones a DBA created when they exist (names from settings), creates them otherwise, and
-says what is missing with the SQL that fixes it: wal_level, the REPLICATION privilege, a
-replica identity for a table without a primary key.
+``cdc setup`` uses the ones a DBA created when they exist (names from settings), creates them
+otherwise, and says what is missing with the SQL that fixes it: wal_level, the REPLICATION
+privilege, a replica identity for a table without a primary key. The source checks the slot
+before it streams (``check_slot``); ``cdc status`` and the metrics read what WAL it holds
+(``slot_status``).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, text
 
 from cdc.capture.catalog import TableInfo
-from cdc.core.errors import SetupError
+from cdc.core.errors import PermanentError, SetupError
 from cdc.core.tables import quote_ident
 
 log = logging.getLogger(__name__)
@@ -110,3 +114,64 @@ def drop(engine: Engine, slot: str, publication: str) -> None:
         connection.execute(text(f"DROP PUBLICATION IF EXISTS {quote_ident(publication)}"))
         connection.commit()
     log.info("replication slot %s and publication %s removed", slot, publication)
+
+
+def slot_lost_message(slot: str) -> str:
+    return (
+        f"replication slot {slot!r} was invalidated by PostgreSQL (wal_status = lost): WAL it "
+        "still needed was removed (max_slot_wal_keep_size), so changes were lost before they "
+        "could be read. Recreate the slot with `cdc setup --drop` and `cdc setup`, then "
+        "backfill the tracked tables to repair the gap."
+    )
+
+
+def check_slot(engine: Engine, slot: str) -> int:
+    """The slot's confirmed flush LSN, after checking that the slot can be streamed."""
+    with engine.connect() as connection:
+        row = connection.execute(
+            text(
+                "SELECT plugin, wal_status, "
+                "pg_wal_lsn_diff(confirmed_flush_lsn, '0/0')::bigint AS confirmed "
+                "FROM pg_replication_slots WHERE slot_name = :s"
+            ),
+            {"s": slot},
+        ).first()
+    if row is None:
+        raise PermanentError(
+            f"replication slot {slot!r} does not exist; run `cdc setup` "
+            "(or name the DBA's slot in CDC_SLOT_NAME)"
+        )
+    if row.plugin != "pgoutput":
+        raise PermanentError(
+            f"replication slot {slot!r} uses the {row.plugin!r} plugin; "
+            "the logical mode needs a pgoutput slot"
+        )
+    if row.wal_status == "lost":
+        raise PermanentError(slot_lost_message(slot))
+    return int(row.confirmed or 0)
+
+
+@dataclass(frozen=True)
+class SlotStatus:
+    exists: bool
+    wal_status: str | None = None
+    active: bool = False
+    lag_bytes: int | None = None
+    confirmed_flush_lsn: str | None = None
+    retained_bytes: int | None = None  # WAL kept for the slot: current LSN - restart LSN
+
+
+def slot_status(engine: Engine, slot: str) -> SlotStatus:
+    with engine.connect() as connection:
+        row = connection.execute(
+            text(
+                "SELECT wal_status, active, confirmed_flush_lsn::text AS flushed, "
+                "pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint AS lag, "
+                "pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint AS retained "
+                "FROM pg_replication_slots WHERE slot_name = :s"
+            ),
+            {"s": slot},
+        ).first()
+    if row is None:
+        return SlotStatus(False)
+    return SlotStatus(True, row.wal_status, row.active, row.lag, row.flushed, row.retained)

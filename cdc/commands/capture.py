@@ -201,9 +201,7 @@ def cmd_status(settings: Settings, _args: argparse.Namespace) -> int:
     names = ", ".join(t.qualified for t in settings.table_refs)
     print(f"capture:         {settings.capture} ({names})")
     if settings.capture == "logical":
-        from cdc.capture.sources.logical import slot_status
-
-        slot = slot_status(engine, settings.slot_name)
+        slot = slots.slot_status(engine, settings.slot_name)
         if not slot.exists:
             print(f"slot:            {settings.slot_name} does not exist (run `cdc setup`)")
         else:
@@ -217,9 +215,10 @@ def cmd_status(settings: Settings, _args: argparse.Namespace) -> int:
                 f"{lag:.1f}s since the last acknowledgement"
             )
     else:
-        pending, oldest = ChangeLogSource(engine, tables, settings.default_schema).pending()
+        backlog = ChangeLogSource(engine, tables, settings.default_schema).backlog()
+        oldest = backlog.oldest
         lag = (datetime.now(UTC) - oldest).total_seconds() if oldest else 0.0
-        print(f"pending changes: {pending}")
+        print(f"pending changes: {backlog.pending}")
         print(f"lag:             {lag:.1f}s (oldest unpublished change)")
     if row:
         print(

@@ -191,7 +191,8 @@ def _run_validator(settings: Settings, engine: Engine, tables: Any) -> int:
 
 
 def cmd_topology_render(settings: Settings, args: argparse.Namespace) -> int:
-    from cdc.topology.aws import render, topology_from_settings
+    from cdc.topology.model import topology_from_settings
+    from cdc.topology.template import render
 
     text = render(topology_from_settings(settings))
     if args.output:
@@ -204,7 +205,8 @@ def cmd_topology_render(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_topology_apply(settings: Settings, _args: argparse.Namespace) -> int:
-    from cdc.topology.aws import apply, topology_from_settings
+    from cdc.topology.apply import apply
+    from cdc.topology.model import topology_from_settings
 
     result = apply(topology_from_settings(settings))
     print(f"account {result.account}, region {result.region}")

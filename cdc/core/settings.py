@@ -79,7 +79,7 @@ class Settings(BaseSettings):
     sync_back: dict[str, Any] = Field(default_factory=dict)
     # validation (cdc/validator.py): the queue a central-bus rule feeds, the JSON Schemas by
     # DetailType, the central bus valid events are republished to; the topology of accounts
-    # (TOML only: [topology], see cdc/topology.py)
+    # (TOML only: [topology], see cdc/topology/model.py)
     validate_queue_url: str | None = None
     validate_wait_seconds: int = Field(5, ge=0, le=20)
     validate_visibility_timeout: int = Field(60, ge=1, le=43_200)

@@ -21,7 +21,8 @@ from cdc.bus.publishers.eventbridge import EventBridgePublisher
 from cdc.capture.worker import Worker
 from cdc.commands.validation import cmd_schemas_generate
 from cdc.core.settings import Settings
-from cdc.topology.aws import Applied, apply, topology_from_settings
+from cdc.topology.apply import Applied, apply
+from cdc.topology.model import topology_from_settings
 from cdc.validate import state as validation_state
 from cdc.validate.schemas import SchemaRegistry
 from cdc.validate.validator import Validator, resend_in_doubt

@@ -1,21 +1,33 @@
-"""The logical source's handling of XLogData frames, with no server: its one-pass path for
-Inserts and Updates must give exactly what the general decoder gives, and leave to it every
-message it does not fully understand."""
+"""The logical source's transaction assembly, with no server: its one-pass path for Inserts
+and Updates (cdc.capture.pgoutput_rows) must give exactly what the general decoder gives, and
+leave to it every message it does not fully understand; the safe LSN moves only where the
+source may confirm it."""
 
 from __future__ import annotations
 
 import base64
 import random
 import struct
+from types import SimpleNamespace
 
 import pytest
-from sqlalchemy import create_engine
 
 from cdc.bus.events import Change
 from cdc.capture.pgoutput import UNCHANGED, DecodeError, decode
-from cdc.capture.sources.logical import LogicalSource
-from cdc.core.state import state_tables
-from tests.unit.test_pgoutput import begin, commit, delete, insert, relation, tuple_data, update
+from cdc.capture.pgoutput_rows import read_new_row
+from cdc.capture.sources.logical.assembly import TransactionAssembler
+from cdc.capture.sources.logical.stream import XLOG_HEADER, keepalive
+from tests.unit.test_pgoutput import (
+    END_LSN,
+    begin,
+    commit,
+    delete,
+    insert,
+    message,
+    relation,
+    tuple_data,
+    update,
+)
 
 OID = 16384
 COLUMNS = [
@@ -26,36 +38,31 @@ COLUMNS = [
     (0, "updated_at", 1184, -1),
     (0, "active", 16, -1),
 ]
-_HEADER = b"w" + struct.pack("!QQq", 1, 2, 3)
 
 
-def frame(payload: bytes) -> memoryview:
-    return memoryview(_HEADER + payload)
-
-
-def source() -> LogicalSource:
-    src = LogicalSource(
-        create_engine("sqlite://"), state_tables("sqlite"), "", "slot", "pub", "public"
-    )
+def assembler() -> TransactionAssembler:
+    forgotten: list[str] = []
+    assembly = TransactionAssembler(forgotten.append)
     changes: list[Change] = []
-    src._on_frame(frame(relation(OID, "public", "accounts", b"d", COLUMNS)), changes)
-    src._on_frame(frame(begin()), changes)
+    assembly.on_data(relation(OID, "public", "accounts", b"d", COLUMNS), changes)
+    assert forgotten == ["public.accounts"]  # the catalog is read again after a Relation
+    assembly.on_data(begin(), changes)
     assert changes == []
-    return src
+    return assembly
 
 
 def through_frames(*payloads: bytes) -> list[Change]:
-    src, changes = source(), []
+    assembly, changes = assembler(), []
     for payload in payloads:
-        src._on_frame(frame(payload), changes)
+        assembly.on_data(payload, changes)
     return changes
 
 
 def through_decoder(*payloads: bytes) -> list[Change]:
     """The general path alone: decode() then the message handler."""
-    src, changes = source(), []
+    assembly, changes = assembler(), []
     for payload in payloads:
-        src._on_message(decode(payload), changes)
+        assembly.on_message(decode(payload), changes)
     return changes
 
 
@@ -96,6 +103,28 @@ def test_an_unchanged_toasted_column_is_named_not_published_as_null() -> None:
 )
 def test_every_row_message_gives_what_the_general_decoder_gives(payload: bytes) -> None:
     assert through_frames(payload) == through_decoder(payload)
+
+
+def test_the_one_pass_reader_takes_inserts_and_updates_without_an_old_tuple_only() -> None:
+    shapes = {OID: SimpleNamespace(columns=tuple((c[1], str) for c in COLUMNS))}
+    taken = read_new_row(update(OID, tuple_data("7", "Ada", UNCHANGED, None, "x", "t")), shapes)
+    assert taken is not None
+    assert taken[1:] == (
+        "update",
+        {"id": "7", "name": "Ada", "balance": None, "updated_at": "x", "active": "t"},
+        ("note",),
+    )
+    assert read_new_row(insert(OID, tuple_data(*ROW)), shapes) is not None
+    for other in (
+        update(OID, tuple_data(*ROW), old=tuple_data(*ROW), kind=b"O"),
+        insert(OID, tuple_data("7", "Ada", b"\x00", "1", "x", "t")),
+        insert(OID + 1, tuple_data(*ROW)),
+        delete(OID, tuple_data("7", None, None, None, None, None)),
+        insert(OID, tuple_data(*ROW))[:-1],
+        b"I",
+        begin(),
+    ):
+        assert read_new_row(other, shapes) is None
 
 
 def test_a_binary_value_is_left_to_the_general_path() -> None:
@@ -154,3 +183,50 @@ def test_random_tuples_agree_with_the_general_decoder() -> None:
         values[5] = rng.choice([None, "t", "f"])
         payload = (insert if rng.random() < 0.5 else update)(OID, tuple_data(*values))
         assert through_frames(payload) == through_decoder(payload)
+
+
+def test_the_safe_lsn_moves_at_a_commit_and_between_transactions_only() -> None:
+    assembly, changes = TransactionAssembler(lambda _: None), []
+    assembly.restart(100)
+    assembly.on_data(relation(OID, "public", "accounts", b"d", COLUMNS), changes)
+    assembly.on_data(begin(), changes)
+    assembly.on_keepalive(END_LSN + 10)  # inside a transaction: not all of it is here yet
+    assembly.on_data(message(False, "cdc.heartbeat", b"x", lsn=END_LSN + 20), changes)
+    assembly.on_data(insert(OID, tuple_data(*ROW)), changes)
+    assert assembly.safe_lsn == 100
+    assembly.on_data(commit(), changes)
+    assert assembly.safe_lsn == END_LSN
+    assembly.on_keepalive(END_LSN + 30)
+    assert assembly.safe_lsn == END_LSN + 30
+    assembly.on_data(message(False, "cdc.heartbeat", b"x", lsn=END_LSN + 40), changes)
+    assert assembly.safe_lsn == END_LSN + 40
+    assembly.on_keepalive(END_LSN + 35)  # never backwards
+    assert assembly.safe_lsn == END_LSN + 40 and len(changes) == 1
+
+
+def test_a_restart_forgets_relations_and_the_open_transaction() -> None:
+    assembly, changes = assembler(), []
+    assembly.restart(42)
+    assert assembly.safe_lsn == 42
+    with pytest.raises(AssertionError, match="outside a transaction"):
+        assembly.on_data(delete(OID, tuple_data("7", None, None, None, None, None)), changes)
+    assembly.on_data(begin(), changes)
+    with pytest.raises(KeyError):
+        assembly.on_data(insert(OID, tuple_data(*ROW)), changes)
+
+
+def test_a_watermark_marks_its_place_in_the_read() -> None:
+    assembly = assembler()
+    changes: list[Change] = []
+    assembly.on_data(insert(OID, tuple_data(*ROW)), changes)
+    assembly.on_data(message(True, "cdc.watermark", b"token-1"), changes)
+    assembly.on_data(insert(OID, tuple_data(*ROW)), changes)
+    [mark] = assembly.marks
+    assert (mark.index, mark.token) == (1, "token-1")
+    assert changes[1].position.startswith(mark.position + ".")
+
+
+def test_a_keepalive_frame_gives_its_wal_end_and_reply_flag() -> None:
+    frame = memoryview(b"k" + struct.pack("!QqB", 0x16B374D848, 5, 1))
+    assert keepalive(frame) == (0x16B374D848, True)
+    assert XLOG_HEADER == 25  # 'w', WAL start, WAL end, send time

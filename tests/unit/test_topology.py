@@ -11,7 +11,8 @@ import yaml
 
 from cdc.core.errors import ConfigError
 from cdc.core.settings import load_settings
-from cdc.topology.aws import Topology, render, template, topology_from_settings
+from cdc.topology.model import Topology, topology_from_settings
+from cdc.topology.template import render, template
 
 CONFIG = """
 database_url = "postgresql://capture@legacy-db/shop"
@@ -226,6 +227,18 @@ def test_no_yaml_aliases_in_the_template(tmp_path: Path) -> None:
     text = render(topology(tmp_path))
     assert "&id" not in text and "*id" not in text
     assert template(topology(tmp_path)) == yaml.safe_load(text)
+
+
+GOLDEN = Path(__file__).parent / "data" / "topology"
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in GOLDEN.glob("*.toml")))
+def test_the_rendered_template_is_unchanged(name: str) -> None:
+    # The rendered YAML is checked in so that any change to a template is a reviewed diff:
+    # CDC_CONFIG=tests/unit/data/topology/NAME.toml cdc topology render -o .../NAME.yaml
+    settings = load_settings({"CDC_CONFIG": str(GOLDEN / f"{name}.toml")})
+    expected = (GOLDEN / f"{name}.yaml").read_text(encoding="utf-8")
+    assert render(topology_from_settings(settings)) == expected
 
 
 def test_the_commands_are_wired_into_cdc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,7 +11,8 @@ from sqlalchemy.exc import OperationalError
 from cdc.bus.events import BusEntry, Change
 from cdc.bus.publishers import Rejection
 from cdc.capture.catalog import TableInfo
-from cdc.capture.sources import Batch
+from cdc.capture.health import WorkerCollector
+from cdc.capture.sources import Backlog, Batch
 from cdc.capture.values import row_converter
 from cdc.capture.worker import Worker, failpoint_hook
 from cdc.core.errors import Interrupted
@@ -49,6 +50,7 @@ class FakeSource:
         self.fail_reads = fail_reads
         self.acked: list[tuple[list[str], list[str]]] = []
         self.events: list[str] = []
+        self.waiting = Backlog()
 
     def read(self, limit: int) -> Batch:
         if self.fail_reads:
@@ -66,6 +68,9 @@ class FakeSource:
 
     def table(self, name: str) -> TableInfo:
         return INFO
+
+    def backlog(self) -> Backlog:
+        return self.waiting
 
     def close(self) -> None:
         pass
@@ -154,3 +159,22 @@ def test_failpoint_spec_is_checked() -> None:
     assert failpoint_hook(None) is None
     with pytest.raises(ValueError, match="unknown failpoint"):
         failpoint_hook("explode")
+
+
+def backlog_samples(waiting: Backlog) -> dict[str, list[tuple[dict[str, str], float]]]:
+    source = FakeSource([])
+    source.waiting = waiting
+    collector = WorkerCollector(Worker(SETTINGS, source, FakePublisher(source)))
+    return {
+        f.name: [(s.labels, s.value) for s in f.samples]
+        for f in collector.collect()
+        if f.name.startswith(("cdc_pending", "cdc_slot"))
+    }
+
+
+def test_backlog_metrics_are_what_the_source_says_waits_in_it() -> None:
+    assert backlog_samples(Backlog(pending=3)) == {"cdc_pending_changes": [({}, 3)]}
+    assert backlog_samples(Backlog(slot="s1", retained_bytes=70, unconfirmed_bytes=20)) == {
+        "cdc_slot_retained_wal_bytes": [({"slot": "s1"}, 70)],
+        "cdc_slot_lag_bytes": [({"slot": "s1"}, 20)],
+    }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import NamedTuple, Protocol
 
 from cdc.bus.events import Change
@@ -52,6 +53,18 @@ class Unrenderable(NamedTuple):
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """What waits in a source to be published, read from the database when asked (metrics,
+    ``cdc status``): rows for a change log, WAL for a replication slot."""
+
+    pending: int | None = None  # change log: rows not yet published (None: not a change log)
+    oldest: datetime | None = None  # change log: when the oldest of them was captured
+    slot: str | None = None  # the replication slot holding the WAL below (None: no slot)
+    retained_bytes: int = 0  # WAL the slot holds back: current LSN - restart LSN
+    unconfirmed_bytes: int = 0  # WAL not yet confirmed: current LSN - confirmed flush LSN
+
+
 class Source(Protocol):
     # True when ``read`` itself waits (up to the poll interval) for changes to arrive, as a
     # stream does; the worker then reads again at once instead of sleeping between batches.
@@ -62,5 +75,8 @@ class Source(Protocol):
     def ack(self, batch: Batch, rejections: Sequence[Rejection]) -> None: ...
 
     def table(self, name: str) -> TableInfo: ...
+
+    # Reads the database: for metrics and ``cdc status``, never the worker's loop.
+    def backlog(self) -> Backlog: ...
 
     def close(self) -> None: ...

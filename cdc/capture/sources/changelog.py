@@ -28,7 +28,7 @@ from cdc.bus.publishers import Rejection
 from cdc.capture import checkpoints, deadletters
 from cdc.capture.catalog import Catalog, TableInfo
 from cdc.capture.history import SchemaHistory, Version
-from cdc.capture.sources import WATERMARK_OP, Batch, Mark, Unrenderable
+from cdc.capture.sources import WATERMARK_OP, Backlog, Batch, Mark, Unrenderable
 from cdc.capture.sources.readahead import ReadAhead
 from cdc.core.database import conninfo_of
 from cdc.core.errors import SetupError
@@ -333,7 +333,7 @@ class ChangeLogSource:
             self._drop_connection()
             raise
 
-    def pending(self) -> tuple[int, datetime | None]:
+    def backlog(self) -> Backlog:
         table = self.state.changelog
         with self.engine.connect() as connection:
             count, oldest = connection.execute(
@@ -341,7 +341,7 @@ class ChangeLogSource:
             ).one()
         if isinstance(oldest, str):
             oldest = parse_iso(oldest)
-        return int(count), oldest
+        return Backlog(pending=int(count), oldest=oldest)
 
     def close(self) -> None:
         if self._ahead is not None:

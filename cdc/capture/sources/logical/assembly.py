@@ -1,0 +1,228 @@
+"""Transaction assembly: pgoutput messages, in stream order, into Changes.
+
+Keeps what a message needs from those before it: each relation's shape (names, converters,
+key columns), the transaction being read (commit LSN, xid, commit time, origin, the index of
+its next change) and the safe LSN, the highest position that may be confirmed to PostgreSQL
+once every change read so far is acknowledged: the end of the last transaction read, or a
+keepalive's WAL end or a non-transactional message met between transactions (nothing of a
+transaction is ever confirmed before its commit, so a crash re-streams it whole, with the same
+event ids: commit LSN and index). No I/O: the source hands it the XLogData payloads.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from cdc.bus.events import Change, Op, Row
+from cdc.capture.pgoutput import (
+    UNCHANGED,
+    Begin,
+    Commit,
+    Delete,
+    Insert,
+    Message,
+    Origin,
+    PgOutputMessage,
+    Relation,
+    Truncate,
+    TupleData,
+    Update,
+    decode,
+)
+from cdc.capture.pgoutput_rows import read_new_row
+from cdc.capture.pgtypes import TextConvert, text_converter
+from cdc.capture.sources import WATERMARK_PREFIX, Mark
+from cdc.core.origin import ORIGIN_MESSAGE_PREFIX
+from cdc.core.tables import TableRef
+
+
+@dataclass
+class _Relation:
+    ref: TableRef
+    names: tuple[str, ...]
+    converters: tuple[TextConvert, ...]
+    key_flags: tuple[bool, ...]
+    columns: tuple[tuple[str, TextConvert], ...] = ()  # (name, converter): for read_new_row
+
+    def __post_init__(self) -> None:
+        self.columns = tuple(zip(self.names, self.converters, strict=True))
+
+
+@dataclass
+class _Transaction:
+    commit_lsn: int
+    xid: int
+    committed_at: datetime
+    origin: str = "legacy"
+    index: int = 0
+    position_prefix: str = ""
+    identity_prefix: str = ""
+
+    def __post_init__(self) -> None:
+        self.position_prefix = f"{self.commit_lsn:016X}."
+        self.identity_prefix = f"logical:{self.commit_lsn}:"
+
+
+@dataclass
+class TransactionAssembler:
+    # Called with a table's qualified name when its Relation message comes: PostgreSQL sends
+    # one after every schema change, so the catalog is read again.
+    forget: Callable[[str], None]
+    safe_lsn: int = 0
+    marks: list[Mark] = field(default_factory=list)  # backfill watermarks, by the caller's read
+    _relations: dict[int, _Relation] = field(default_factory=dict)
+    _txn: _Transaction | None = None
+
+    def restart(self, confirmed_lsn: int) -> None:
+        """A new stream from the slot's confirmed position: PostgreSQL sends the Relation
+        messages again, and what was read but not acknowledged comes again, so nothing beyond
+        ``confirmed_lsn`` counts as safe."""
+        self._relations.clear()
+        self._txn = None
+        self.safe_lsn = confirmed_lsn
+
+    def abandon(self) -> None:
+        """The stream broke: the transaction being read comes again, whole."""
+        self._txn = None
+
+    def on_data(self, data: bytes, changes: list[Change]) -> None:
+        """One XLogData payload: its changes are appended to ``changes``."""
+        txn = self._txn
+        if txn is not None:
+            new = read_new_row(data, self._relations)
+            if new is not None:
+                rel, op, after, unchanged = new
+                index = txn.index
+                txn.index = index + 1
+                changes.append(
+                    Change(
+                        rel.ref,
+                        op,
+                        None,
+                        after,
+                        f"{txn.position_prefix}{index:08d}",
+                        txn.xid,
+                        txn.committed_at,
+                        txn.origin,
+                        unchanged,
+                        f"{txn.identity_prefix}{index}",
+                    )
+                )
+                return
+        self.on_message(decode(data), changes)
+
+    def on_keepalive(self, wal_end: int) -> None:
+        if self._txn is None:
+            # Between transactions, everything before the WAL end has been received.
+            self.safe_lsn = max(self.safe_lsn, wal_end)
+
+    def on_message(self, message: PgOutputMessage, changes: list[Change]) -> None:
+        txn = self._txn
+        if isinstance(message, Insert | Update | Delete):
+            assert txn is not None, "row change outside a transaction"
+            changes.append(self._change(txn, message))
+        elif isinstance(message, Begin):
+            self._txn = _Transaction(message.final_lsn, message.xid, message.commit_time)
+        elif isinstance(message, Commit):
+            self._txn = None
+            self.safe_lsn = max(self.safe_lsn, message.end_lsn)
+        elif isinstance(message, Relation):
+            self._relations[message.oid] = self._relation(message)
+        elif isinstance(message, Truncate):
+            assert txn is not None, "truncate outside a transaction"
+            for oid in message.relation_oids:
+                changes.append(_make(txn, self._relations[oid].ref, "truncate", None, None, ()))
+        elif isinstance(message, Message):
+            if (
+                message.transactional
+                and message.prefix == ORIGIN_MESSAGE_PREFIX
+                and txn is not None
+            ):
+                txn.origin = message.content.decode() or "legacy"
+            elif message.transactional and message.prefix == WATERMARK_PREFIX and txn is not None:
+                # A backfill's chunk goes right here: positions <commit LSN>.<index>
+                self.marks.append(
+                    Mark(len(changes), message.content.decode(), txn.position_prefix[:-1])
+                )
+            elif not message.transactional and txn is None:
+                self.safe_lsn = max(self.safe_lsn, message.lsn)
+        elif isinstance(message, Origin) and txn is not None:
+            txn.origin = message.name
+
+    def _relation(self, message: Relation) -> _Relation:
+        ref = TableRef(message.namespace or "pg_catalog", message.name)
+        self.forget(ref.qualified)
+        return _Relation(
+            ref,
+            tuple(c.name for c in message.columns),
+            tuple(text_converter(c.type_oid, c.type_modifier) for c in message.columns),
+            tuple(c.is_key for c in message.columns),
+        )
+
+    def _change(self, txn: _Transaction, message: Insert | Update | Delete) -> Change:
+        rel = self._relations[message.relation_oid]
+        if isinstance(message, Insert):
+            after, unchanged = _row(rel, message.new)
+            return _make(txn, rel.ref, "insert", None, after, unchanged)
+        if isinstance(message, Update):
+            after, unchanged = _row(rel, message.new)
+            before = None
+            if message.old is not None:
+                before = _old(rel, message.old, message.old_kind == "K")
+            return _make(txn, rel.ref, "update", before, after, unchanged)
+        before = _old(rel, message.old, message.old_kind == "K")
+        return _make(txn, rel.ref, "delete", before, None, ())
+
+
+def _make(
+    txn: _Transaction,
+    ref: TableRef,
+    op: Op,
+    before: Row | None,
+    after: Row | None,
+    unchanged: tuple[str, ...],
+) -> Change:
+    index = txn.index
+    txn.index += 1
+    return Change(
+        table=ref,
+        op=op,
+        before=before,
+        after=after,
+        position=f"{txn.position_prefix}{index:08d}",
+        txid=txn.xid,
+        committed_at=txn.committed_at,
+        origin=txn.origin,
+        unchanged=unchanged,
+        identity=f"{txn.identity_prefix}{index}",
+    )
+
+
+def _row(rel: _Relation, values: TupleData) -> tuple[dict[str, Any], tuple[str, ...]]:
+    row: dict[str, Any] = {}
+    unchanged: list[str] = []
+    for name, convert, value in zip(rel.names, rel.converters, values, strict=False):
+        if value.__class__ is str:  # text format: nearly every value
+            row[name] = convert(value)
+        elif value is None:
+            row[name] = None
+        elif value is UNCHANGED:
+            # An unchanged TOASTed value is not sent: say so, never publish it as null.
+            unchanged.append(name)
+        elif isinstance(value, bytes):
+            row[name] = base64.b64encode(value).decode("ascii")
+    return row, tuple(unchanged)
+
+
+def _old(rel: _Relation, values: TupleData, key_only: bool) -> dict[str, Any]:
+    row, _ = _row(rel, values)
+    if key_only:
+        # A 'K' tuple carries the replica identity columns; the others are absent, not NULL.
+        return {
+            n: row.get(n) for n, is_key in zip(rel.names, rel.key_flags, strict=False) if is_key
+        }
+    return row
