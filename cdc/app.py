@@ -11,7 +11,7 @@ from sqlalchemy import Engine
 from cdc.bus.publishers import Publisher
 from cdc.bus.publishers.file import FilePublisher, NullPublisher
 from cdc.capture import demo, triggers
-from cdc.capture.backfill import Backfiller
+from cdc.capture.backfill.backfiller import Backfiller
 from cdc.capture.catalog import read_table
 from cdc.capture.lease import Lease
 from cdc.capture.sources import Source

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from cdc.capture.backfill import Run
+from cdc.capture.backfill.runs import Run
 
 log = logging.getLogger("cdc.backfill")
 LOG_EVERY = 10.0  # seconds between progress lines when not in a terminal

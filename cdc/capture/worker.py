@@ -22,7 +22,7 @@ from tenacity import Retrying
 
 from cdc.bus.events import BusEntry, Change, EventRenderer
 from cdc.bus.publishers import Publisher, Rejection
-from cdc.capture.backfill import Backfiller
+from cdc.capture.backfill.backfiller import Backfiller
 from cdc.capture.lease import Lease
 from cdc.capture.sources import Batch, Source
 from cdc.core.database import db_retrying

@@ -13,7 +13,8 @@ from sqlalchemy import Engine
 
 from cdc.app import close_worker, open_publisher, open_worker, prepare_embedded, require_postgres
 from cdc.bus.events import parse_iso
-from cdc.capture import backfill, deadletters, demo, progress, slots, triggers
+from cdc.capture import deadletters, demo, progress, slots, triggers
+from cdc.capture.backfill import runs
 from cdc.capture.catalog import read_table
 from cdc.capture.grants import capture_grants
 from cdc.capture.sources.changelog import ChangeLogSource
@@ -95,7 +96,7 @@ def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
         check_migrated(settings, engine)
     tables = state_tables(engine.dialect.name, settings.state_schema)
     if args.status:
-        print_backfills(backfill.runs(engine, tables))
+        print_backfills(runs.latest(engine, tables))
         return 0
     if not args.tables:
         raise CdcError(
@@ -104,7 +105,7 @@ def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
     refs = [TableRef.parse(name, settings.default_schema) for name in args.tables]
     if args.cancel:
         for ref in refs:
-            count = backfill.cancel(engine, tables, ref.qualified)
+            count = runs.cancel(engine, tables, ref.qualified)
             print(f"{ref.qualified}: {'cancelled' if count else 'no backfill running'}")
         return 0
     if args.chunk_size < 1:
@@ -121,7 +122,7 @@ def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
             )
         info = read_table(engine, ref)
         triggers.check_capturable(info)
-        run, resumed = backfill.start(engine, tables, info, args.where, args.chunk_size, args.rate)
+        run, resumed = runs.start(engine, tables, info, args.where, args.chunk_size, args.rate)
         if resumed:
             print(
                 f"backfill #{run.id} of {run.table}: resuming after {run.rows_done} of "
@@ -154,7 +155,7 @@ def follow_backfills(settings: Settings, engine: Engine, ids: list[int]) -> int:
     thread.start()
     tables = state_tables(engine.dialect.name, settings.state_schema)
     try:
-        progress.follow(lambda: backfill.runs(engine, tables, ids), stop)
+        progress.follow(lambda: runs.by_id(engine, tables, ids), stop)
     finally:
         stop.set()
         thread.join()
@@ -162,7 +163,7 @@ def follow_backfills(settings: Settings, engine: Engine, ids: list[int]) -> int:
     if failure:
         raise failure[0]
     # Read again: the worker may have finished a chunk after the last progress reading.
-    unfinished = [r for r in backfill.runs(engine, tables, ids) if r.status != "done"]
+    unfinished = [r for r in runs.by_id(engine, tables, ids) if r.status != "done"]
     for run in unfinished:
         print(
             f"backfill #{run.id} of {run.table}: {run.status} after {run.rows_done} rows"
@@ -171,12 +172,12 @@ def follow_backfills(settings: Settings, engine: Engine, ids: list[int]) -> int:
     return 1 if unfinished else 0
 
 
-def print_backfills(runs: Sequence[backfill.Run]) -> None:
-    if not runs:
+def print_backfills(listed: Sequence[runs.Run]) -> None:
+    if not listed:
         print("no backfills yet")
         return
     print(f"{'id':>5}  {'table':<28} {'status':<10} {'rows':>21}  {'done':>6}  updated")
-    for run in runs:
+    for run in listed:
         total = run.rows_total or 0
         share = f"{100 * run.rows_done / total:5.1f}%" if total else "     -"
         print(
@@ -228,7 +229,7 @@ def cmd_status(settings: Settings, _args: argparse.Namespace) -> int:
     else:
         print("last position:   none yet")
     print(f"dead letters:    {deadletters.count(engine, tables)}")
-    for run in backfill.runs(engine, tables, limit=5):
+    for run in runs.latest(engine, tables, limit=5):
         total = f" of {run.rows_total}" if run.rows_total is not None else ""
         print(f"backfill #{run.id}:    {run.table} {run.status}, {run.rows_done}{total} rows")
     return 0

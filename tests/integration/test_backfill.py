@@ -21,7 +21,7 @@ from sqlalchemy.engine import URL
 
 from cdc.app import open_backfiller, open_source
 from cdc.bus.publishers.file import FilePublisher
-from cdc.capture import backfill
+from cdc.capture.backfill import runs
 from cdc.capture.catalog import read_table
 from cdc.capture.worker import Worker
 from cdc.core.settings import Settings
@@ -165,10 +165,10 @@ def test_a_backfill_beside_live_writes_reproduces_the_table(
         with Writers(writers_engine) as writers:
             time.sleep(0.3)  # the stream is already busy when the backfill starts
             info = read_table(engine, settings.table_refs[0])
-            run, resumed = backfill.start(engine, tables, info, None, 1000, None)
+            run, resumed = runs.start(engine, tables, info, None, 1000, None)
             assert not resumed and abs((run.rows_total or 0) - ROWS) < ROWS // 10
             deadline = time.monotonic() + 240
-            while backfill.runs(engine, tables, [run.id])[0].status == "running":
+            while runs.by_id(engine, tables, [run.id])[0].status == "running":
                 assert time.monotonic() < deadline, "backfill did not finish"
                 assert thread.is_alive()
                 time.sleep(0.2)
@@ -205,7 +205,7 @@ def test_a_backfill_beside_live_writes_reproduces_the_table(
         drop_slot(engine, settings)
     events = bus_events(bus)
     reads = [e for e in events if e["op"] == "read"]
-    done = backfill.runs(engine, tables, [run.id])[0]
+    done = runs.by_id(engine, tables, [run.id])[0]
     assert done.status == "done" and abs(done.rows_done - ROWS) < ROWS // 10
     # Rows changed by the stream while their chunk was in flight were left to the stream.
     assert 0 < len(reads) <= ROWS
@@ -242,7 +242,7 @@ def test_a_killed_backfill_resumes_and_resends_with_the_same_ids(
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     tables = state_tables("postgresql", settings.state_schema)
-    [run] = backfill.runs(engine, tables)
+    [run] = runs.latest(engine, tables)
     assert run.status == "running" and 0 < run.rows_done < 20000
     before = bus_events(bus)
     resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
@@ -257,7 +257,7 @@ def test_a_killed_backfill_resumes_and_resends_with_the_same_ids(
     resent = len(events) - 20000
     assert 0 < resent <= 1000  # only the chunk in flight at the kill
     assert len(before) >= 1000  # a chunk or more before the kill
-    [finished] = backfill.runs(engine, tables)
+    [finished] = runs.latest(engine, tables)
     assert finished.status == "done" and finished.chunks_done == 20
 
 
@@ -294,9 +294,7 @@ def test_the_command_refuses_bad_input_clearly(pg_url: URL, tmp_path: Path) -> N
     # --rate: 10 rows at 10 rows/s in chunks of 2 cannot take less than 0.8 s
     limited = run_cdc(env, "backfill", TABLE, "--chunk-size", "2", "--rate", "10")
     assert limited.returncode == 0, limited.stderr
-    [run] = [
-        r for r in backfill.runs(engine, state_tables("postgresql", "cdc")) if r.rows_done == 10
-    ]
+    [run] = [r for r in runs.latest(engine, state_tables("postgresql", "cdc")) if r.rows_done == 10]
     assert isinstance(run.started_at, datetime) and isinstance(run.updated_at, datetime)
     assert (run.updated_at - run.started_at).total_seconds() >= 0.8
 
@@ -388,12 +386,10 @@ def test_keys_of_any_type_that_sorts_are_paged_without_gaps(
         backfill=open_backfiller(settings, engine, source),
     )
     tables = state_tables("postgresql", settings.state_schema)
-    run, _ = backfill.start(
-        engine, tables, read_table(engine, settings.table_refs[0]), None, 37, None
-    )
+    run, _ = runs.start(engine, tables, read_table(engine, settings.table_refs[0]), None, 37, None)
     try:
         deadline = time.monotonic() + 60
-        while backfill.runs(engine, tables, [run.id])[0].status == "running":
+        while runs.by_id(engine, tables, [run.id])[0].status == "running":
             assert time.monotonic() < deadline
             worker.step()
     finally:
@@ -423,7 +419,7 @@ def test_a_chunk_waits_for_a_writer_that_took_lower_ids_and_commits_late(
     writers = raw_engine(pg_url)
     late = writers.connect()
     try:
-        run, _ = backfill.start(
+        run, _ = runs.start(
             engine, tables, read_table(engine, settings.table_refs[0]), None, 100, None
         )
         # The late writer takes the newest xid: no transaction completes after it before the
@@ -442,7 +438,7 @@ def test_a_chunk_waits_for_a_writer_that_took_lower_ids_and_commits_late(
         assert not [e for e in bus_events(bus) if e["op"] == "read"]
         late.commit()
         deadline = time.monotonic() + 30
-        while backfill.runs(engine, tables, [run.id])[0].status == "running":
+        while runs.by_id(engine, tables, [run.id])[0].status == "running":
             assert time.monotonic() < deadline
             worker.step()
         worker.step()

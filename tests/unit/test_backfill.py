@@ -9,7 +9,10 @@ from typing import Any
 import pytest
 
 from cdc.bus.events import Change
-from cdc.capture.backfill import Backfiller, Pending, Run, Snapshot, key_of
+from cdc.capture.backfill.backfiller import Backfiller
+from cdc.capture.backfill.chunks import Pending
+from cdc.capture.backfill.pages import Snapshot, key_of
+from cdc.capture.backfill.runs import Run
 from cdc.capture.catalog import TableInfo
 from cdc.capture.sources import Batch, Mark
 from cdc.core.tables import TableRef

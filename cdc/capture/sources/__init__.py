@@ -17,8 +17,8 @@ from cdc.bus.events import Change
 from cdc.bus.publishers import Rejection
 from cdc.capture.catalog import TableInfo
 
-# A backfill's high watermark (cdc.backfill): a logical message with this prefix, or a
-# change-log row with this op; either carries the chunk's token.
+# A backfill's high watermark (cdc.capture.backfill): a logical message with this
+# prefix, or a change-log row with this op; either carries the chunk's token.
 WATERMARK_PREFIX = "cdc.watermark"
 WATERMARK_OP = "watermark"
 
