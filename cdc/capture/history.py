@@ -70,19 +70,23 @@ def record(
     if latest is not None and orjson.loads(latest.shape) == shape:
         return None
     version = 1 if latest is None else latest.version + 1
-    now: Any = datetime.now(UTC)
-    if connection.dialect.name == "sqlite":
-        now = now.isoformat(timespec="microseconds").replace("+00:00", "Z")
     connection.execute(
         table.insert().values(
             table_name=ref.qualified,
             version=version,
             position=position,
             shape=orjson.dumps(shape).decode(),
-            recorded_at=now,
+            recorded_at=_now(connection),
         )
     )
     return version
+
+
+def _now(connection: Connection) -> Any:
+    now = datetime.now(UTC)
+    if connection.dialect.name == "sqlite":
+        return now.isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return now
 
 
 def latest_position(connection: Connection, state: StateTables) -> str:
@@ -128,23 +132,45 @@ class SchemaHistory:
         return Version(number, position, dict(shape), info)
 
     def in_effect(self, name: str, position: str) -> Version | None:
-        """The version holding at ``position``; None when the table has no history."""
+        """The version holding at ``position`` (the last one recorded at or before it); None
+        when the table has no history."""
         versions = self.versions(name)
         if not versions:
             return None
         last = versions[-1]
-        if position > last.position:  # the common case: after the newest version
+        if position >= last.position:  # the common case: after the newest version
             return last
-        index = bisect.bisect_left(self._positions[name], position) - 1
+        index = bisect.bisect_right(self._positions[name], position) - 1
         return versions[max(index, 0)]
 
     def add(self, name: str, number: int, position: str, shape: Mapping[str, Any]) -> Version:
-        """A version met in the stream (already recorded by the database)."""
+        """A version met in the stream: recorded by the database already (change log), or to
+        be recorded with ``store`` once its batch is acknowledged (logical replication)."""
         versions = self.versions(name)
         for version in versions:
             if version.number == number:
                 return version
         version = self._version(name, number, position, shape)
-        versions.append(version)
-        self._positions[name].append(position)
+        at = bisect.bisect_right(self._positions[name], position)
+        versions.insert(at, version)
+        self._positions[name].insert(at, position)
         return version
+
+    def store(self, connection: Connection, name: str, version: Version) -> None:
+        """Record a version met in the stream (no-op when it is recorded already)."""
+        table = self.state.table_schemas
+        exists = connection.execute(
+            select(table.c.version).where(
+                table.c.table_name == name, table.c.version == version.number
+            )
+        ).first()
+        if exists is None:
+            connection.execute(
+                table.insert().values(
+                    table_name=name,
+                    version=version.number,
+                    position=version.position,
+                    shape=orjson.dumps(version.shape).decode(),
+                    recorded_at=_now(connection),
+                )
+            )

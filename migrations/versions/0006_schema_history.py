@@ -50,8 +50,8 @@ def upgrade() -> None:
     if sqlite:
         return
     # The shape of a table as capture converts it: a domain column by its base type (its values
-    # are written as the base type's), the key from the primary key, else from the replica
-    # identity index.
+    # are written as the base type's), the key from the replica identity index (what logical
+    # replication sends as a row's old key), else from the primary key.
     op.execute(f"""
 CREATE FUNCTION "{schema}".table_shape(rel regclass) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $shape$
@@ -69,7 +69,7 @@ SELECT json_build_object(
         SELECT json_agg(a.attname ORDER BY k.ord)
         FROM (SELECT i.indkey FROM pg_index i
               WHERE i.indrelid = rel AND (i.indisprimary OR i.indisreplident)
-              ORDER BY i.indisprimary DESC LIMIT 1) AS ix,
+              ORDER BY i.indisreplident DESC, i.indisprimary DESC LIMIT 1) AS ix,
              unnest(ix.indkey) WITH ORDINALITY AS k(attnum, ord)
              JOIN pg_attribute a ON a.attrelid = rel AND a.attnum = k.attnum), '[]'::json)
 )::text

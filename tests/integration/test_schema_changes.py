@@ -15,7 +15,14 @@ from sqlalchemy.engine import URL
 from cdc.bus.publishers.file import NullPublisher
 from cdc.capture.worker import Worker
 from cdc.core.settings import Settings
-from tests.integration.helpers import changelog_source, prepared, settings_for
+from tests.integration.helpers import (
+    changelog_source,
+    drop_slot,
+    prepared,
+    settings_for,
+    settings_for_mode,
+    source_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -31,11 +38,14 @@ class Recorder(NullPublisher):
 
 
 def drained(settings: Settings, engine: Engine) -> list[dict[str, Any]]:
+    """Every event the worker publishes until its source has nothing more for a while."""
     recorder = Recorder()
-    worker = Worker(settings, changelog_source(settings, engine), recorder)
-    while worker.step():
-        pass
+    worker = Worker(settings, source_for(settings, engine), recorder)
+    quiet = 0
+    while quiet < (5 if settings.capture == "logical" else 1):
+        quiet = 0 if worker.step() else quiet + 1
     worker.source.close()
+    drop_slot(engine, settings)
     return recorder.details
 
 
@@ -106,10 +116,11 @@ BEFORE = {
 }
 
 
+@pytest.mark.parametrize("capture", ["changelog", "logical"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_a_schema_change_is_followed_at_its_position(pg_url: URL, case: str) -> None:
+def test_a_schema_change_is_followed_at_its_position(pg_url: URL, case: str, capture: str) -> None:
     column_type, first, ddl, write, (column, expected) = CASES[case]
-    settings = settings_for(pg_url, "prices")
+    settings = settings_for_mode(pg_url, capture, "prices")
     engine = prepared(
         settings,
         f"CREATE TABLE prices (id int PRIMARY KEY, amount {column_type}, note text);"
@@ -355,3 +366,65 @@ def test_replaying_every_event_gives_the_table_despite_concurrent_ddl(pg_url: UR
         for d in details
         if d["schema_version"] < 5 and d["op"] in ("insert", "update")
     )
+
+
+def test_logical_an_update_beside_an_out_of_line_key_keeps_its_key(pg_url: URL) -> None:
+    settings = settings_for_mode(pg_url, "logical", "notes")
+    engine = prepared(
+        settings,
+        # EXTERNAL: out of line without compression once the row passes about 2 kB; a
+        # 2.5 kB key still fits the index
+        "CREATE TABLE notes (k text PRIMARY KEY, n int);"
+        "ALTER TABLE notes ALTER COLUMN k SET STORAGE EXTERNAL",
+    )
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO notes SELECT string_agg(md5(random()::text), '') , 0 "
+                "FROM generate_series(1, 80)"
+            )
+        )
+        big = connection.execute(text("SELECT k FROM notes")).scalar_one()
+        connection.execute(text("UPDATE notes SET n = 1"))  # the key is untouched
+        connection.execute(text("UPDATE notes SET k = k || 'x', n = 2"))  # a real key change
+    details = drained(settings, engine)
+    assert [d["op"] for d in details] == ["insert", "update", "delete", "insert"]
+    inserted, updated, deleted, moved = details
+    assert inserted["key"] == {"k": big}
+    assert updated["key"] == {"k": big} and updated["after"]["n"] == 1
+    assert "k" in updated["unchanged"]  # PostgreSQL did not send the unchanged key again
+    assert deleted["key"] == {"k": big} and moved["key"] == {"k": big + "x"}
+    assert deleted["position"] < moved["position"]
+
+
+def test_logical_keys_from_a_replica_identity_index(pg_url: URL) -> None:
+    settings = settings_for_mode(pg_url, "logical", "accounts")
+    engine = prepared(
+        settings,
+        "CREATE TABLE accounts (code text NOT NULL, n int);"
+        "CREATE UNIQUE INDEX accounts_code ON accounts (code);"
+        "ALTER TABLE accounts REPLICA IDENTITY USING INDEX accounts_code",
+    )
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO accounts VALUES ('a', 1)"))
+        connection.execute(text("UPDATE accounts SET n = 2"))
+        connection.execute(text("DELETE FROM accounts"))
+    details = drained(settings, engine)
+    assert [(d["op"], d["key"]) for d in details] == [
+        ("insert", {"code": "a"}),
+        ("update", {"code": "a"}),
+        ("delete", {"code": "a"}),
+    ]
+
+
+def test_logical_a_table_that_lost_its_key_has_key_null_never_empty(pg_url: URL) -> None:
+    settings = settings_for_mode(pg_url, "logical", "items")
+    engine = prepared(settings, "CREATE TABLE items (id int PRIMARY KEY, n int)")
+    with engine.begin() as connection:
+        connection.execute(text("ALTER TABLE items DROP CONSTRAINT items_pkey"))
+        connection.execute(text("ALTER TABLE items REPLICA IDENTITY FULL"))
+        connection.execute(text("INSERT INTO items VALUES (1, 1)"))
+        connection.execute(text("DELETE FROM items"))
+    details = [d for d in drained(settings, engine) if d["op"] != "schema"]
+    assert [(d["op"], d["key"]) for d in details] == [("insert", None), ("delete", None)]
+    assert details[1]["before"] == {"id": 1, "n": 1}  # the whole old row

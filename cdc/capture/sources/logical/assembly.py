@@ -15,9 +15,10 @@ import base64
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from cdc.bus.events import Change, Op, Row
+from cdc.capture.history import Version
 from cdc.capture.pgoutput import (
     UNCHANGED,
     Begin,
@@ -40,12 +41,24 @@ from cdc.core.origin import ORIGIN_MESSAGE_PREFIX
 from cdc.core.tables import TableRef
 
 
+class SchemaTracker(Protocol):
+    def track(
+        self, ref: TableRef, message: Relation, position: str
+    ) -> tuple[Version, Version | None]:
+        """The table's version from ``position`` on, given its Relation message, and the
+        version it replaces when its shape changed there (None: unchanged)."""
+        ...
+
+
 @dataclass
 class _Relation:
     ref: TableRef
     names: tuple[str, ...]
     converters: tuple[TextConvert, ...]
     key_flags: tuple[bool, ...]
+    # the key of the events (None: the worker looks it up) and the schema version
+    key_columns: tuple[str, ...] | None = None
+    version: int = 1
     columns: tuple[tuple[str, TextConvert], ...] = ()  # (name, converter): for read_new_row
 
     def __post_init__(self) -> None:
@@ -72,6 +85,8 @@ class TransactionAssembler:
     # Called with a table's qualified name when its Relation message comes: PostgreSQL sends
     # one after every schema change, so the catalog is read again.
     forget: Callable[[str], None]
+    # Follows each table's schema version (None: every table is at version 1).
+    tracker: SchemaTracker | None = None
     safe_lsn: int = 0
     marks: list[Mark] = field(default_factory=list)  # backfill watermarks, by the caller's read
     _relations: dict[int, _Relation] = field(default_factory=dict)
@@ -110,6 +125,8 @@ class TransactionAssembler:
                         txn.origin,
                         unchanged,
                         f"{txn.identity_prefix}{index}",
+                        rel.key_columns,
+                        rel.version,
                     )
                 )
                 return
@@ -131,11 +148,11 @@ class TransactionAssembler:
             self._txn = None
             self.safe_lsn = max(self.safe_lsn, message.end_lsn)
         elif isinstance(message, Relation):
-            self._relations[message.oid] = self._relation(message)
+            self._relations[message.oid] = self._relation(message, changes)
         elif isinstance(message, Truncate):
             assert txn is not None, "truncate outside a transaction"
             for oid in message.relation_oids:
-                changes.append(_make(txn, self._relations[oid].ref, "truncate", None, None, ()))
+                changes.append(_make(txn, self._relations[oid], "truncate", None, None, ()))
         elif isinstance(message, Message):
             if (
                 message.transactional
@@ -153,34 +170,64 @@ class TransactionAssembler:
         elif isinstance(message, Origin) and txn is not None:
             txn.origin = message.name
 
-    def _relation(self, message: Relation) -> _Relation:
+    def _relation(self, message: Relation, changes: list[Change]) -> _Relation:
         ref = TableRef(message.namespace or "pg_catalog", message.name)
         self.forget(ref.qualified)
-        return _Relation(
+        relation = _Relation(
             ref,
             tuple(c.name for c in message.columns),
             tuple(text_converter(c.type_oid, c.type_modifier) for c in message.columns),
             tuple(c.is_key for c in message.columns),
         )
+        txn = self._txn
+        if self.tracker is None or txn is None:
+            return relation
+        # PostgreSQL sends a Relation before the first change of a table in a session and
+        # after each of its DDL: a schema change sorts right before the change that follows,
+        # after the one before (and its key-change halves), and takes no index, so the changes
+        # keep theirs whether or not a re-stream sees the schema change again.
+        index = txn.index
+        position = f"{txn.position_prefix}{index - 1:08d}.s" if index else f"{txn.position_prefix}-"
+        version, previous = self.tracker.track(ref, message, position)
+        relation.key_columns = tuple(version.shape["key"])
+        relation.version = version.number
+        if previous is not None:
+            changes.append(
+                Change(
+                    ref,
+                    "schema",
+                    previous.shape,
+                    version.shape,
+                    position,
+                    txn.xid,
+                    txn.committed_at,
+                    txn.origin,
+                    (),
+                    f"{txn.identity_prefix}{index}:schema:{ref.qualified}",
+                    (),
+                    version.number,
+                )
+            )
+        return relation
 
     def _change(self, txn: _Transaction, message: Insert | Update | Delete) -> Change:
         rel = self._relations[message.relation_oid]
         if isinstance(message, Insert):
             after, unchanged = _row(rel, message.new)
-            return _make(txn, rel.ref, "insert", None, after, unchanged)
+            return _make(txn, rel, "insert", None, after, unchanged)
         if isinstance(message, Update):
             after, unchanged = _row(rel, message.new)
             before = None
             if message.old is not None:
                 before = _old(rel, message.old, message.old_kind == "K")
-            return _make(txn, rel.ref, "update", before, after, unchanged)
+            return _make(txn, rel, "update", before, after, unchanged)
         before = _old(rel, message.old, message.old_kind == "K")
-        return _make(txn, rel.ref, "delete", before, None, ())
+        return _make(txn, rel, "delete", before, None, ())
 
 
 def _make(
     txn: _Transaction,
-    ref: TableRef,
+    rel: _Relation,
     op: Op,
     before: Row | None,
     after: Row | None,
@@ -189,7 +236,7 @@ def _make(
     index = txn.index
     txn.index += 1
     return Change(
-        table=ref,
+        table=rel.ref,
         op=op,
         before=before,
         after=after,
@@ -199,6 +246,8 @@ def _make(
         origin=txn.origin,
         unchanged=unchanged,
         identity=f"{txn.identity_prefix}{index}",
+        key_columns=rel.key_columns,
+        schema_version=rel.version,
     )
 
 

@@ -18,13 +18,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import orjson
 from sqlalchemy import Connection, Engine, text
 
 from cdc.bus.events import Change
 from cdc.bus.publishers import Rejection
 from cdc.capture import checkpoints, deadletters
 from cdc.capture.catalog import Catalog, TableInfo
-from cdc.capture.pgoutput import format_lsn
+from cdc.capture.history import SchemaHistory, Version
+from cdc.capture.pgoutput import Relation, format_lsn
 from cdc.capture.slots import check_slot, slot_status
 from cdc.capture.sources import Backlog, Batch, Mark
 from cdc.capture.sources.logical.assembly import TransactionAssembler
@@ -36,6 +38,7 @@ from cdc.capture.sources.logical.stream import (
     keepalive,
 )
 from cdc.core.state import StateTables
+from cdc.core.tables import TableRef
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +78,10 @@ class LogicalSource:
 
     def __post_init__(self) -> None:
         self.catalog = Catalog(self.engine, self.default_schema)
-        self.assembly = TransactionAssembler(self.catalog.forget)
+        self.history = SchemaHistory(self.engine, self.state, self.default_schema)
+        # Versions met in the stream, recorded when their batch is acknowledged.
+        self._unstored: list[tuple[str, Version]] = []
+        self.assembly = TransactionAssembler(self.catalog.forget, self)
 
     def table(self, name: str) -> TableInfo:
         return self.catalog.table(name)
@@ -132,7 +138,11 @@ class LogicalSource:
         if batch.last_position:
             self._last_position = batch.last_position
         now = time.monotonic()
-        if rejections or (self._unrecorded and now - self._recorded_at >= CHECKPOINT_SECONDS):
+        if (
+            rejections
+            or self._unstored
+            or (self._unrecorded and now - self._recorded_at >= CHECKPOINT_SECONDS)
+        ):
             self._record(rejections)
             self._recorded_at = now
         if batch.flush_lsn > self._flushed_lsn:
@@ -170,8 +180,10 @@ class LogicalSource:
             with connection.begin():
                 if rejections:
                     deadletters.store(connection, self.state, rejections)
-                else:
+                elif not self._unstored:
                     connection.exec_driver_sql("SET LOCAL synchronous_commit = off")
+                for name, version in self._unstored:
+                    self.history.store(connection, name, version)
                 checkpoints.store(
                     connection, self.state, STREAM, self._last_position, self._unrecorded
                 )
@@ -179,6 +191,67 @@ class LogicalSource:
             self._drop_state_connection()
             raise
         self._unrecorded = 0
+        self._unstored.clear()
+
+    # -- schema versions ------------------------------------------------------------------
+
+    def track(
+        self, ref: TableRef, message: Relation, position: str
+    ) -> tuple[Version, Version | None]:
+        """``SchemaTracker.track``: the version in effect at ``position`` compared with the
+        shape the Relation message describes."""
+        name = ref.qualified
+        shape = self._describe(message)
+        current = self.history.in_effect(name, position)
+        if current is not None and current.shape == shape:
+            return current, None
+        # A table without history starts at version 1, with no event: nothing changed.
+        number, since = (1, "") if current is None else (current.number + 1, position)
+        version = self.history.add(name, number, since, shape)
+        self._unstored.append((name, version))
+        return version, current
+
+    def _describe(self, message: Relation) -> dict[str, object]:
+        """The shape a Relation message gives, in the history's form: each column's type by
+        ``format_type`` (a domain by its base type), nullability from the catalog, the key
+        from the replica identity (the primary key under REPLICA IDENTITY FULL or NOTHING)."""
+        columns = message.columns
+        with self.engine.connect() as connection:
+            described = connection.execute(
+                text(
+                    "SELECT c.name, format_type("
+                    "  CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END,"
+                    "  CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE c.typmod END),"
+                    " coalesce(NOT a.attnotnull, true) "
+                    "FROM unnest(CAST(:names AS text[]), CAST(:types AS oid[]),"
+                    "            CAST(:mods AS int[])) WITH ORDINALITY AS c(name, typ, typmod, n) "
+                    "JOIN pg_type t ON t.oid = c.typ "
+                    "LEFT JOIN pg_attribute a ON a.attrelid = :rel AND a.attname = c.name "
+                    " AND NOT a.attisdropped "
+                    "ORDER BY c.n"
+                ),
+                {
+                    "names": [c.name for c in columns],
+                    "types": [c.type_oid for c in columns],
+                    "mods": [c.type_modifier for c in columns],
+                    "rel": message.oid,
+                },
+            ).all()
+            if message.replica_identity in ("d", "i"):
+                key = [c.name for c in columns if c.is_key]
+            else:
+                found = connection.execute(
+                    text(f'SELECT "{self.state.schema}".table_shape(CAST(:rel AS oid))'),
+                    {"rel": message.oid},
+                ).scalar()
+                key = orjson.loads(found)["key"] if found else []
+        return {
+            "columns": [
+                {"name": name, "type": kind, "nullable": nullable}
+                for name, kind, nullable in described
+            ],
+            "key": key,
+        }
 
     def _state_connection(self) -> Connection:
         connection = self._connection
@@ -207,6 +280,10 @@ class LogicalSource:
             stream.close()
             raise
         self.assembly.restart(confirmed)
+        # What is re-streamed is compared with the recorded versions only: one met before
+        # the break was not published, so it must be met (and published) again.
+        self.history = SchemaHistory(self.engine, self.state, self.default_schema)
+        self._unstored.clear()
         self._flushed_lsn = self._to_confirm = confirmed
         self._stream = stream
         self._last_feedback = time.monotonic()
