@@ -51,8 +51,7 @@ from cdc.bus.events import Change
 from cdc.capture.catalog import TableInfo
 from cdc.capture.sources import WATERMARK_OP, WATERMARK_PREFIX, Batch
 from cdc.capture.triggers import sqlite_image
-from cdc.core.database import is_transient_db_error
-from cdc.core.errors import CdcError
+from cdc.core.errors import CdcError, is_transient_db_error
 from cdc.core.state import StateTables
 from cdc.core.tables import quote_ident
 
