@@ -25,8 +25,8 @@ from sqlalchemy.exc import DBAPIError
 
 from cdc.bus.incoming import Envelope, Invalid, parse_message
 from cdc.bus.sqs import RECEIVE_MAX, Queue, Received
-from cdc.core.database import db_retrying, is_transient_db_error
-from cdc.core.errors import Interrupted
+from cdc.core.database import db_retrying
+from cdc.core.errors import Interrupted, is_transient_db_error
 from cdc.core.settings import Settings
 from cdc.core.state import StateTables
 from sync_back.applier import Applier, Pending

@@ -8,12 +8,16 @@ import argparse
 import sys
 import threading
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
 from cdc.core.errors import CdcError, ConfigError
-from cdc.core.settings import Settings
+from cdc.core.settings import Settings, check_toml_keys
+from cdc.core.state import shown_moment
+
+if TYPE_CHECKING:
+    from cdc.topology.model import Topology
 
 # The first migration that has the validator's tables.
 VALIDATION_REVISION = "0005"
@@ -132,7 +136,8 @@ def cmd_validate(settings: Settings, args: argparse.Namespace) -> int:
         for stored in letters:
             x = stored.letter
             print(
-                f"{stored.id}\t{stored.created_at}\t{x.source}\t{x.detail_type}\t{x.event_id}\t"
+                f"{stored.id}\t{shown_moment(stored.created_at)}\t{x.source}\t"
+                f"{x.detail_type}\t{x.event_id}\t"
                 f"attempts={stored.attempts}\t{x.reason}"
             )
             for error in x.errors:
@@ -144,7 +149,7 @@ def cmd_validate(settings: Settings, args: argparse.Namespace) -> int:
             if not claims:
                 print("no events in doubt")
             for c in claims:
-                print(f"{c.claimed_at}\t{c.key[0]}\t{c.detail_type}\t{c.key[1]}")
+                print(f"{shown_moment(c.claimed_at)}\t{c.key[0]}\t{c.detail_type}\t{c.key[1]}")
             return 0
         from cdc.validate.validator import resend_in_doubt
 
@@ -190,11 +195,18 @@ def _run_validator(settings: Settings, engine: Engine, tables: Any) -> int:
     return 0
 
 
+def _topology(settings: Settings) -> Topology:
+    from cdc.topology.model import Topology, topology_from_settings
+
+    # Typos first, with a hint: the model itself would only say "Extra inputs are not permitted".
+    check_toml_keys(settings.topology, Topology, "topology")
+    return topology_from_settings(settings)
+
+
 def cmd_topology_render(settings: Settings, args: argparse.Namespace) -> int:
-    from cdc.topology.model import topology_from_settings
     from cdc.topology.template import render
 
-    text = render(topology_from_settings(settings))
+    text = render(_topology(settings))
     if args.output:
         with open(args.output, "w", encoding="utf-8") as handle:
             handle.write(text)
@@ -206,9 +218,8 @@ def cmd_topology_render(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_topology_apply(settings: Settings, _args: argparse.Namespace) -> int:
     from cdc.topology.apply import apply
-    from cdc.topology.model import topology_from_settings
 
-    result = apply(topology_from_settings(settings))
+    result = apply(_topology(settings))
     print(f"account {result.account}, region {result.region}")
     for line in result.done:
         print(f"  ok: {line}")

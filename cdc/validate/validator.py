@@ -181,6 +181,17 @@ class ValidatorStats:
     undeleted: int = 0
     last_polled_at: float = 0.0
 
+    def summary(self) -> str:
+        """The counts for the stop line, in words."""
+        retries = sum(self.queue_retries_by_code.values())
+        return (
+            f"{self.received} messages received: {self.republished} republished, "
+            f"{self.duplicates} duplicates, {self.dead_letters} dead letters, "
+            f"{self.in_doubt} in doubt, {self.already_valid} already valid, "
+            f"{self.rejected} rejected by the central bus; {self.db_retries} database and "
+            f"{retries} queue retries"
+        )
+
 
 @dataclass
 class Validator:
@@ -218,7 +229,7 @@ class Validator:
         )
         while not self.stop.is_set():
             self.poll_once()
-        log.info("stopped: %s", self.stats)
+        log.info("stopped after %s", self.stats.summary())
 
     def poll_once(self) -> int:
         """One receive-handle-delete round; how many messages it handled."""
