@@ -24,14 +24,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
 from cdc.bus.incoming import Envelope, Invalid, parse_message
-from cdc.bus.sqs import RECEIVE_MAX, Queue, Received
+from cdc.bus.sqs import RECEIVE_MAX, Queue, Received, SqsClient
 from cdc.core.database import db_retrying, is_transient_db_error
 from cdc.core.errors import Interrupted
 from cdc.core.settings import Settings
 from cdc.core.state import StateTables
-from sync_back.applier import Applier, Pending
+from sync_back.applier import Applier
 from sync_back.mapping import Mappings
-from sync_back.rows import to_write
+from sync_back.rows import Pending, to_write
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -74,7 +74,7 @@ class Consumer:
     engine: Engine
     state: StateTables
     mappings: Mappings
-    sqs: Any = None
+    sqs: SqsClient | None = None
     stop: threading.Event = field(default_factory=threading.Event)
     stats: ConsumerStats = field(default_factory=ConsumerStats)
     applier: Applier = field(init=False)
@@ -258,9 +258,8 @@ class Consumer:
         self.stats.dead_letters += 1
         table = self.state.sync_dead_letters
         insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
-        now: Any = datetime.now(UTC)
-        if self.engine.dialect.name == "sqlite":
-            now = now.isoformat()
+        moment = datetime.now(UTC)
+        now: datetime | str = moment.isoformat() if self.engine.dialect.name == "sqlite" else moment
         statement = insert(table).values(
             message_id=message_id, detail_type=detail_type, reason=reason, body=body, created_at=now
         )

@@ -41,12 +41,12 @@ from pydantic import (
 
 from cdc.core.errors import ConfigError
 from cdc.core.tables import TableRef
+from sync_back.policy import ConflictPolicy
 
 ColumnType = Literal[
     "text", "int", "numeric", "float", "bool", "timestamptz", "timestamp", "date", "uuid", "json"
 ]
 WriteOp = Literal["upsert", "delete"]
-ConflictPolicy = Literal["newer_wins", "new_system_wins", "legacy_wins", "park"]
 
 # Types whose values order the way versions must: a later version compares greater.
 VERSION_TYPES: frozenset[str] = frozenset({"int", "numeric", "timestamptz", "timestamp", "date"})

@@ -19,6 +19,8 @@ from typing import Any
 
 from cdc.core.errors import CdcError
 
+# The validator republishes a valid event under its source with this in front.
+VALID_PREFIX = "valid."
 # SQS's own maximum message size; a larger body cannot have come from the queue intact.
 DEFAULT_MAX_BYTES = 262_144
 # The EventBridge envelope keys we read; others ("version", "account", "region", "resources",

@@ -30,12 +30,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cdc.bus.incoming import VALID_PREFIX
 from cdc.core.errors import ConfigError
 from cdc.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
-VALID_PREFIX = "valid."
 ACCOUNT_PATTERN = r"^\d{12}$"
 # EventBridge keeps retrying a target for up to 24 hours (185 attempts) before the DLQ.
 RETRY_POLICY = {"MaximumEventAgeInSeconds": 86_400, "MaximumRetryAttempts": 185}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.exc import OperationalError
 
 from cdc.bus import sqs as queue_module
+from cdc.bus.sqs import DeleteEntry, VisibilityEntry
 from cdc.core.errors import Interrupted
 from cdc.core.settings import load_settings
 from cdc.core.state import state_tables
@@ -29,11 +31,17 @@ class FakeSqs:
         batch, self.messages = self.messages[:10], self.messages[10:]
         return {"Messages": batch}
 
-    def delete_message_batch(self, QueueUrl: str, Entries: list[dict[str, str]]) -> None:
+    def delete_message_batch(
+        self, *, QueueUrl: str, Entries: Sequence[DeleteEntry]
+    ) -> dict[str, Any]:
         self.deleted.extend(e["ReceiptHandle"] for e in Entries)
+        return {"Successful": [{"Id": e["Id"]} for e in Entries], "Failed": []}
 
-    def change_message_visibility_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> None:
+    def change_message_visibility_batch(
+        self, *, QueueUrl: str, Entries: Sequence[VisibilityEntry]
+    ) -> dict[str, Any]:
         self.extended.append([e["ReceiptHandle"] for e in Entries])
+        return {"Successful": [{"Id": e["Id"]} for e in Entries], "Failed": []}
 
 
 def make(sqs: FakeSqs) -> Consumer:
