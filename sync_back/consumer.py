@@ -23,7 +23,7 @@ from sqlalchemy import Engine, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
-from cdc.bus.incoming import Envelope, Invalid, parse_message
+from cdc.bus.incoming import Envelope, Invalid, comes_from, parse_message
 from cdc.bus.sqs import RECEIVE_MAX, Queue, Received, SqsClient
 from cdc.core.database import db_retrying, is_transient_db_error
 from cdc.core.errors import Interrupted
@@ -198,8 +198,9 @@ class Consumer:
             envelope = parse_message(body, self.settings.sync_max_body_bytes)
             detail_type = envelope.detail_type
             event_id = event_id_of(envelope, ("id",))  # the default id_path, until mapped
-            if envelope.source == self._own_source:
-                # Our own capture's event came back (a rule too wide): applying it would loop.
+            if comes_from(envelope.source, self._own_source):
+                # Our own capture's event came back, directly or republished by the validator
+                # (a rule too wide): applying it would loop.
                 self.stats.own_events += 1
                 return "own_event"
             mapping = self.mappings.find(envelope.detail_type, envelope.source)

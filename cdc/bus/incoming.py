@@ -28,6 +28,16 @@ DEFAULT_MAX_BYTES = 262_144
 _ENVELOPE_STRINGS = ("id", "detail-type", "source")
 
 
+def comes_from(source: str, original: str) -> bool:
+    """Whether an event of ``source`` was published under ``original``: directly, or
+    republished by the validator (``valid.`` in front, as many times as it went through one)."""
+    while source != original:
+        if not source.startswith(VALID_PREFIX):
+            return False
+        source = source[len(VALID_PREFIX) :]
+    return True
+
+
 class Invalid(CdcError):
     """A message that can never be applied; ``reason`` names what is wrong and where."""
 

@@ -227,13 +227,22 @@ def test_duplicates_out_of_order_apply_as_once_in_version_order(
     assert consumer.stats.skipped == 3  # the older ones, stale on first sight
 
 
-def test_events_of_our_own_capture_are_ignored(pg_url: URL, tmp_path: Path) -> None:
-    settings = settings_for_mode(pg_url, "changelog", "orders", config=config(tmp_path))
+@pytest.mark.parametrize("prefix", ["", "valid.", "valid.valid."])
+def test_events_of_our_own_capture_are_ignored(pg_url: URL, tmp_path: Path, prefix: str) -> None:
+    # A mapping that names no source: our own events, republished by the validator as
+    # valid.<source>, would reach it
+    source_less = MAPPING.format(policy="newer_wins").replace('source = "shop.orders"\n', "")
+    path = tmp_path / "any-source.toml"
+    path.write_text(source_less)
+    settings = settings_for_mode(pg_url, "changelog", "orders", config=str(path))
     engine = prepared(settings, ORDERS)
     consumer = make_consumer(settings, engine)
-    own = envelope(order_detail(1, "1.00", 9), source=settings.event_source)
+    own = envelope(order_detail(1, "1.00", 9), source=prefix + settings.event_source)
     assert consumer.handle(own, "m1") == "own_event"
-    assert rows(engine) == {}
+    assert rows(engine) == {} and consumer.dead_letters() == []
+    assert consumer.stats.own_events == 1
+    other = envelope(order_detail(2, "2.00", 9), source=prefix + "shop.orders")
+    assert consumer.handle(other, "m2") == "applied"
 
 
 @pytest.mark.parametrize(
