@@ -40,6 +40,7 @@ from cdc.core.errors import ConfigError
 from cdc.core.origin import origin_tag
 from cdc.core.state import StateTables
 from cdc.core.tables import TableRef
+from sync_back import refusals
 from sync_back.policy import Decision, decide, reads_synced_version, version_text
 from sync_back.rows import Pending
 from sync_back.segments import Item, Segment, key_text, segments
@@ -130,6 +131,11 @@ class Applier:
                     "event %s for %s: %s", item.write.event_id, item.write.table.qualified, outcome
                 )
         return outcomes
+
+    def refusal(self, pending: Pending, error: DBAPIError) -> str:
+        """Why the database refused ``pending`` applied alone, naming the column of the value
+        it refused (``refusals``)."""
+        return refusals.reason(self.engine, self.table(pending.write.table), pending, error)
 
     def close(self) -> None:
         """Return the kept connection to the pool (also done when the applier is collected)."""

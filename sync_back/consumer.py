@@ -211,9 +211,7 @@ class Consumer:
                 )
             table = mapping.table.qualified
             event_id = event_id_of(envelope, mapping.id_parts)
-            return Pending(
-                to_write(envelope, mapping), envelope.detail_type, mapping.version_column, body
-            )
+            return Pending(to_write(envelope, mapping), envelope.detail_type, mapping, body)
         except Invalid as exc:
             self._dead_letter(message_id, detail_type, exc.reason, body, event_id, table)
             return "dead_letter"
@@ -225,9 +223,7 @@ class Consumer:
             if is_transient_db_error(exc):
                 raise
             # A constraint or a value the legacy database cannot hold.
-            reason = (
-                "the legacy database refused the write: " + str(exc.orig).strip().split("\n")[0]
-            )
+            reason = "the legacy database refused the write: " + self.applier.refusal(item, exc)
             self._dead_letter(
                 message_id,
                 item.detail_type,

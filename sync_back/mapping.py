@@ -214,6 +214,10 @@ class Mapping(BaseModel):
         """The column's path from Detail, as reasons show it (``order.customer.name``)."""
         return f"{self.root}.{spec.path}" if self.root else spec.path
 
+    def where(self, column: str) -> str:
+        """A mapped column's place, as reasons show it: ``order.total (column total)``."""
+        return f"{self.full_path(self.columns[column])} (column {column})"
+
 
 class Mappings:
     """All mappings, looked up by (DetailType, Source); built by ``load_mappings``."""

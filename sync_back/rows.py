@@ -52,8 +52,12 @@ class Pending:
 
     write: RowWrite
     detail_type: str
-    version_column: str | None
+    mapping: Mapping
     body: str
+
+    @property
+    def version_column(self) -> str | None:
+        return self.mapping.version_column
 
 
 class _Missing:
@@ -118,19 +122,19 @@ def to_write(envelope: Envelope, mapping: Mapping) -> RowWrite:
         raw = _lookup(scope, parts)
         if raw is _MISSING:
             if spec.required:
-                raise Invalid(f"{_where(mapping, name, spec)}: missing")
+                raise Invalid(f"{mapping.where(name)}: missing")
             continue
         if isinstance(raw, _Blocked):
-            raise Invalid(f"{_where(mapping, name, spec)}: {_blocked(raw, paths.root)}")
+            raise Invalid(f"{mapping.where(name)}: {_blocked(raw, paths.root)}")
         if raw is None:
             if spec.required:
-                raise Invalid(f"{_where(mapping, name, spec)}: null, but the column is required")
+                raise Invalid(f"{mapping.where(name)}: null, but the column is required")
             values[name] = None
             continue
         try:
             values[name] = CONVERTERS[spec.type](raw, spec)
         except Refused as exc:
-            raise Invalid(f"{_where(mapping, name, spec)}: {exc}") from None
+            raise Invalid(f"{mapping.where(name)}: {exc}") from None
     if mapping.strict:
         unused = _first_unused(scope, mapping)
         if unused:
@@ -144,10 +148,6 @@ def to_write(envelope: Envelope, mapping: Mapping) -> RowWrite:
         version=values[mapping.version_column] if mapping.version_column else None,
         policy=mapping.conflict,
     )
-
-
-def _where(mapping: Mapping, name: str, spec: ColumnSpec) -> str:
-    return f"{mapping.full_path(spec)} (column {name})"
 
 
 def _event_id(envelope: Envelope, mapping: Mapping, id_parts: tuple[str, ...]) -> str:

@@ -27,7 +27,16 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from cdc.core.state import StateTables
 from cdc.core.tables import TableRef
-from sync_back.writes import Shape
+from sync_back.writes import Bound, Shape
+
+
+def value(table: Table, bound: Bound, parameter: str) -> ColumnElement[Any]:
+    """A legacy column's value, bound as ``parameter``."""
+    if bound.json_text:
+        # json columns arrive as JSON text (every digit kept): cast by the database, not
+        # serialised again by SQLAlchemy's JSON type, which would store a JSON string.
+        return cast(bindparam(parameter, type_=Text()), table.c[bound.column].type)
+    return bindparam(parameter, type_=table.c[bound.column].type)
 
 
 class Statements:
@@ -164,15 +173,7 @@ class Statements:
 
     def _upsert(self, table: Table, shape: Shape) -> Executable:
         # RETURNING has SQLAlchemy send a run as one multi-row INSERT ("insertmanyvalues").
-        values: dict[str, ColumnElement[Any]] = {}
-        for j, (column, json_text) in enumerate(shape.bound):
-            # json columns arrive as JSON text (every digit kept): cast by the database, not
-            # serialised again by SQLAlchemy's JSON type, which would store a JSON string.
-            values[column] = (
-                cast(bindparam(f"v_{j}", type_=Text()), table.c[column].type)
-                if json_text
-                else bindparam(f"v_{j}", type_=table.c[column].type)
-            )
+        values = {b.column: value(table, b, f"v_{j}") for j, b in enumerate(shape.bound)}
         statement = self._insert(table).values(values)
         others = {
             b.column: statement.excluded[b.column]

@@ -48,10 +48,7 @@ def runs(applied: list[Item], table: Table) -> Iterator[tuple[Shape, list[Item]]
             this = Shape(write.table, "delete", key_columns, ())
         else:
             bound = tuple(
-                Bound(
-                    column,
-                    isinstance(value, str) and isinstance(table.c[column].type, sqltypes.JSON),
-                )
+                Bound(column, json_text(table, column, value))
                 for column, value in write.values.items()
             )
             this = Shape(write.table, "upsert", key_columns, bound)
@@ -64,6 +61,11 @@ def runs(applied: list[Item], table: Table) -> Iterator[tuple[Shape, list[Item]]
     if run:
         assert shape is not None
         yield shape, run
+
+
+def json_text(table: Table, column: str, value: Any) -> bool:
+    """Whether a value is JSON text for a json column."""
+    return isinstance(value, str) and isinstance(table.c[column].type, sqltypes.JSON)
 
 
 def parameters(shape: Shape, write: RowWrite) -> dict[str, Any]:
