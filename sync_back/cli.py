@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from sqlalchemy import select
 
+from cdc.bus.sqs import SqsClient
 from cdc.core import database, logs
 from cdc.core.database import check_migrated
 from cdc.core.errors import ConfigError
@@ -26,7 +27,7 @@ def consumer(settings: Settings, with_queue: bool, stop: threading.Event | None 
     engine = database.connect(settings)
     check_migrated(settings, engine)
     mappings = load_mappings(settings.sync_back, settings.default_schema)
-    sqs = None
+    sqs: SqsClient | None = None
     if with_queue:
         if not settings.sync_queue_url:
             raise ConfigError(

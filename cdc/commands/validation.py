@@ -8,7 +8,7 @@ import argparse
 import sys
 import threading
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
@@ -19,11 +19,15 @@ from cdc.core.state import shown_moment
 if TYPE_CHECKING:
     from cdc.topology.model import Topology
 
+if TYPE_CHECKING:  # imported when a command runs (see above)
+    from cdc.bus.publishers.eventbridge import EventBridgePublisher
+    from cdc.validate.state import ValidationTables
+
 # The first migration that has the validator's tables.
 VALIDATION_REVISION = "0005"
 
 
-def add_commands(sub: Any) -> None:
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register the commands on the ``cdc`` parser's subparsers."""
     schemas = sub.add_parser("schemas", help="JSON Schemas of the events, per DetailType")
     schemas_sub = schemas.add_subparsers(dest="schemas_command", required=True)
@@ -99,7 +103,7 @@ def check_validation_state(settings: Settings, engine: Engine) -> None:
         )
 
 
-def _central_publisher(settings: Settings) -> Any:
+def _central_publisher(settings: Settings) -> EventBridgePublisher:
     from cdc.bus.publishers.eventbridge import EventBridgePublisher, check_bus
 
     try:
@@ -165,7 +169,7 @@ def cmd_validate(settings: Settings, args: argparse.Namespace) -> int:
     return _run_validator(settings, engine, tables)
 
 
-def _run_validator(settings: Settings, engine: Engine, tables: Any) -> int:
+def _run_validator(settings: Settings, engine: Engine, tables: ValidationTables) -> int:
     import boto3
 
     from cdc.core.signals import install_signal_handlers
