@@ -1,5 +1,5 @@
 """``cdc``: the operator's commands. Builds the settings once, hands them to the command, and
-turns known errors into one clear line and an exit status."""
+turns expected failures into one or two clear lines and an exit status (``cdc.core.exits``)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from cdc.commands.capture import (
     cmd_status,
 )
 from cdc.core import logs
-from cdc.core.errors import CdcError, ConfigError, PermanentError
-from cdc.core.settings import load_settings
+from cdc.core.exits import DEBUG_HELP, debug_flag, report
+from cdc.core.settings import Settings, load_settings
 
 
 def parser() -> argparse.ArgumentParser:
@@ -31,11 +31,27 @@ def parser() -> argparse.ArgumentParser:
             "Configured by CDC_* environment variables and an optional TOML file (CDC_CONFIG)."
         ),
     )
+    top.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = top.add_subparsers(dest="command", required=True)
-    sub.add_parser("migrate", help="create or upgrade the service's own schema").set_defaults(
-        func=cmd_migrate, needs_tables=False
+    migrate = sub.add_parser("migrate", help="create or upgrade the service's own schema")
+    migrate.add_argument(
+        "--drop",
+        action="store_true",
+        help="remove the service's schema instead, with every record in it (refused while "
+        "capture is installed)",
     )
-    setup = sub.add_parser("setup", help="install capture triggers on CDC_TABLES")
+    migrate.add_argument("--yes", action="store_true", help="with --drop: do remove it")
+    migrate.add_argument(
+        "--force",
+        action="store_true",
+        help="with --drop: remove the capture triggers, slot and publication as well",
+    )
+    migrate.set_defaults(func=cmd_migrate, needs_tables=False)
+    setup = sub.add_parser(
+        "setup",
+        help="install capture on CDC_TABLES: triggers (changelog mode), or the publication and "
+        "replication slot (logical mode)",
+    )
     setup.add_argument("--drop", action="store_true", help="remove them instead")
     setup.set_defaults(func=cmd_setup)
     sub.add_parser("run", help="run the capture worker").set_defaults(func=cmd_run)
@@ -90,23 +106,21 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    debug, arguments = debug_flag(sys.argv[1:] if argv is None else argv)
+    args = parser().parse_args(arguments)
+    settings: Settings | None = None
     try:
         # Commands that neither capture nor set capture up run without CDC_TABLES.
         settings = load_settings(require_tables=getattr(args, "needs_tables", True))
-    except ConfigError as exc:
-        print(f"cdc: configuration error: {exc}", file=sys.stderr)
-        return 2
-    logs.configure(settings.log_level, settings.log_format)
-    try:
+        logs.configure("DEBUG" if debug else settings.log_level, settings.log_format)
         code: int = args.func(settings, args)
         return code
-    except ConfigError as exc:
-        print(f"cdc: configuration error: {exc}", file=sys.stderr)
-        return 2
-    except (CdcError, PermanentError) as exc:
-        print(f"cdc: {exc}", file=sys.stderr)
-        return 1
+    except Exception as exc:
+        debug = debug or (settings is not None and settings.log_level == "DEBUG")
+        status = report("cdc", exc, settings.url if settings else None, debug)
+        if status is None:
+            raise  # not a failure anybody foresaw: its traceback is the report
+        return status
 
 
 if __name__ == "__main__":

@@ -10,12 +10,14 @@ from collections.abc import Sequence
 
 from sqlalchemy import select
 
+from cdc.bus.sqs import SqsClient
 from cdc.core import database, logs
 from cdc.core.database import check_migrated
-from cdc.core.errors import CdcError, ConfigError
+from cdc.core.errors import ConfigError
+from cdc.core.exits import DEBUG_HELP, debug_flag, report
 from cdc.core.settings import Settings, load_settings
 from cdc.core.signals import install_signal_handlers
-from cdc.core.state import state_tables
+from cdc.core.state import shown_moment, state_tables
 from sync_back.consumer import Consumer
 from sync_back.grants import sync_back_grants
 from sync_back.mapping import load_mappings
@@ -25,7 +27,7 @@ def consumer(settings: Settings, with_queue: bool, stop: threading.Event | None 
     engine = database.connect(settings)
     check_migrated(settings, engine)
     mappings = load_mappings(settings.sync_back, settings.default_schema)
-    sqs = None
+    sqs: SqsClient | None = None
     if with_queue:
         if not settings.sync_queue_url:
             raise ConfigError(
@@ -77,7 +79,8 @@ def cmd_dead_letters(settings: Settings, args: argparse.Namespace) -> int:
             print("no dead letters")
         for letter in letters:
             print(
-                f"{letter.id}\t{letter.created_at}\t{letter.detail_type}\t{letter.message_id}\t"
+                f"{letter.id}\t{shown_moment(letter.created_at)}\t{letter.detail_type}\t"
+                f"{letter.message_id}\t"
                 f"attempts={letter.attempts}\t{letter.reason}"
             )
         return 0
@@ -101,7 +104,8 @@ def cmd_conflicts(settings: Settings, args: argparse.Namespace) -> int:
         print("no parked conflicts")
     for row in rows:
         print(
-            f"{row['id']}\t{row['created_at']}\t{row['table_name']}\t{row['row_key']}\t"
+            f"{row['id']}\t{shown_moment(row['created_at'])}\t{row['table_name']}\t"
+            f"{row['row_key']}\t"
             f"{row['event_id']}\t{row['reason']}"
         )
     return 0
@@ -121,6 +125,7 @@ def parser() -> argparse.ArgumentParser:
             "exactly once, without echoing them back onto the bus."
         ),
     )
+    top.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = top.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="run the consumer").set_defaults(func=cmd_run)
     letters = sub.add_parser("dead-letters", help="list dead letters, or apply them again")
@@ -143,18 +148,20 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    debug, arguments = debug_flag(sys.argv[1:] if argv is None else argv)
+    args = parser().parse_args(arguments)
+    settings: Settings | None = None
     try:
         settings = load_settings(require_tables=False)  # its tables are in its mappings
-        logs.configure(settings.log_level, settings.log_format)
+        logs.configure("DEBUG" if debug else settings.log_level, settings.log_format)
         code: int = args.func(settings, args)
         return code
-    except ConfigError as exc:
-        print(f"sync-back: configuration error: {exc}", file=sys.stderr)
-        return 2
-    except CdcError as exc:
-        print(f"sync-back: {exc}", file=sys.stderr)
-        return 1
+    except Exception as exc:
+        debug = debug or (settings is not None and settings.log_level == "DEBUG")
+        status = report("sync-back", exc, settings.url if settings else None, debug)
+        if status is None:
+            raise  # not a failure anybody foresaw: its traceback is the report
+        return status
 
 
 if __name__ == "__main__":

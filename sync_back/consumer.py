@@ -23,15 +23,15 @@ from sqlalchemy import Engine, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
-from cdc.bus.incoming import Envelope, Invalid, parse_message
-from cdc.bus.sqs import RECEIVE_MAX, Queue, Received
-from cdc.core.database import db_retrying, is_transient_db_error
-from cdc.core.errors import Interrupted
+from cdc.bus.incoming import Envelope, Invalid, comes_from, parse_message
+from cdc.bus.sqs import RECEIVE_MAX, Queue, Received, SqsClient
+from cdc.core.database import db_retrying
+from cdc.core.errors import Interrupted, is_transient_db_error
 from cdc.core.settings import Settings
 from cdc.core.state import StateTables
-from sync_back.applier import Applier, Pending
+from sync_back.applier import Applier
 from sync_back.mapping import Mappings
-from sync_back.rows import to_write
+from sync_back.rows import Pending, to_write
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -74,7 +74,7 @@ class Consumer:
     engine: Engine
     state: StateTables
     mappings: Mappings
-    sqs: Any = None
+    sqs: SqsClient | None = None
     stop: threading.Event = field(default_factory=threading.Event)
     stats: ConsumerStats = field(default_factory=ConsumerStats)
     applier: Applier = field(init=False)
@@ -198,8 +198,9 @@ class Consumer:
             envelope = parse_message(body, self.settings.sync_max_body_bytes)
             detail_type = envelope.detail_type
             event_id = event_id_of(envelope, ("id",))  # the default id_path, until mapped
-            if envelope.source == self._own_source:
-                # Our own capture's event came back (a rule too wide): applying it would loop.
+            if comes_from(envelope.source, self._own_source):
+                # Our own capture's event came back, directly or republished by the validator
+                # (a rule too wide): applying it would loop.
                 self.stats.own_events += 1
                 return "own_event"
             mapping = self.mappings.find(envelope.detail_type, envelope.source)
@@ -210,9 +211,7 @@ class Consumer:
                 )
             table = mapping.table.qualified
             event_id = event_id_of(envelope, mapping.id_parts)
-            return Pending(
-                to_write(envelope, mapping), envelope.detail_type, mapping.version_column, body
-            )
+            return Pending(to_write(envelope, mapping), envelope.detail_type, mapping, body)
         except Invalid as exc:
             self._dead_letter(message_id, detail_type, exc.reason, body, event_id, table)
             return "dead_letter"
@@ -224,9 +223,7 @@ class Consumer:
             if is_transient_db_error(exc):
                 raise
             # A constraint or a value the legacy database cannot hold.
-            reason = (
-                "the legacy database refused the write: " + str(exc.orig).strip().split("\n")[0]
-            )
+            reason = "the legacy database refused the write: " + self.applier.refusal(item, exc)
             self._dead_letter(
                 message_id,
                 item.detail_type,
@@ -258,9 +255,8 @@ class Consumer:
         self.stats.dead_letters += 1
         table = self.state.sync_dead_letters
         insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
-        now: Any = datetime.now(UTC)
-        if self.engine.dialect.name == "sqlite":
-            now = now.isoformat()
+        moment = datetime.now(UTC)
+        now: datetime | str = moment.isoformat() if self.engine.dialect.name == "sqlite" else moment
         statement = insert(table).values(
             message_id=message_id, detail_type=detail_type, reason=reason, body=body, created_at=now
         )

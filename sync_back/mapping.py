@@ -41,12 +41,12 @@ from pydantic import (
 
 from cdc.core.errors import ConfigError
 from cdc.core.tables import TableRef
+from sync_back.policy import ConflictPolicy
 
 ColumnType = Literal[
     "text", "int", "numeric", "float", "bool", "timestamptz", "timestamp", "date", "uuid", "json"
 ]
 WriteOp = Literal["upsert", "delete"]
-ConflictPolicy = Literal["newer_wins", "new_system_wins", "legacy_wins", "park"]
 
 # Types whose values order the way versions must: a later version compares greater.
 VERSION_TYPES: frozenset[str] = frozenset({"int", "numeric", "timestamptz", "timestamp", "date"})
@@ -213,6 +213,10 @@ class Mapping(BaseModel):
     def full_path(self, spec: ColumnSpec) -> str:
         """The column's path from Detail, as reasons show it (``order.customer.name``)."""
         return f"{self.root}.{spec.path}" if self.root else spec.path
+
+    def where(self, column: str) -> str:
+        """A mapped column's place, as reasons show it: ``order.total (column total)``."""
+        return f"{self.full_path(self.columns[column])} (column {column})"
 
 
 class Mappings:

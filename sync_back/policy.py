@@ -21,12 +21,12 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-Policy = Literal["newer_wins", "new_system_wins", "legacy_wins", "park"]
+ConflictPolicy = Literal["newer_wins", "new_system_wins", "legacy_wins", "park"]
 Decision = Literal["apply", "skip_stale", "skip_conflict", "park"]
 
 
 def decide(
-    policy: Policy,
+    policy: ConflictPolicy,
     row_exists: bool,
     legacy_version: Any,
     event_version: Any,
@@ -49,7 +49,7 @@ def decide(
     return "apply"
 
 
-def reads_synced_version(policy: Policy) -> bool:
+def reads_synced_version(policy: ConflictPolicy) -> bool:
     """Whether ``decide`` can depend on the synced version under this policy (only
     `legacy_wins` and `park` ask whether the legacy application changed the row), so the
     caller may leave it unread otherwise."""

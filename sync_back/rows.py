@@ -1,10 +1,10 @@
 """Rows: one parsed event and its mapping -> the legacy row write it asks for.
 
 The second pure step of sync back, between ``incoming.parse_message`` and the database
-layer. Each mapped column's Detail field is found by its path and converted to the Python
-value the driver binds for the column's type; anything that PostgreSQL would refuse, or that
-could only be stored by guessing, raises ``Invalid`` with a reason naming the Detail path and
-the column (``order.total (column total): expected numeric, got 'abc'``). Strings are never
+layer. Each mapped column's Detail field is found by its path and converted (``values``) to the
+Python value the driver binds for the column's type; anything that PostgreSQL would refuse, or
+that could only be stored by guessing, raises ``Invalid`` with a reason naming the Detail path
+and the column (``order.total (column total): expected numeric, got 'abc'``). Strings are never
 interpreted: hostile text is only text, and the database layer binds every value as a
 parameter.
 
@@ -14,29 +14,17 @@ holds, so partial events are partial updates); an explicit null writes NULL.
 
 from __future__ import annotations
 
-import json
-import math
-import re
-import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from cdc.bus.incoming import Envelope, Invalid, describe, text_problem
 from cdc.core.tables import TableRef
-from sync_back.mapping import ColumnSpec, ConflictPolicy, Mapping, WriteOp
+from sync_back.mapping import ColumnSpec, Mapping, WriteOp
+from sync_back.policy import ConflictPolicy
+from sync_back.values import CONVERTERS, Refused
 
 # The inbox stores event ids; a longer "id" is not an id but a mistake or an attack.
 EVENT_ID_MAX_LENGTH = 256
-INT_MIN, INT_MAX = -(2**63), 2**63 - 1
-# PostgreSQL numeric: up to 131072 digits before the decimal point and 16383 after.
-NUMERIC_MAX_INTEGER_DIGITS = 131_072
-NUMERIC_MAX_SCALE = 16_383
-# A JSON number, also accepted in a string for numeric columns (ASCII digits only: Decimal
-# would also take other scripts' digits, underscores and surrounding spaces).
-_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +45,21 @@ class RowWrite:
     policy: ConflictPolicy
 
 
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A write on its way to the applier, with what the inbox, the policy and a dead letter
+    need besides."""
+
+    write: RowWrite
+    detail_type: str
+    mapping: Mapping
+    body: str
+
+    @property
+    def version_column(self) -> str | None:
+        return self.mapping.version_column
+
+
 class _Missing:
     __slots__ = ()
 
@@ -71,10 +74,6 @@ class _Blocked:
     parts: tuple[str, ...]
     value: Any
     next_part: str
-
-
-class _Refused(Exception):
-    """A value that does not fit its column; the message is the problem, without the place."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,19 +122,19 @@ def to_write(envelope: Envelope, mapping: Mapping) -> RowWrite:
         raw = _lookup(scope, parts)
         if raw is _MISSING:
             if spec.required:
-                raise Invalid(f"{_where(mapping, name, spec)}: missing")
+                raise Invalid(f"{mapping.where(name)}: missing")
             continue
         if isinstance(raw, _Blocked):
-            raise Invalid(f"{_where(mapping, name, spec)}: {_blocked(raw, paths.root)}")
+            raise Invalid(f"{mapping.where(name)}: {_blocked(raw, paths.root)}")
         if raw is None:
             if spec.required:
-                raise Invalid(f"{_where(mapping, name, spec)}: null, but the column is required")
+                raise Invalid(f"{mapping.where(name)}: null, but the column is required")
             values[name] = None
             continue
         try:
-            values[name] = _CONVERTERS[spec.type](raw, spec)
-        except _Refused as exc:
-            raise Invalid(f"{_where(mapping, name, spec)}: {exc}") from None
+            values[name] = CONVERTERS[spec.type](raw, spec)
+        except Refused as exc:
+            raise Invalid(f"{mapping.where(name)}: {exc}") from None
     if mapping.strict:
         unused = _first_unused(scope, mapping)
         if unused:
@@ -149,10 +148,6 @@ def to_write(envelope: Envelope, mapping: Mapping) -> RowWrite:
         version=values[mapping.version_column] if mapping.version_column else None,
         policy=mapping.conflict,
     )
-
-
-def _where(mapping: Mapping, name: str, spec: ColumnSpec) -> str:
-    return f"{mapping.full_path(spec)} (column {name})"
 
 
 def _event_id(envelope: Envelope, mapping: Mapping, id_parts: tuple[str, ...]) -> str:
@@ -227,181 +222,3 @@ def _unused_under(
             continue
         return ".".join(path)
     return None
-
-
-# -- converters: a JSON value -> the Python value bound for the column type --------------------
-
-
-def _expected(kind: str, value: Any, note: str = "") -> _Refused:
-    return _Refused(f"expected {kind}, got {describe(value)}{note}")
-
-
-def _text(value: Any, spec: ColumnSpec) -> str:
-    if not isinstance(value, str):
-        raise _expected("text", value)
-    problem = text_problem(value)
-    if problem:
-        raise _Refused(problem)
-    if spec.max_length is not None and len(value) > spec.max_length:
-        raise _Refused(f"{len(value)} characters, over the maximum {spec.max_length}")
-    return value
-
-
-def _int(value: Any, spec: ColumnSpec) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise _expected("int", value)
-    if not INT_MIN <= value <= INT_MAX:
-        raise _Refused(f"{describe(value)} is out of the range of a 64-bit int")
-    return value
-
-
-def _numeric(value: Any, spec: ColumnSpec) -> Decimal:
-    if isinstance(value, bool):
-        raise _expected("numeric", value)
-    if isinstance(value, int):
-        number = Decimal(value)
-    elif isinstance(value, Decimal):
-        number = value
-    elif isinstance(value, str) and _NUMBER.fullmatch(value):
-        try:
-            number = Decimal(value)
-        except (InvalidOperation, ValueError):
-            raise _expected("numeric", value) from None
-    else:
-        raise _expected("numeric", value)
-    if not number.is_finite():  # the parser refuses NaN; a Decimal could still carry one
-        raise _expected("numeric", value)
-    if not _fits_numeric(number):
-        raise _Refused(f"{describe(value)} is out of the range of numeric")
-    return number
-
-
-def _fits_numeric(number: Decimal) -> bool:
-    exponent = number.as_tuple().exponent
-    if not isinstance(exponent, int):  # NaN or Infinity
-        return False
-    return number.adjusted() < NUMERIC_MAX_INTEGER_DIGITS and -exponent <= NUMERIC_MAX_SCALE
-
-
-def _float(value: Any, spec: ColumnSpec) -> float:
-    if not isinstance(value, int | Decimal) or isinstance(value, bool):
-        raise _expected("float", value)
-    try:
-        number = float(value)
-    except OverflowError:
-        number = math.inf
-    if not math.isfinite(number):
-        raise _Refused(f"{describe(value)} is out of the range of float")
-    return number
-
-
-def _bool(value: Any, spec: ColumnSpec) -> bool:
-    if not isinstance(value, bool):
-        raise _expected("bool (true or false)", value)
-    return value
-
-
-def _iso(value: Any, kind: str) -> datetime:
-    if not isinstance(value, str):
-        raise _expected(f"{kind} (an ISO 8601 string)", value)
-    try:
-        return datetime.fromisoformat(value)
-    except ValueError:
-        raise _expected(f"{kind} (ISO 8601)", value) from None
-
-
-def _timestamptz(value: Any, spec: ColumnSpec) -> datetime:
-    moment = _iso(value, "timestamptz")
-    if moment.tzinfo is None:
-        raise _expected("timestamptz", value, " (no time zone; write Z or +hh:mm)")
-    return moment
-
-
-def _timestamp(value: Any, spec: ColumnSpec) -> datetime:
-    moment = _iso(value, "timestamp")
-    if moment.tzinfo is not None:
-        # Dropping or converting the zone would be a guess about the legacy column's zone.
-        raise _expected("timestamp", value, " (has a time zone; the column has none)")
-    return moment
-
-
-def _date(value: Any, spec: ColumnSpec) -> date:
-    if not isinstance(value, str):
-        raise _expected("date (an ISO 8601 string)", value)
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise _expected("date (YYYY-MM-DD)", value) from None
-
-
-def _uuid(value: Any, spec: ColumnSpec) -> uuid.UUID:
-    if not isinstance(value, str):
-        raise _expected("uuid (a string)", value)
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise _expected("uuid", value) from None
-
-
-def _json(value: Any, spec: ColumnSpec) -> str:
-    parts: list[str] = []
-    try:
-        _emit(value, parts)
-    except RecursionError:
-        raise _Refused("nested too deeply to store as json") from None
-    return "".join(parts)
-
-
-def _emit(value: Any, out: list[str]) -> None:
-    # Written out rather than json.dumps: numbers arrive as Decimal (every digit kept), which
-    # json.dumps cannot write as numbers; and jsonb refuses \u0000 in strings.
-    if isinstance(value, str):
-        problem = text_problem(value)
-        if problem:
-            raise _Refused(f"a string in the value {problem}")
-        out.append(json.dumps(value, ensure_ascii=False))
-    elif value is None:
-        out.append("null")
-    elif isinstance(value, bool):
-        out.append("true" if value else "false")
-    elif isinstance(value, int):
-        out.append(str(value))
-    elif isinstance(value, Decimal):
-        # jsonb stores numbers as numeric, with numeric's range.
-        if not _fits_numeric(value):
-            raise _Refused(
-                f"the number {describe(value)} in the value is out of the range of numeric"
-            )
-        out.append(str(value))
-    elif isinstance(value, dict):
-        out.append("{")
-        for index, (key, item) in enumerate(value.items()):
-            if index:
-                out.append(",")
-            _emit(key, out)
-            out.append(":")
-            _emit(item, out)
-        out.append("}")
-    elif isinstance(value, list):
-        out.append("[")
-        for index, item in enumerate(value):
-            if index:
-                out.append(",")
-            _emit(item, out)
-        out.append("]")
-    else:  # pragma: no cover - parse_message yields only JSON types
-        raise _Refused(f"{type(value).__name__} is not a JSON value")
-
-
-_CONVERTERS: dict[str, Callable[[Any, ColumnSpec], Any]] = {
-    "text": _text,
-    "int": _int,
-    "numeric": _numeric,
-    "float": _float,
-    "bool": _bool,
-    "timestamptz": _timestamptz,
-    "timestamp": _timestamp,
-    "date": _date,
-    "uuid": _uuid,
-    "json": _json,
-}

@@ -19,11 +19,23 @@ from typing import Any
 
 from cdc.core.errors import CdcError
 
+# The validator republishes a valid event under its source with this in front.
+VALID_PREFIX = "valid."
 # SQS's own maximum message size; a larger body cannot have come from the queue intact.
 DEFAULT_MAX_BYTES = 262_144
 # The EventBridge envelope keys we read; others ("version", "account", "region", "resources",
 # and any AWS adds later) are accepted and ignored.
 _ENVELOPE_STRINGS = ("id", "detail-type", "source")
+
+
+def comes_from(source: str, original: str) -> bool:
+    """Whether an event of ``source`` was published under ``original``: directly, or
+    republished by the validator (``valid.`` in front, as many times as it went through one)."""
+    while source != original:
+        if not source.startswith(VALID_PREFIX):
+            return False
+        source = source[len(VALID_PREFIX) :]
+    return True
 
 
 class Invalid(CdcError):

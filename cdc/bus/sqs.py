@@ -14,13 +14,18 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NotRequired, Protocol, TypedDict
 
 from botocore.exceptions import ClientError
 
-from cdc.core.errors import PermanentError, classify_aws_error, is_transient_transport_error
+from cdc.core.errors import (
+    ConfigError,
+    PermanentError,
+    classify_aws_error,
+    is_transient_transport_error,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +40,38 @@ QUEUE_MISSING_CODES = frozenset({"QueueDoesNotExist", "AWS.SimpleQueueService.No
 def backoff(attempt: int, initial: float = 0.2, maximum: float = 10.0) -> float:
     """Seconds to wait before try ``attempt + 1``: exponential, with full jitter."""
     return random.uniform(0, min(maximum, initial * 2**attempt))
+
+
+class DeleteEntry(TypedDict):
+    Id: str
+    ReceiptHandle: str
+
+
+class VisibilityEntry(TypedDict):
+    Id: str
+    ReceiptHandle: str
+    VisibilityTimeout: NotRequired[int]
+
+
+class SqsClient(Protocol):
+    """The SQS calls a queue makes: boto3's SQS client has them, and so do the tests' fakes."""
+
+    def receive_message(
+        self,
+        *,
+        QueueUrl: str,
+        MaxNumberOfMessages: int,
+        WaitTimeSeconds: int,
+        VisibilityTimeout: int,
+    ) -> Mapping[str, Any]: ...
+
+    def delete_message_batch(
+        self, *, QueueUrl: str, Entries: Sequence[DeleteEntry]
+    ) -> Mapping[str, Any]: ...
+
+    def change_message_visibility_batch(
+        self, *, QueueUrl: str, Entries: Sequence[VisibilityEntry]
+    ) -> Mapping[str, Any]: ...
 
 
 class QueueStats(Protocol):
@@ -89,7 +126,7 @@ class Received:
 class Queue:
     def __init__(
         self,
-        sqs: Any,
+        sqs: SqsClient | None,
         url: str | None,
         setting: str,
         wait_seconds: int,
@@ -106,10 +143,18 @@ class Queue:
         self.stats = stats
         self._receive_failures = 0
 
+    def _target(self) -> tuple[SqsClient, str]:
+        """The client and the queue's URL; a queue built without them (a consumer that only
+        lists dead letters) says so when it is used."""
+        if self.sqs is None or not self.url:
+            raise ConfigError(self.setting, "no SQS queue to use here; name the queue to use one")
+        return self.sqs, self.url
+
     def receive(self) -> Received:
+        sqs, url = self._target()
         try:
-            reply = self.sqs.receive_message(
-                QueueUrl=self.url,
+            reply = sqs.receive_message(
+                QueueUrl=url,
                 MaxNumberOfMessages=RECEIVE_MAX,
                 WaitTimeSeconds=self.wait_seconds,
                 VisibilityTimeout=self.visibility_timeout,
@@ -137,17 +182,13 @@ class Queue:
         return tick
 
     def delete(self, messages: list[dict[str, Any]]) -> None:
+        sqs, url = self._target()
         pending = {str(i): m["ReceiptHandle"] for i, m in enumerate(messages)}
         for attempt in range(1, DELETE_ATTEMPTS + 1):
             try:
-                reply = (
-                    self.sqs.delete_message_batch(
-                        QueueUrl=self.url,
-                        Entries=[
-                            {"Id": i, "ReceiptHandle": handle} for i, handle in pending.items()
-                        ],
-                    )
-                    or {}
+                reply = sqs.delete_message_batch(
+                    QueueUrl=url,
+                    Entries=[{"Id": i, "ReceiptHandle": handle} for i, handle in pending.items()],
                 )
             except Exception as exc:
                 codes = [self.error_code("DeleteMessageBatch", exc)] * len(pending)
@@ -172,9 +213,10 @@ class Queue:
 
     def release(self, messages: list[dict[str, Any]]) -> None:
         """Make received, unhandled messages visible again now (for another consumer)."""
+        sqs, url = self._target()
         try:
-            self.sqs.change_message_visibility_batch(
-                QueueUrl=self.url,
+            sqs.change_message_visibility_batch(
+                QueueUrl=url,
                 Entries=[
                     {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
                     for i, m in enumerate(messages)
@@ -184,9 +226,10 @@ class Queue:
             log.warning("could not release %d received messages (%s)", len(messages), exc)
 
     def extend(self, messages: list[dict[str, Any]]) -> None:
+        sqs, url = self._target()
         try:
-            self.sqs.change_message_visibility_batch(
-                QueueUrl=self.url,
+            sqs.change_message_visibility_batch(
+                QueueUrl=url,
                 Entries=[
                     {
                         "Id": str(i),

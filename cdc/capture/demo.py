@@ -19,7 +19,7 @@ def create_demo_table(engine: Engine) -> bool:
         connection.execute(
             text(
                 "CREATE TABLE widgets (id INTEGER PRIMARY KEY, name TEXT NOT NULL, "
-                "price NUMERIC, updated_at TEXT)"
+                "price NUMERIC, updated_at TIMESTAMP)"
             )
         )
     return True

@@ -105,15 +105,40 @@ def install(engine: Engine, infos: Iterable[TableInfo], slot: str, publication: 
             )
 
 
-def drop(engine: Engine, slot: str, publication: str) -> None:
+def drop(engine: Engine, slot: str, publication: str) -> list[str]:
+    """Remove the slot and the publication; what there was of them ("replication slot x",
+    "publication y")."""
+    removed = existing(engine, slot, publication)
     with engine.connect() as connection:
-        if connection.execute(
-            text("SELECT 1 FROM pg_replication_slots WHERE slot_name = :s"), {"s": slot}
-        ).first():
+        if f"replication slot {slot}" in removed:
             connection.execute(text("SELECT pg_drop_replication_slot(:s)"), {"s": slot})
         connection.execute(text(f"DROP PUBLICATION IF EXISTS {quote_ident(publication)}"))
         connection.commit()
-    log.info("replication slot %s and publication %s removed", slot, publication)
+    for what in removed:
+        log.info("%s removed", what)
+    return removed
+
+
+def existing(engine: Engine, slot: str, publication: str) -> list[str]:
+    """Which of the slot and the publication exist ("replication slot x", "publication y")."""
+    if engine.dialect.name != "postgresql":
+        return []
+    with engine.connect() as connection:
+        row = connection.execute(
+            text(
+                "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = :s), "
+                "EXISTS (SELECT 1 FROM pg_publication WHERE pubname = :p)"
+            ),
+            {"s": slot, "p": publication},
+        ).one()
+    return [
+        what
+        for what, there in (
+            (f"replication slot {slot}", row[0]),
+            (f"publication {publication}", row[1]),
+        )
+        if there
+    ]
 
 
 def slot_lost_message(slot: str) -> str:

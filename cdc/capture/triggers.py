@@ -93,14 +93,44 @@ def _install_ddl_trigger(connection: Connection, state_schema: str) -> bool:
     return True
 
 
-def drop(engine: Engine, tables: Iterable[TableRef], state_schema: str) -> None:
+def drop(engine: Engine, tables: Iterable[TableRef], state_schema: str) -> list[TableRef]:
+    """Remove the capture triggers of ``tables``; the tables that had them."""
+    tables = list(tables)
+    had = set(installed(engine, state_schema))
     with engine.begin() as connection:
         for ref in tables:
             if engine.dialect.name == "sqlite":
                 _drop_sqlite(connection, ref)
             else:
                 _drop_postgres(connection, ref, state_schema)
-            log.info("capture triggers removed from %s", ref.qualified)
+    removed = [ref for ref in tables if ref.qualified in had]
+    for ref in removed:
+        log.info("capture triggers removed from %s", ref.qualified)
+    return removed
+
+
+def installed(engine: Engine, state_schema: str) -> list[str]:
+    """The tables (schema.table) that carry capture triggers, whichever CDC_TABLES named them."""
+    with engine.connect() as connection:
+        if engine.dialect.name == "sqlite":
+            rows = connection.execute(
+                text(
+                    "SELECT DISTINCT 'main.' || tbl_name FROM sqlite_master "
+                    "WHERE type = 'trigger' AND name LIKE 'cdc\\_capture\\_%' ESCAPE '\\'"
+                )
+            )
+        else:
+            # Every capture trigger calls the state schema's capture(); NULL if it is gone.
+            rows = connection.execute(
+                text(
+                    "SELECT DISTINCT n.nspname || '.' || c.relname FROM pg_trigger t "
+                    "JOIN pg_class c ON c.oid = t.tgrelid "
+                    "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE t.tgfoid = to_regprocedure(:function)"
+                ),
+                {"function": f"{quote_ident(state_schema)}.capture()"},
+            )
+        return sorted(row[0] for row in rows)
 
 
 def _literal(value: str) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -97,6 +98,19 @@ def _sqlite_blob(value: Any) -> Any:
     return value
 
 
+# A moment as SQLite applications write it, with its offset (or Z) at the end.
+_SQLITE_ZONED = re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d(:\d\d(\.\d+)?)?(Z|[+-]\d\d(:?\d\d)?)")
+
+
+def _sqlite_timestamp(value: Any) -> Any:
+    # SQLite keeps a DATETIME/TIMESTAMP as whatever the application wrote. Text that carries an
+    # offset is a moment with a zone: published in UTC with 'Z', as a timestamptz is. Text
+    # without one keeps its form (no zone is invented); numbers (epoch, Julian day) pass.
+    if isinstance(value, str) and _SQLITE_ZONED.fullmatch(value):
+        return _timestamp_tz(value[:10] + "T" + value[11:])  # SQL's ' ' to ISO 8601's 'T'
+    return _sqlite_blob(value)
+
+
 def plain_json(value: Any) -> Any:
     """Numbers of embedded json documents: Decimal back to int or float."""
     if isinstance(value, Decimal):
@@ -167,6 +181,8 @@ def converter(
             column_type, sqltypes.Float
         ):
             return lambda value: _exact_number(_sqlite_blob(value))
+        if isinstance(column_type, sqltypes.DateTime):
+            return _sqlite_timestamp
         return _sqlite_blob
     if isinstance(column_type, sqltypes.Float):
         return _float

@@ -22,34 +22,83 @@ from cdc.core import database
 from cdc.core.database import check_migrated
 from cdc.core.errors import CdcError, ConfigError
 from cdc.core.settings import Settings
-from cdc.core.state import state_tables
+from cdc.core.state import shown_moment, state_tables
 from cdc.core.tables import TableRef
 from cdc.validate.grants import validator_grants
 
 log = logging.getLogger("cdc")
 
 
-def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> int:
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     engine = database.connect(settings)
+    if args.drop:
+        return remove_state(settings, engine, yes=args.yes, force=args.force)
     database.migrate(engine, settings)
     print(f"state schema is at revision {database.current_revision(engine, settings)}")
+    return 0
+
+
+def remove_state(settings: Settings, engine: Engine, yes: bool, force: bool) -> int:
+    """``cdc migrate --drop``: remove the service's own schema. Not while capture is installed
+    (without the schema, a trigger would fail the legacy application's writes, and a slot would
+    keep WAL forever), unless ``force`` removes capture first; and only with ``yes``."""
+    where = settings.display_url
+    revision = database.current_revision(engine, settings)
+    if revision is None:
+        print(f"no state schema in {where}: nothing to remove")
+        return 0
+    if not database.knows_revision(settings, revision):
+        raise CdcError(
+            f"the state schema is at revision {revision}, newer than this version knows; "
+            "remove it with the version that migrated it"
+        )
+    tables = state_tables(engine.dialect.name, settings.state_schema)
+    triggered = triggers.installed(engine, settings.state_schema)
+    replication = slots.existing(engine, settings.slot_name, settings.publication_name)
+    capture = [*(f"capture triggers on {name}" for name in triggered), *replication]
+    if capture and not force:
+        raise CdcError(
+            f"capture is installed ({', '.join(capture)}); remove it first (`cdc setup --drop`, "
+            "in each CDC_CAPTURE mode used), or add --force to remove it with the schema"
+        )
+    pending = ChangeLogSource(engine, tables, settings.default_schema).backlog().pending or 0
+    if not yes:
+        raise CdcError(
+            f"this removes the state schema of {where} ({pending} changes not yet published, "
+            f"{deadletters.count(engine, tables)} dead letters, the checkpoints, sync back's "
+            "and the validator's records); run again with --yes to do it"
+        )
+    refs = [TableRef.parse(name, settings.default_schema) for name in triggered]
+    for ref in triggers.drop(engine, refs, settings.state_schema):
+        print(f"capture triggers removed from {ref.qualified}")
+    if replication:
+        for what in slots.drop(engine, settings.slot_name, settings.publication_name):
+            print(f"{what} removed")
+    database.drop_state(engine, settings)
+    print(f"state schema removed from {where}")
     return 0
 
 
 def cmd_setup(settings: Settings, args: argparse.Namespace) -> int:
     engine = database.connect(settings)
     if args.drop and settings.capture == "logical":
-        slots.drop(engine, settings.slot_name, settings.publication_name)
-        print(
-            f"replication slot {settings.slot_name} and publication "
-            f"{settings.publication_name} removed"
-        )
+        require_postgres(settings)
+        wanted = [
+            f"replication slot {settings.slot_name}",
+            f"publication {settings.publication_name}",
+        ]
+        removed = slots.drop(engine, settings.slot_name, settings.publication_name)
+        for what in wanted:
+            print(f"{what} removed" if what in removed else f"{what}: none to remove")
         return 0
     if args.drop:
-        triggers.drop(engine, settings.table_refs, settings.state_schema)
-        print(
-            "capture triggers removed from " + ", ".join(t.qualified for t in settings.table_refs)
-        )
+        dropped = triggers.drop(engine, settings.table_refs, settings.state_schema)
+        for ref in settings.table_refs:
+            print(
+                f"capture triggers removed from {ref.qualified}"
+                if ref in dropped
+                else f"{ref.qualified}: no capture triggers to remove"
+            )
         return 0
     check_migrated(settings, engine)
     infos = [read_table(engine, t) for t in settings.table_refs]
@@ -182,7 +231,7 @@ def print_backfills(listed: Sequence[runs.Run]) -> None:
         share = f"{100 * run.rows_done / total:5.1f}%" if total else "     -"
         print(
             f"{run.id:>5}  {run.table:<28} {run.status:<10} "
-            f"{run.rows_done:>10}/{total:<10}  {share}  {run.updated_at}"
+            f"{run.rows_done:>10}/{total:<10}  {share}  {shown_moment(run.updated_at)}"
         )
 
 
@@ -224,7 +273,7 @@ def cmd_status(settings: Settings, _args: argparse.Namespace) -> int:
     if row:
         print(
             f"last position:   {row['position']} ({row['published']} changes published, "
-            f"last at {row['updated_at']})"
+            f"last at {shown_moment(row['updated_at'])})"
         )
     else:
         print("last position:   none yet")
@@ -251,7 +300,8 @@ def cmd_dead_letters(settings: Settings, args: argparse.Namespace) -> int:
             print("no dead letters")
         for letter in letters:
             print(
-                f"{letter.id}\t{letter.created_at}\t{letter.table}\t{letter.event_id}\t"
+                f"{letter.id}\t{shown_moment(letter.created_at)}\t{letter.table}\t"
+                f"{letter.event_id}\t"
                 f"{letter.entry.size} bytes\tattempts={letter.attempts}\t{letter.reason}"
             )
         return 0

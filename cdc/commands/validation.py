@@ -8,18 +8,26 @@ import argparse
 import sys
 import threading
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
 from cdc.core.errors import CdcError, ConfigError
-from cdc.core.settings import Settings
+from cdc.core.settings import Settings, check_toml_keys
+from cdc.core.state import shown_moment
+
+if TYPE_CHECKING:
+    from cdc.topology.model import Topology
+
+if TYPE_CHECKING:  # imported when a command runs (see above)
+    from cdc.bus.publishers.eventbridge import EventBridgePublisher
+    from cdc.validate.state import ValidationTables
 
 # The first migration that has the validator's tables.
 VALIDATION_REVISION = "0005"
 
 
-def add_commands(sub: Any) -> None:
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register the commands on the ``cdc`` parser's subparsers."""
     schemas = sub.add_parser("schemas", help="JSON Schemas of the events, per DetailType")
     schemas_sub = schemas.add_subparsers(dest="schemas_command", required=True)
@@ -95,7 +103,7 @@ def check_validation_state(settings: Settings, engine: Engine) -> None:
         )
 
 
-def _central_publisher(settings: Settings) -> Any:
+def _central_publisher(settings: Settings) -> EventBridgePublisher:
     from cdc.bus.publishers.eventbridge import EventBridgePublisher, check_bus
 
     try:
@@ -132,7 +140,8 @@ def cmd_validate(settings: Settings, args: argparse.Namespace) -> int:
         for stored in letters:
             x = stored.letter
             print(
-                f"{stored.id}\t{stored.created_at}\t{x.source}\t{x.detail_type}\t{x.event_id}\t"
+                f"{stored.id}\t{shown_moment(stored.created_at)}\t{x.source}\t"
+                f"{x.detail_type}\t{x.event_id}\t"
                 f"attempts={stored.attempts}\t{x.reason}"
             )
             for error in x.errors:
@@ -144,7 +153,7 @@ def cmd_validate(settings: Settings, args: argparse.Namespace) -> int:
             if not claims:
                 print("no events in doubt")
             for c in claims:
-                print(f"{c.claimed_at}\t{c.key[0]}\t{c.detail_type}\t{c.key[1]}")
+                print(f"{shown_moment(c.claimed_at)}\t{c.key[0]}\t{c.detail_type}\t{c.key[1]}")
             return 0
         from cdc.validate.validator import resend_in_doubt
 
@@ -160,7 +169,7 @@ def cmd_validate(settings: Settings, args: argparse.Namespace) -> int:
     return _run_validator(settings, engine, tables)
 
 
-def _run_validator(settings: Settings, engine: Engine, tables: Any) -> int:
+def _run_validator(settings: Settings, engine: Engine, tables: ValidationTables) -> int:
     import boto3
 
     from cdc.core.signals import install_signal_handlers
@@ -190,11 +199,18 @@ def _run_validator(settings: Settings, engine: Engine, tables: Any) -> int:
     return 0
 
 
+def _topology(settings: Settings) -> Topology:
+    from cdc.topology.model import Topology, topology_from_settings
+
+    # Typos first, with a hint: the model itself would only say "Extra inputs are not permitted".
+    check_toml_keys(settings.topology, Topology, "topology")
+    return topology_from_settings(settings)
+
+
 def cmd_topology_render(settings: Settings, args: argparse.Namespace) -> int:
-    from cdc.topology.model import topology_from_settings
     from cdc.topology.template import render
 
-    text = render(topology_from_settings(settings))
+    text = render(_topology(settings))
     if args.output:
         with open(args.output, "w", encoding="utf-8") as handle:
             handle.write(text)
@@ -206,9 +222,8 @@ def cmd_topology_render(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_topology_apply(settings: Settings, _args: argparse.Namespace) -> int:
     from cdc.topology.apply import apply
-    from cdc.topology.model import topology_from_settings
 
-    result = apply(topology_from_settings(settings))
+    result = apply(_topology(settings))
     print(f"account {result.account}, region {result.region}")
     for line in result.done:
         print(f"  ok: {line}")

@@ -10,11 +10,12 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_random_exponential
 
-from cdc.core.errors import CdcError, Interrupted
+from cdc.core.errors import CdcError, Interrupted, is_transient_db_error
 from cdc.core.settings import Settings
+from cdc.core.tables import quote_ident
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,23 @@ def migrate(engine: Engine, settings: Settings, revision: str = "head") -> None:
         command.upgrade(config, revision)
 
 
+def drop_state(engine: Engine, settings: Settings) -> None:
+    """Remove the service's own schema: every migration undone, then the version table and, on
+    PostgreSQL, the schema itself, in one transaction. An object someone else put in the schema
+    makes it fail whole (no CASCADE): the schema is left as it was."""
+    config = alembic_config(settings)
+    sqlite = engine.dialect.name == "sqlite"
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "base")
+        if sqlite:
+            connection.execute(text("DROP TABLE IF EXISTS cdc_alembic_version"))
+        else:
+            schema = quote_ident(settings.state_schema)
+            connection.execute(text(f"DROP TABLE IF EXISTS {schema}.alembic_version"))
+            connection.execute(text(f"DROP SCHEMA IF EXISTS {schema}"))
+
+
 def current_revision(engine: Engine, settings: Settings) -> str | None:
     from alembic.runtime.migration import MigrationContext
 
@@ -93,33 +111,6 @@ def knows_revision(settings: Settings, revision: str) -> bool:
         )
     except CommandError:
         return False
-
-
-def is_transient_db_error(exc: BaseException) -> bool:
-    """A failure that a new connection may cure: the server restarted, the connection was
-    terminated or timed out. Wrong credentials or a missing database are not retried."""
-    import psycopg
-    from sqlalchemy import exc as sa_exc
-
-    if isinstance(exc, sa_exc.DBAPIError):
-        if exc.connection_invalidated:
-            return True
-        if not isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError):
-            return False
-        message = str(exc.orig).lower()
-    elif isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
-        message = str(exc).lower()  # the replication stream uses psycopg directly
-    else:
-        return False
-    permanent = (
-        "password authentication failed",
-        "does not exist",
-        "no pg_hba.conf entry",
-        "permission denied",
-        "role ",
-        "no such table",
-    )
-    return not any(word in message for word in permanent) or "terminating" in message
 
 
 def db_retrying(stop: threading.Event, on_retry: Callable[[], None], what: str) -> Retrying:

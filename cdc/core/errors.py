@@ -1,8 +1,16 @@
-"""Errors, classified in one place: what is retried, what stops the process, what to tell."""
+"""Errors, classified in one place: what is retried, what stops the process, what to tell.
+
+The verdicts come from here: whether an AWS error code is retried, rejected or fatal
+(``classify_aws_error``), whether a network failure may pass (``is_transient_transport_error``),
+and what a database error is (``classify_db_error``: its kind, and whether a new connection may
+cure it). ``cdc.core.exits`` words them for the operator.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
+from dataclasses import dataclass
 from typing import Literal
 
 import botocore.exceptions
@@ -134,3 +142,106 @@ def classify_aws_error(code: str) -> AwsVerdict:
 def is_transient_transport_error(exc: BaseException) -> bool:
     """True for network failures (no connection, reset, timeout) that a later call may not meet."""
     return isinstance(exc, _TRANSIENT_TRANSPORT_ERRORS)
+
+
+# --- database errors --------------------------------------------------------------------------
+# One kind per driver message (psycopg/libpq and sqlite3 texts, lower-cased; the first pattern
+# that matches wins). The kind decides whether a new connection may cure it, and what to tell.
+
+DbKind = Literal[
+    "disconnected",
+    "auth",
+    "unknown_role",
+    "no_database",
+    "not_allowed",
+    "privilege",
+    "not_postgres",
+    "tls",
+    "refused",
+    "timeout",
+    "unknown_host",
+    "sqlite_file",
+    "missing",
+    "other",
+]
+
+_DB_PATTERNS: tuple[tuple[str, DbKind], ...] = (
+    # The server ended the session (restart, pg_terminate_backend) or the network did.
+    (
+        r"terminating connection|server closed the connection|ssl syscall error"
+        r"|ssl connection has been closed|connection reset|consuming input failed",
+        "disconnected",
+    ),
+    (
+        r"password authentication failed|no password supplied|is not permitted to log in"
+        r"|authentication failed",
+        "auth",
+    ),
+    (r'role ".*" does not exist', "unknown_role"),
+    (r'database ".*" does not exist', "no_database"),
+    (r"no pg_hba\.conf entry", "not_allowed"),
+    (r"permission denied|must be owner of|must be superuser", "privilege"),
+    # libpq asks for TLS first (sslmode=prefer): an HTTP server answers 'H'.
+    (r"invalid response to ssl negotiation|expected authentication request", "not_postgres"),
+    (r"ssl|certificate", "tls"),
+    (r"connection refused", "refused"),
+    (r"timeout expired|timed out", "timeout"),
+    (
+        r"failed to resolve host|could not translate host name|name or service not known"
+        r"|nodename nor servname|temporary failure in name resolution",
+        "unknown_host",
+    ),
+    (r"unable to open database file", "sqlite_file"),
+    (r"does not exist|no such table", "missing"),
+)
+_DB_MESSAGES = [(re.compile(pattern), kind) for pattern, kind in _DB_PATTERNS]
+
+# Kinds a later connection may not meet: a restart, a network or DNS hiccup, a server coming up.
+# Credentials, a missing role or database, pg_hba.conf and privileges wait for the operator.
+_PASSING_KINDS: frozenset[DbKind] = frozenset(
+    {
+        "disconnected",
+        "not_postgres",
+        "tls",
+        "refused",
+        "timeout",
+        "unknown_host",
+        "sqlite_file",
+        "other",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DbFailure:
+    kind: DbKind
+    transient: bool  # retried around database I/O (``db_retrying``)
+    text: str  # the driver's message
+
+
+def classify_db_error(exc: BaseException) -> DbFailure | None:
+    """What a database error means; None for an exception that is not one."""
+    import psycopg
+    from sqlalchemy import exc as sa_exc
+
+    if isinstance(exc, sa_exc.DBAPIError):
+        text = str(exc.orig if exc.orig is not None else exc)
+        invalidated = exc.connection_invalidated
+        # Only these say the connection failed; a statement's own error is not retried.
+        io = isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError)
+    elif isinstance(exc, psycopg.Error):  # the replication stream uses psycopg directly
+        text, invalidated = str(exc), False
+        io = isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+    else:
+        return None
+    lowered = text.lower()
+    kinds = (kind for pattern, kind in _DB_MESSAGES if pattern.search(lowered))
+    kind: DbKind = next(kinds, "other")
+    return DbFailure(kind, invalidated or (io and kind in _PASSING_KINDS), text)
+
+
+def is_transient_db_error(exc: BaseException) -> bool:
+    """A failure that a new connection may cure: the server restarted, the connection was
+    terminated or timed out. Wrong credentials or a missing database are not retried."""
+    failure = classify_db_error(exc)
+    return failure is not None and failure.transient

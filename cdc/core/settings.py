@@ -12,9 +12,10 @@ import difflib
 import os
 import string
 import tomllib
-from collections.abc import Mapping
+import types
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
@@ -209,6 +210,7 @@ def load_settings(
     config_path = env.get("CDC_CONFIG")
     if config_path:
         file_values = _read_toml(Path(config_path))
+        check_toml_keys(file_values, Settings)
     _check_unknown_environment(env)
     env_values = {
         name.removeprefix(ENV_PREFIX).lower(): value
@@ -241,6 +243,43 @@ def _read_toml(path: Path) -> dict[str, Any]:
         ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("CDC_CONFIG", f"{path} is not valid TOML: {exc}") from None
+
+
+def check_toml_keys(table: Mapping[str, Any], model: type[BaseModel], where: str = "") -> None:
+    """Stop at the first key of a TOML table that ``model`` does not know (nested tables
+    included), naming the known key it is closest to, as the environment's typos are named.
+    Pydantic's own message, "Extra inputs are not permitted", names neither."""
+    if model.model_config.get("extra") != "forbid":
+        return
+    fields = model.model_fields
+    for key, value in table.items():
+        path = f"{where}.{key}" if where else key
+        if key not in fields:
+            close = difflib.get_close_matches(key, sorted(fields), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError("CDC_CONFIG", f"unknown setting {path!r} in the TOML file{hint}")
+        for inner, inner_table, inner_path in _nested_tables(fields[key].annotation, value, path):
+            check_toml_keys(inner_table, inner, inner_path)
+
+
+def _nested_tables(
+    annotation: Any, value: Any, path: str
+) -> Iterator[tuple[type[BaseModel], Mapping[str, Any], str]]:
+    """The tables inside ``value`` that a model describes, by the field's annotation:
+    ``Model``, ``dict[str, Model]``, ``list[Model]``, ``tuple[Model, ...]``, ``Model | None``."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        if isinstance(value, dict):
+            yield annotation, value, path
+    elif origin is dict and len(args) == 2 and isinstance(value, dict):
+        for key, item in value.items():
+            yield from _nested_tables(args[1], item, f"{path}.{key}")
+    elif origin in (list, tuple) and args and isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _nested_tables(args[0], item, f"{path}[{index}]")
+    elif origin in (Union, types.UnionType):
+        for arg in args:
+            yield from _nested_tables(arg, value, path)
 
 
 def _check_unknown_environment(env: Mapping[str, str]) -> None:

@@ -9,6 +9,7 @@ only describes them for queries.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from sqlalchemy import (
     BigInteger,
@@ -41,6 +42,21 @@ class StateTables:
     def qualified(self, table: Table) -> str:
         """The SQL name, for DDL written by hand (triggers)."""
         return f'"{self.schema}"."{table.name}"' if self.schema else f'"{table.name}"'
+
+
+def shown_moment(moment: datetime | str | None) -> str:
+    """A moment read from a state table, as the commands print it: ISO 8601 in UTC to the
+    second, the same from SQLite (ISO text) and PostgreSQL (timestamptz)."""
+    if moment is None:
+        return "-"
+    if isinstance(moment, str):
+        try:
+            return shown_moment(datetime.fromisoformat(moment))
+        except ValueError:
+            return moment
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)  # the service writes UTC only
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def state_tables(dialect: str, schema: str = "cdc") -> StateTables:

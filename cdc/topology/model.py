@@ -9,10 +9,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cdc.bus.incoming import VALID_PREFIX
 from cdc.core.errors import ConfigError
 from cdc.core.settings import Settings
 
-VALID_PREFIX = "valid."
 ACCOUNT_PATTERN = r"^\d{12}$"
 REGION_PATTERN = r"^[a-z]{2}(-[a-z]+)+-\d$"
 

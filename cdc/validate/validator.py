@@ -33,9 +33,9 @@ from typing import Any, Literal, TypeVar
 from sqlalchemy import Engine
 
 from cdc.bus.events import BusEntry
-from cdc.bus.incoming import Invalid, parse_message, text_problem
+from cdc.bus.incoming import VALID_PREFIX, Invalid, parse_message, text_problem
 from cdc.bus.publishers import Publisher
-from cdc.bus.sqs import Queue
+from cdc.bus.sqs import Queue, SqsClient
 from cdc.core.database import db_retrying
 from cdc.core.errors import Interrupted
 from cdc.core.settings import Settings
@@ -46,7 +46,6 @@ from cdc.validate.state import Claim, ValidationDeadLetter, ValidationTables
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-VALID_PREFIX = "valid."
 # SQS's own maximum message size.
 MAX_BODY_BYTES = 262_144
 
@@ -181,6 +180,17 @@ class ValidatorStats:
     undeleted: int = 0
     last_polled_at: float = 0.0
 
+    def summary(self) -> str:
+        """The counts for the stop line, in words."""
+        retries = sum(self.queue_retries_by_code.values())
+        return (
+            f"{self.received} messages received: {self.republished} republished, "
+            f"{self.duplicates} duplicates, {self.dead_letters} dead letters, "
+            f"{self.in_doubt} in doubt, {self.already_valid} already valid, "
+            f"{self.rejected} rejected by the central bus; {self.db_retries} database and "
+            f"{retries} queue retries"
+        )
+
 
 @dataclass
 class Validator:
@@ -191,7 +201,7 @@ class Validator:
     # Sends to the central bus. Its retries must not be cut short by a stop request: the
     # batch's claims are committed, so a batch abandoned mid-send would be in doubt.
     publisher: Publisher
-    sqs: Any = None
+    sqs: SqsClient | None = None
     stop: threading.Event = field(default_factory=threading.Event)
     stats: ValidatorStats = field(default_factory=ValidatorStats)
     # Test hook, called with "claimed", "published", "recorded" after each step of a batch.
@@ -218,7 +228,7 @@ class Validator:
         )
         while not self.stop.is_set():
             self.poll_once()
-        log.info("stopped: %s", self.stats)
+        log.info("stopped after %s", self.stats.summary())
 
     def poll_once(self) -> int:
         """One receive-handle-delete round; how many messages it handled."""

@@ -22,6 +22,9 @@ from sqlalchemy.exc import ProgrammingError
 ROOT = Path(__file__).resolve().parents[2]
 
 
+ISO_UTC = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z"
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CDC_")}
     env.update(extra)
@@ -82,8 +85,12 @@ def test_embedded_default_shows_inserts_updates_and_deletes(tmp_path: Path) -> N
     assert update["before"]["price"] == "9.99" and update["after"]["price"] == "10.49"
     assert events[5]["Detail"]["key"] == {"id": 1}
     assert all(e["Source"] == "legacy.cdc-demo" and e["EventBusName"] == "default" for e in events)
+    # The demo's moments are written with an offset: published in UTC with 'Z', as timestamptz
+    assert re.fullmatch(ISO_UTC, update["after"]["updated_at"]), update["after"]
     status = cdc("status", cwd=tmp_path)
     assert "pending changes: 0" in status.stdout and "dead letters:    0" in status.stdout
+    # Times print as on PostgreSQL (test_status_and_removal_of_the_state_schema)
+    assert re.search(r"last at \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\)", status.stdout), status.stdout
 
 
 def test_configuration_errors_exit_2_naming_the_setting_without_the_password(
@@ -181,8 +188,16 @@ def test_container_commands_migrate_then_setup_then_status(pg_url: URL, tmp_path
     with legacy.begin() as connection:
         connection.execute(text("INSERT INTO orders VALUES (1, 9.90)"))
     assert "pending changes: 1" in cdc("status", cwd=tmp_path, env=env).stdout
-    assert cdc("setup", "--drop", cwd=tmp_path, env=env).returncode == 0
+    dropped = cdc("setup", "--drop", cwd=tmp_path, env=env)
+    assert (
+        dropped.returncode == 0
+        and dropped.stdout == "capture triggers removed from public.orders\n"
+    )
     assert trigger_count() == 0
+    again = cdc("setup", "--drop", cwd=tmp_path, env=env)
+    assert (
+        again.returncode == 0 and again.stdout == "public.orders: no capture triggers to remove\n"
+    )
     with legacy.begin() as connection:
         connection.execute(text("INSERT INTO orders VALUES (2, 1)"))
     assert "pending changes: 1" in cdc("status", cwd=tmp_path, env=env).stdout
@@ -389,3 +404,61 @@ def test_a_state_schema_behind_or_ahead_of_the_code_is_named(pg_url: URL, tmp_pa
     ahead = cdc("status", cwd=tmp_path, env=env)
     assert ahead.returncode == 1 and "newer than this version knows" in ahead.stderr
     engine.dispose()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("capture", ["changelog", "logical"])
+def test_status_and_removal_of_the_state_schema(pg_url: URL, tmp_path: Path, capture: str) -> None:
+    legacy = create_engine(pg_url)
+    with legacy.begin() as connection:
+        connection.execute(text("CREATE TABLE orders (id int PRIMARY KEY, total numeric)"))
+    env = clean_env(
+        CDC_DATABASE_URL=pg_url.render_as_string(hide_password=False),
+        CDC_TABLES="orders",
+        CDC_CAPTURE=capture,
+        CDC_SLOT_NAME=f"cdc_{pg_url.database}"[:63],
+    )
+    assert cdc("migrate", cwd=tmp_path, env=env).returncode == 0
+    assert cdc("setup", cwd=tmp_path, env=env).returncode == 0
+    with legacy.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO cdc.checkpoints (stream, position, published, updated_at) "
+                "VALUES (:s, '1', 1, '2026-11-28 18:45:52.5+01')"
+            ),
+            {"s": capture},
+        )
+    status = cdc("status", cwd=tmp_path, env=env)
+    assert "last at 2026-11-28T17:45:52Z)" in status.stdout, status.stdout
+    # Given capture installed: the schema is not removed, and what holds it is named
+    refused = cdc("migrate", "--drop", "--yes", cwd=tmp_path, env=env)
+    assert refused.returncode == 1 and "capture is installed" in refused.stderr
+    named = "capture triggers on public.orders" if capture == "changelog" else "replication slot"
+    assert named in refused.stderr and "cdc setup --drop" in refused.stderr
+    # When capture is removed, twice: the second time says there was nothing
+    first = cdc("setup", "--drop", cwd=tmp_path, env=env).stdout
+    second = cdc("setup", "--drop", cwd=tmp_path, env=env).stdout
+    assert "removed" in first and "removed" not in second and "to remove" in second
+    # Then the removal asks for --yes, and with it leaves the legacy table alone
+    unconfirmed = cdc("migrate", "--drop", cwd=tmp_path, env=env)
+    assert unconfirmed.returncode == 1 and "--yes" in unconfirmed.stderr
+    assert "cdc" in inspect(legacy).get_schema_names()
+    removed = cdc("migrate", "--drop", "--yes", cwd=tmp_path, env=env)
+    assert removed.returncode == 0, removed.stderr
+    assert "cdc" not in inspect(legacy).get_schema_names()
+    assert inspect(legacy).get_table_names(schema="public") == ["orders"]
+    assert "nothing to remove" in cdc("migrate", "--drop", "--yes", cwd=tmp_path, env=env).stdout
+    # --force removes capture with the schema
+    assert cdc("migrate", cwd=tmp_path, env=env).returncode == 0
+    assert cdc("setup", cwd=tmp_path, env=env).returncode == 0
+    forced = cdc("migrate", "--drop", "--yes", "--force", cwd=tmp_path, env=env)
+    assert forced.returncode == 0, forced.stderr
+    assert named.split(" on ")[0] in forced.stdout and "state schema removed" in forced.stdout
+    with legacy.connect() as connection:
+        assert not connection.execute(
+            text("SELECT 1 FROM pg_replication_slots WHERE database = current_database()")
+        ).first()
+        assert not connection.execute(
+            text("SELECT 1 FROM pg_trigger WHERE tgrelid = 'orders'::regclass AND NOT tgisinternal")
+        ).first()
+    legacy.dispose()

@@ -227,13 +227,22 @@ def test_duplicates_out_of_order_apply_as_once_in_version_order(
     assert consumer.stats.skipped == 3  # the older ones, stale on first sight
 
 
-def test_events_of_our_own_capture_are_ignored(pg_url: URL, tmp_path: Path) -> None:
-    settings = settings_for_mode(pg_url, "changelog", "orders", config=config(tmp_path))
+@pytest.mark.parametrize("prefix", ["", "valid.", "valid.valid."])
+def test_events_of_our_own_capture_are_ignored(pg_url: URL, tmp_path: Path, prefix: str) -> None:
+    # A mapping that names no source: our own events, republished by the validator as
+    # valid.<source>, would reach it
+    source_less = MAPPING.format(policy="newer_wins").replace('source = "shop.orders"\n', "")
+    path = tmp_path / "any-source.toml"
+    path.write_text(source_less)
+    settings = settings_for_mode(pg_url, "changelog", "orders", config=str(path))
     engine = prepared(settings, ORDERS)
     consumer = make_consumer(settings, engine)
-    own = envelope(order_detail(1, "1.00", 9), source=settings.event_source)
+    own = envelope(order_detail(1, "1.00", 9), source=prefix + settings.event_source)
     assert consumer.handle(own, "m1") == "own_event"
-    assert rows(engine) == {}
+    assert rows(engine) == {} and consumer.dead_letters() == []
+    assert consumer.stats.own_events == 1
+    other = envelope(order_detail(2, "2.00", 9), source=prefix + "shop.orders")
+    assert consumer.handle(other, "m2") == "applied"
 
 
 @pytest.mark.parametrize(
@@ -370,7 +379,84 @@ def test_a_write_the_database_refuses_is_a_dead_letter_and_its_batch_goes_on(
     assert consumer.handle_batch(batch) == ["applied", "dead_letter", "applied"]
     assert sorted(rows(engine)) == [1, 3]
     [letter] = consumer.dead_letters()
-    assert letter.message_id == "m2" and "numeric field overflow" in letter.reason
+    assert letter.message_id == "m2"
+    assert "order.total (column total): numeric field overflow" in letter.reason
+
+
+ITEMS = (
+    "CREATE TABLE items (id int PRIMARY KEY, qty int, price numeric(6,2), code varchar(5), "
+    "label text NOT NULL DEFAULT 'none', version int NOT NULL)"
+)
+ITEMS_MAPPING = """
+[[sync_back.mappings]]
+detail_type = "ItemSet"
+table = "items"
+op = "upsert"
+key = ["id"]
+version_column = "version"
+root = "item"
+[sync_back.mappings.columns]
+id = { path = "id", type = "int" }
+qty = { path = "stock.quantity", type = "int" }
+price = { path = "price.amount", type = "numeric" }
+code = { path = "sku", type = "text" }
+label = { path = "label", type = "text", required = false }
+version = { path = "version", type = "int" }
+"""
+
+
+def item(item_id: int, **changed: Any) -> str:
+    fields: dict[str, Any] = {
+        "id": item_id,
+        "stock": {"quantity": 5},
+        "price": {"amount": "9.99"},
+        "sku": "AB-1",
+        "version": 1,
+    }
+    fields.update(changed)
+    return envelope({"id": str(uuid.uuid4()), "item": fields}, "ItemSet", "shop.items")
+
+
+@pytest.mark.parametrize(
+    ("changed", "where", "message"),
+    [
+        (
+            {"stock": {"quantity": 2**31}},
+            "item.stock.quantity (column qty)",
+            "integer out of range",
+        ),
+        (
+            {"price": {"amount": "12345.67"}},
+            "item.price.amount (column price)",
+            "numeric field overflow",
+        ),
+        (
+            {"sku": "ABCDEF"},
+            "item.sku (column code)",
+            "value too long for type character varying(5)",
+        ),
+        # PostgreSQL names this column itself
+        ({"label": None}, "item.label (column label)", 'null value in column "label"'),
+    ],
+)
+def test_the_dead_letter_of_a_value_the_database_refuses_names_its_column(
+    pg_url: URL, tmp_path: Path, changed: dict[str, Any], where: str, message: str
+) -> None:
+    path = tmp_path / "items.toml"
+    path.write_text(ITEMS_MAPPING)
+    settings = settings_for_mode(pg_url, "changelog", "items", config=str(path))
+    engine = prepared(settings, ITEMS)
+    consumer = make_consumer(settings, engine)
+    # A batch with one value the legacy column cannot hold: its event is a dead letter that
+    # names the Detail path and the column, the rest of the batch is applied
+    batch = [(item(1), "m1"), (item(2, **changed), "m2"), (item(3, sku="ABCDE   "), "m3")]
+    assert consumer.handle_batch(batch) == ["applied", "dead_letter", "applied"]
+    [letter] = consumer.dead_letters()
+    assert letter.message_id == "m2"
+    assert f"the legacy database refused the write: {where}: {message}" in letter.reason
+    with engine.connect() as connection:
+        stored = connection.execute(text("SELECT id, code FROM items ORDER BY id")).all()
+    assert [tuple(row) for row in stored] == [(1, "AB-1"), (3, "ABCDE")]
 
 
 # -- the batch path: a received batch in one transaction, as if applied one event at a time --

@@ -410,3 +410,40 @@ def test_the_validator_retries_a_throttled_queue_instead_of_stopping(
     )
     assert validator.poll_once() == 0
     assert validator.stats.queue_retries_by_code == {"RequestThrottled": 1}
+
+
+def test_the_validators_stop_line_is_words_not_a_dataclass(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+    import threading
+
+    from sqlalchemy import create_engine
+
+    from cdc.bus.publishers.file import NullPublisher
+    from cdc.core.settings import load_settings
+    from cdc.validate.state import validation_tables
+    from cdc.validate.validator import Validator
+
+    stopped = threading.Event()
+    stopped.set()
+    validator = Validator(
+        load_settings(
+            {"CDC_DATABASE_URL": "sqlite://", "CDC_VALIDATE_QUEUE_URL": "q"}, require_tables=False
+        ),
+        create_engine("sqlite://"),
+        validation_tables("sqlite"),
+        SchemaRegistry({}),
+        NullPublisher(),
+        None,
+        stopped,
+    )
+    validator.stats.received, validator.stats.republished = 12, 9
+    validator.stats.dead_letters, validator.stats.queue_retries_by_code = 3, {"Throttled": 2}
+    with caplog.at_level(logging.INFO, logger="cdc.validate.validator"):
+        validator.run()
+    assert caplog.messages[-1] == (
+        "stopped after 12 messages received: 9 republished, 0 duplicates, 3 dead letters, "
+        "0 in doubt, 0 already valid, 0 rejected by the central bus; 0 database and 2 queue "
+        "retries"
+    )

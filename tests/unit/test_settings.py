@@ -95,3 +95,41 @@ def test_toml_errors_name_the_file_setting(tmp_path: Path) -> None:
     config.write_text("not = toml = at all")
     assert "not valid TOML" in error_of({"CDC_CONFIG": str(config)})
     assert "no file at" in error_of({"CDC_CONFIG": str(tmp_path / "missing.toml")})
+
+
+@pytest.mark.parametrize(
+    ("toml", "says"),
+    [
+        (
+            "tabels = ['orders']\n",
+            "unknown setting 'tabels' in the TOML file; did you mean 'tables'?",
+        ),
+        (
+            '[table_options."public.orders"]\ndetail_typ = "x"\n',
+            "unknown setting 'table_options.public.orders.detail_typ' in the TOML file; "
+            "did you mean 'detail_type'?",
+        ),
+        ("zzz = 1\n", "unknown setting 'zzz' in the TOML file"),
+    ],
+)
+def test_a_toml_key_typo_gets_a_hint_as_an_environment_typo_does(
+    tmp_path: Path, toml: str, says: str
+) -> None:
+    config = tmp_path / "cdc.toml"
+    config.write_text(toml)
+    assert error_of({"CDC_CONFIG": str(config)}) == f"CDC_CONFIG: {says}"
+
+
+def test_a_typo_in_the_topology_table_gets_a_hint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cdc.cli import main
+
+    config = tmp_path / "cdc.toml"
+    config.write_text('[[topology.producers]]\nname = "shop"\nsource = "legacy.shop"\nbuss = "x"\n')
+    monkeypatch.setenv("CDC_CONFIG", str(config))
+    assert main(["topology", "render"]) == 2
+    assert capsys.readouterr().err == (
+        "cdc: configuration error: CDC_CONFIG: unknown setting 'topology.producers[0].buss' in "
+        "the TOML file; did you mean 'bus'?\n"
+    )

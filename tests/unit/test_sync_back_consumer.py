@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import threading
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
 from cdc.bus import sqs as queue_module
+from cdc.bus.sqs import DeleteEntry, VisibilityEntry
 from cdc.core.errors import Interrupted
 from cdc.core.settings import load_settings
 from cdc.core.state import state_tables
@@ -29,11 +34,17 @@ class FakeSqs:
         batch, self.messages = self.messages[:10], self.messages[10:]
         return {"Messages": batch}
 
-    def delete_message_batch(self, QueueUrl: str, Entries: list[dict[str, str]]) -> None:
+    def delete_message_batch(
+        self, *, QueueUrl: str, Entries: Sequence[DeleteEntry]
+    ) -> dict[str, Any]:
         self.deleted.extend(e["ReceiptHandle"] for e in Entries)
+        return {"Successful": [{"Id": e["Id"]} for e in Entries], "Failed": []}
 
-    def change_message_visibility_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> None:
+    def change_message_visibility_batch(
+        self, *, QueueUrl: str, Entries: Sequence[VisibilityEntry]
+    ) -> dict[str, Any]:
         self.extended.append([e["ReceiptHandle"] for e in Entries])
+        return {"Successful": [{"Id": e["Id"]} for e in Entries], "Failed": []}
 
 
 def make(sqs: FakeSqs) -> Consumer:
@@ -146,3 +157,50 @@ def test_a_batch_received_ahead_is_given_back_on_stop() -> None:
     consumer.run()
     assert sqs.deleted == [f"r{i}" for i in range(10)]
     assert sqs.extended == [[f"r{i}" for i in range(10, 20)]]  # visible again at once
+
+
+@pytest.mark.parametrize("prefix", ["", "valid.", "valid.valid."])
+def test_our_own_captures_events_are_ignored_also_as_the_validator_republished_them(
+    tmp_path: Path, prefix: str
+) -> None:
+    from tests.unit.test_sync_back_applier import CUSTOMERS, sqlite_consumer
+
+    # Given: a mapping that names no source (every source's CustomerSet reaches it), and on
+    # the queue our own capture's event, as the validator republishes it, beside another's
+    legacy = sqlite_consumer(
+        tmp_path / "legacy.db",
+        "CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)",
+        CUSTOMERS,
+    )
+    own = prefix + legacy.settings.event_source
+    sqs = FakeSqs(0)
+    sqs.messages = [
+        {"MessageId": "m0", "ReceiptHandle": "r0", "Body": customer_set(own, 1)},
+        {"MessageId": "m1", "ReceiptHandle": "r1", "Body": customer_set("valid.shop", 2)},
+        {"MessageId": "m2", "ReceiptHandle": "r2", "Body": customer_set(own + "x", 3)},
+    ]
+    settings = legacy.settings.model_copy(update={"sync_queue_url": "q"})
+    consumer = Consumer(settings, legacy.engine, legacy.state, legacy.mappings, sqs)
+
+    # When: the consumer polls
+    assert consumer.poll_once() == 3
+
+    # Then: our own event is counted as such, neither applied nor a dead letter; the others
+    # are applied; all three leave the queue
+    assert consumer.stats.own_events == 1 and consumer.stats.applied == 2
+    assert consumer.dead_letters() == [] and consumer.stats.dead_letters == 0
+    with legacy.engine.connect() as connection:
+        ids = connection.execute(text("SELECT id FROM customers ORDER BY id")).scalars().all()
+    assert ids == [2, 3]
+    assert sqs.deleted == ["r0", "r1", "r2"]
+
+
+def customer_set(source: str, customer_id: int) -> str:
+    return json.dumps(
+        {
+            "id": str(uuid.uuid4()),
+            "detail-type": "CustomerSet",
+            "source": source,
+            "detail": {"id": str(uuid.uuid4()), "customer": {"id": customer_id, "name": "Ada"}},
+        }
+    )

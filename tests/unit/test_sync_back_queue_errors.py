@@ -5,6 +5,7 @@ consumer with what to do; and what became of each event is counted for /metrics.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 
 from cdc.bus import sqs as queue_module
 from cdc.bus.incoming import Envelope
-from cdc.bus.sqs import DELETE_ATTEMPTS, backoff
+from cdc.bus.sqs import DELETE_ATTEMPTS, DeleteEntry, backoff
 from cdc.core.errors import PermanentError
 from sync_back.consumer import event_id_of
 from tests.unit.test_sync_back_consumer import FakeSqs, make
@@ -41,13 +42,17 @@ class FailingSqs(FakeSqs):
             raise self.receive_failures.pop(0)
         return super().receive_message(**kwargs)
 
-    def delete_message_batch(self, QueueUrl: str, Entries: list[dict[str, str]]) -> Any:
+    def delete_message_batch(
+        self, *, QueueUrl: str, Entries: Sequence[DeleteEntry]
+    ) -> dict[str, Any]:
         self.delete_calls.append([e["Id"] for e in Entries])
         step = self.delete_script.pop(0) if self.delete_script else None
         if isinstance(step, Exception):
             raise step
         failed = set(step.get("failed", [])) if step else set()
-        super().delete_message_batch(QueueUrl, [e for e in Entries if e["Id"] not in failed])
+        super().delete_message_batch(
+            QueueUrl=QueueUrl, Entries=[e for e in Entries if e["Id"] not in failed]
+        )
         return {
             "Successful": [{"Id": e["Id"]} for e in Entries if e["Id"] not in failed],
             "Failed": [

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from cdc.bus.incoming import Envelope, Invalid, parse_message
+from cdc.bus.incoming import Envelope, Invalid, comes_from, parse_message
 from cdc.core.tables import TableRef
 from sync_back.mapping import Mapping, load_mappings
 from sync_back.rows import RowWrite, to_write
@@ -255,6 +255,28 @@ def test_strict_walks_under_the_root_into_mapped_objects_and_lists() -> None:
         with pytest.raises(Invalid) as caught:
             to_write(envelope({**detail, "order": {**order, **extra}}), mapping)
         assert caught.value.reason.startswith(f"{path}: not used")
+
+
+@pytest.mark.parametrize(
+    ("source", "original", "expected"),
+    [
+        ("legacy.shop", "legacy.shop", True),
+        ("valid.legacy.shop", "legacy.shop", True),
+        ("valid.valid.valid.legacy.shop", "legacy.shop", True),
+        ("legacy.shopx", "legacy.shop", False),
+        ("valid.legacy.shopx", "legacy.shop", False),
+        ("xvalid.legacy.shop", "legacy.shop", False),
+        ("valid.", "legacy.shop", False),
+        ("shop.orders", "legacy.shop", False),
+        ("valid.x", "valid.x", True),  # a source that itself starts with valid.
+        ("valid.valid.x", "valid.x", True),
+        ("x", "valid.x", False),
+    ],
+)
+def test_an_event_comes_from_its_source_directly_or_through_the_validator(
+    source: str, original: str, expected: bool
+) -> None:
+    assert comes_from(source, original) is expected
 
 
 def test_a_big_detail_at_the_limit_is_fine_and_one_byte_more_is_refused() -> None:

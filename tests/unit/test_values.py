@@ -7,7 +7,7 @@ from sqlalchemy import types as sqltypes
 from sqlalchemy.dialects import postgresql
 
 from cdc.bus.events import json_object
-from cdc.capture.values import row_converter
+from cdc.capture.values import converter, row_converter
 
 PG_COLUMNS = {
     "id": sqltypes.INTEGER(),
@@ -102,3 +102,23 @@ def test_small_numerics_keep_plain_notation_and_odd_timestamps_pass_through() ->
     out = convert_pg('{"price": 0.00000001, "at": "0001-01-01T00:30:00+01:00"}')
     assert out["price"] == "0.00000001"
     assert out["at"] == "0001-01-01T00:30:00+01:00"
+
+
+def test_sqlite_moments_with_an_offset_follow_the_timestamptz_contract() -> None:
+    from cdc.validate.schemas import SchemaRegistry, value_schema
+
+    # The demo table's updated_at, and what SQLite applications commonly write there
+    convert = converter(sqltypes.TIMESTAMP(), "sqlite")
+    assert convert("2026-11-28T17:45:52.123456+00:00") == "2026-11-28T17:45:52.123456Z"
+    assert convert("2026-11-28 18:45:52+01:00") == "2026-11-28T17:45:52.000000Z"
+    assert convert("2026-11-28T17:45:52.5Z") == "2026-11-28T17:45:52.500000Z"
+    # Without an offset no zone is invented; numbers (epoch seconds) and other text pass
+    for kept in ("2026-11-28 17:45:52", "2026-11-28", 1764351952, "yesterday"):
+        assert convert(kept) == kept
+    assert converter(sqltypes.DATETIME(), "sqlite")("2026-11-28T17:45:52+00:00").endswith("Z")
+    # Text columns are text: left alone
+    assert converter(sqltypes.TEXT(), "sqlite")("2026-11-28T17:45:52+00:00").endswith("+00:00")
+    # The validator's schema of such a column accepts every form the capture renders
+    registry = SchemaRegistry({"t": value_schema(sqltypes.TIMESTAMP(), "sqlite")})
+    for value in ("2026-11-28T17:45:52.123456Z", "2026-11-28 17:45:52", 1764351952):
+        assert registry.errors("t", value) == []

@@ -27,7 +27,7 @@ from cdc.capture.backfill.pages import Mode, TableReader, key_of, take_snapshot
 from cdc.capture.backfill.runs import Run
 from cdc.capture.catalog import TableInfo
 from cdc.capture.sources import WATERMARK_OP, WATERMARK_PREFIX, Batch
-from cdc.core.database import is_transient_db_error
+from cdc.core.errors import is_transient_db_error
 from cdc.core.state import StateTables
 
 log = logging.getLogger(__name__)
