@@ -92,7 +92,11 @@ def test_toast_truncate_key_change_and_added_column(pg_url: URL) -> None:
         ("truncate", None),
     ]
     assert details[4]["schema_version"] == 2 == details[5]["schema_version"]
-    assert details[4]["after"]["columns"][-1] == {"name": "tags", "type": "text[]", "nullable": True}
+    assert details[4]["after"]["columns"][-1] == {
+        "name": "tags",
+        "type": "text[]",
+        "nullable": True,
+    }
     details = [d for d in details if d["op"] != "schema"]
     inserted, updated, deleted, _moved, added, truncated = details
     assert inserted["after"]["body"] == big and inserted["after"]["n"] == "1.50"
