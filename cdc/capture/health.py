@@ -124,6 +124,14 @@ class WorkerCollector(Collector):
             )
             behind.add_metric([backlog.slot], backlog.unconfirmed_bytes)
             yield behind
+            limit = GaugeMetricFamily(
+                "cdc_slot_wal_keep_size_bytes",
+                "the most WAL the slot may hold back before PostgreSQL invalidates it "
+                "(max_slot_wal_keep_size in bytes; -1: unlimited)",
+                labels=["slot"],
+            )
+            limit.add_metric([backlog.slot], backlog.wal_keep_size_bytes)
+            yield limit
 
 
 def serve(worker: Worker, port: int, ready_within: float = 30.0) -> ThreadingHTTPServer:

@@ -34,10 +34,6 @@ PROMISED = {
     # lists, older than the visibility timeout). Alert CdcValidatorInDoubtClaims, panel
     # "Events in doubt".
     "cdc_validator_in_doubt_claims": "gauge",
-    # The worker's, beside cdc_slot_retained_wal_bytes and with its `slot` label: the server's
-    # max_slot_wal_keep_size in bytes, -1 when unlimited. Alert CdcSlotWalNearLimit, panel
-    # "Replication slot".
-    "cdc_slot_wal_keep_size_bytes": "gauge",
 }
 
 PREFIX = r"(?:cdc|sync_back)_"
