@@ -55,11 +55,12 @@ class WorkerCollector(Collector):
                 counter.add_metric([code], count)
             yield counter
         lag = GaugeMetricFamily(
-            "cdc_lag_seconds", "now minus the commit time of the newest acknowledged change"
+            "cdc_lag_seconds",
+            "how far behind the source capture is: 0 when the last read drained it (fewer "
+            "changes than a full batch), else now minus the commit time of the oldest change "
+            "not yet acknowledged",
         )
-        lag.add_metric(
-            [], time.time() - stats.last_committed_at if stats.last_committed_at else 0.0
-        )
+        lag.add_metric([], stats.lag(time.time()))
         yield lag
         last = GaugeMetricFamily(
             "cdc_last_read_timestamp_seconds", "when the worker last reached its source"
@@ -123,6 +124,14 @@ class WorkerCollector(Collector):
             )
             behind.add_metric([backlog.slot], backlog.unconfirmed_bytes)
             yield behind
+            limit = GaugeMetricFamily(
+                "cdc_slot_wal_keep_size_bytes",
+                "the most WAL the slot may hold back before PostgreSQL invalidates it "
+                "(max_slot_wal_keep_size in bytes; -1: unlimited)",
+                labels=["slot"],
+            )
+            limit.add_metric([backlog.slot], backlog.wal_keep_size_bytes)
+            yield limit
 
 
 def serve(worker: Worker, port: int, ready_within: float = 30.0) -> ThreadingHTTPServer:

@@ -184,6 +184,7 @@ class SlotStatus:
     lag_bytes: int | None = None
     confirmed_flush_lsn: str | None = None
     retained_bytes: int | None = None  # WAL kept for the slot: current LSN - restart LSN
+    wal_keep_size_bytes: int | None = None  # max_slot_wal_keep_size; -1: unlimited
 
 
 def slot_status(engine: Engine, slot: str) -> SlotStatus:
@@ -192,11 +193,14 @@ def slot_status(engine: Engine, slot: str) -> SlotStatus:
             text(
                 "SELECT wal_status, active, confirmed_flush_lsn::text AS flushed, "
                 "pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint AS lag, "
-                "pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint AS retained "
+                "pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint AS retained, "
+                "pg_size_bytes(current_setting('max_slot_wal_keep_size')) AS keep "
                 "FROM pg_replication_slots WHERE slot_name = :s"
             ),
             {"s": slot},
         ).first()
     if row is None:
         return SlotStatus(False)
-    return SlotStatus(True, row.wal_status, row.active, row.lag, row.flushed, row.retained)
+    return SlotStatus(
+        True, row.wal_status, row.active, row.lag, row.flushed, row.retained, row.keep
+    )

@@ -42,10 +42,28 @@ class WorkerStats:
     skipped: int = 0
     dead_letters: int = 0
     db_retries: int = 0
-    # wall-clock seconds: the last read that reached the source, and the commit time of the
-    # newest change acknowledged (for lag); 0 until it happens
+    # wall-clock seconds: the last read that reached the source (0 until one does), and the
+    # commit time of the oldest change not yet acknowledged (0: caught up, nothing waits)
     last_read_at: float = 0.0
-    last_committed_at: float = 0.0
+    behind_since: float = 0.0
+
+    def lag(self, now: float) -> float:
+        """Seconds behind the source: 0 when caught up."""
+        return max(0.0, now - self.behind_since) if self.behind_since else 0.0
+
+    def reached(self, batch: Batch) -> None:
+        """A read returned ``batch``: its first change is the oldest not yet acknowledged;
+        an empty read means nothing waits."""
+        self.last_read_at = time.time()
+        self.behind_since = batch.changes[0].committed_at.timestamp() if batch.changes else 0.0
+
+    def acknowledged(self, batch: Batch, full: bool) -> None:
+        """``batch`` is acknowledged. After a full batch more may wait, committed no earlier
+        than its last change (about: change-log times are write times); a batch short of full
+        drained the source."""
+        self.behind_since = (
+            batch.changes[-1].committed_at.timestamp() if full and batch.changes else 0.0
+        )
 
 
 @dataclass
@@ -94,10 +112,9 @@ class Worker:
         if backfill is not None and self._with_db_retry(self._prepare_backfill) is None:
             return 0
         batch = self._with_db_retry(lambda: self.source.read(self.settings.batch_size))
-        if batch is not None:
-            self.stats.last_read_at = time.time()
         if batch is None:
             return 0
+        self.stats.reached(batch)
         changes = batch.changes if backfill is None else backfill.weave(batch)
         if not changes and not batch.ack_ids:
             return 0
@@ -152,10 +169,7 @@ class Worker:
         self.stats.changes += len(changes)
         self.stats.published += len(entries) - len(rejections)
         self.stats.dead_letters += len(rejections)
-        if batch.changes:
-            self.stats.last_committed_at = max(
-                self.stats.last_committed_at, batch.changes[-1].committed_at.timestamp()
-            )
+        self.stats.acknowledged(batch, len(batch.changes) >= self.settings.batch_size)
         return True
 
     def _unrenderable(self, batch: Batch) -> list[Rejection]:

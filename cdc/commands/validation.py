@@ -192,9 +192,19 @@ def _run_validator(settings: Settings, engine: Engine, tables: ValidationTables)
     stop = threading.Event()
     install_signal_handlers(stop)
     publisher = _central_publisher(settings)
+    server = None
     try:
-        Validator(settings, engine, tables, registry, publisher, boto3.client("sqs"), stop).run()
+        validator = Validator(
+            settings, engine, tables, registry, publisher, boto3.client("sqs"), stop
+        )
+        if settings.health_port is not None:
+            from cdc.validate.health import serve_validator
+
+            server = serve_validator(validator, settings.health_port)
+        validator.run()
     finally:
+        if server is not None:
+            server.shutdown()
         publisher.close()
     return 0
 

@@ -264,10 +264,7 @@ def in_doubt(
     """Claims never settled: the event may or may not be on the bus. Claims younger than
     ``older_than`` may still be in a running validator's hands and are left out."""
     table = tables.republished
-    cutoff: Any = datetime.now(UTC) - older_than
-    if engine.dialect.name == "sqlite":
-        cutoff = cutoff.isoformat()
-    query = select(table).where(table.c.status == CLAIMED, table.c.claimed_at <= cutoff)
+    query = select(table).where(_unsettled(engine, tables, older_than))
     if event_ids:
         query = query.where(table.c.event_id.in_(event_ids))
     with engine.connect() as connection:
@@ -281,6 +278,24 @@ def in_doubt(
             )
             for r in rows
         ]
+
+
+def count_in_doubt(
+    engine: Engine, tables: ValidationTables, older_than: timedelta = timedelta(0)
+) -> int:
+    """How many claims ``in_doubt`` would list (all of them, not a page)."""
+    table = tables.republished
+    query = select(func.count()).select_from(table).where(_unsettled(engine, tables, older_than))
+    with engine.connect() as connection:
+        return int(connection.execute(query).scalar_one())
+
+
+def _unsettled(engine: Engine, tables: ValidationTables, older_than: timedelta) -> Any:
+    table = tables.republished
+    cutoff: Any = datetime.now(UTC) - older_than
+    if engine.dialect.name == "sqlite":
+        cutoff = cutoff.isoformat()
+    return and_(table.c.status == CLAIMED, table.c.claimed_at <= cutoff)
 
 
 def counts(engine: Engine, tables: ValidationTables) -> dict[str, int]:

@@ -54,6 +54,13 @@ def test_slot_metrics_in_logical_mode(pg_url: URL, tmp_path: Path) -> None:
         [sample] = families["cdc_slot_retained_wal_bytes"].samples
         assert sample.labels == {"slot": settings.slot_name} and sample.value > 0
         assert families["cdc_slot_lag_bytes"].samples[0].value > 0
+        # max_slot_wal_keep_size in bytes (-1: unlimited, this server's default)
+        with engine.connect() as connection:
+            keep = connection.execute(
+                text("SELECT pg_size_bytes(current_setting('max_slot_wal_keep_size'))")
+            ).scalar_one()
+        [sample] = families["cdc_slot_wal_keep_size_bytes"].samples
+        assert sample.labels == {"slot": settings.slot_name} and sample.value == keep
     finally:
         source.close()
         drop_slot(engine, settings)

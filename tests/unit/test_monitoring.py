@@ -27,18 +27,10 @@ RULE_TESTS = ROOT / "deploy" / "prometheus" / "alerts.test.yaml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "cdc-dashboard.json"
 PACKAGES = (ROOT / "cdc", ROOT / "sync_back")
 
-# Metrics that the rules or the dashboard use before the code exports them, with their kind.
-# Each is a promise: when the code exports one, remove it here (test_promised_... says so).
-PROMISED = {
-    # The validator's /metrics, to come: claims in doubt (what `cdc validate --in-doubt`
-    # lists, older than the visibility timeout). Alert CdcValidatorInDoubtClaims, panel
-    # "Events in doubt".
-    "cdc_validator_in_doubt_claims": "gauge",
-    # The worker's, beside cdc_slot_retained_wal_bytes and with its `slot` label: the server's
-    # max_slot_wal_keep_size in bytes, -1 when unlimited. Alert CdcSlotWalNearLimit, panel
-    # "Replication slot".
-    "cdc_slot_wal_keep_size_bytes": "gauge",
-}
+# Metrics that the rules or the dashboard use before the code exports them, name -> kind
+# ("gauge", "counter", ...). Each is a promise: when the code exports one, remove it here
+# (test_promised_... says so). None is outstanding.
+PROMISED: dict[str, str] = {}
 
 PREFIX = r"(?:cdc|sync_back)_"
 KINDS = r"(?P<kind>Counter|Gauge|Histogram|Summary)(?:MetricFamily)?"

@@ -174,7 +174,11 @@ def backlog_samples(waiting: Backlog) -> dict[str, list[tuple[dict[str, str], fl
 
 def test_backlog_metrics_are_what_the_source_says_waits_in_it() -> None:
     assert backlog_samples(Backlog(pending=3)) == {"cdc_pending_changes": [({}, 3)]}
-    assert backlog_samples(Backlog(slot="s1", retained_bytes=70, unconfirmed_bytes=20)) == {
+    slot = Backlog(slot="s1", retained_bytes=70, unconfirmed_bytes=20, wal_keep_size_bytes=100)
+    assert backlog_samples(slot) == {
         "cdc_slot_retained_wal_bytes": [({"slot": "s1"}, 70)],
         "cdc_slot_lag_bytes": [({"slot": "s1"}, 20)],
+        "cdc_slot_wal_keep_size_bytes": [({"slot": "s1"}, 100)],
     }
+    unlimited = backlog_samples(Backlog(slot="s1"))  # max_slot_wal_keep_size = -1
+    assert unlimited["cdc_slot_wal_keep_size_bytes"] == [({"slot": "s1"}, -1)]

@@ -63,6 +63,7 @@ class Backlog:
     slot: str | None = None  # the replication slot holding the WAL below (None: no slot)
     retained_bytes: int = 0  # WAL the slot holds back: current LSN - restart LSN
     unconfirmed_bytes: int = 0  # WAL not yet confirmed: current LSN - confirmed flush LSN
+    wal_keep_size_bytes: int = -1  # the most WAL the slot may hold (max_slot_wal_keep_size)
 
 
 class Source(Protocol):

@@ -152,10 +152,12 @@ class LogicalSource:
 
     def backlog(self) -> Backlog:
         status = slot_status(self.engine, self.slot)
+        keep = status.wal_keep_size_bytes
         return Backlog(
             slot=self.slot,
             retained_bytes=status.retained_bytes or 0,
             unconfirmed_bytes=status.lag_bytes or 0,
+            wal_keep_size_bytes=-1 if keep is None else keep,
         )
 
     def close(self) -> None:
