@@ -282,14 +282,17 @@ def _same(value: Any, other: Any) -> bool:
     return Decimal(str(value)) == Decimal(str(other))
 
 
-def test_replaying_every_event_gives_the_table_despite_concurrent_ddl(pg_url: URL) -> None:
+@pytest.mark.parametrize("capture", ["changelog", "logical"])
+def test_replaying_every_event_gives_the_table_despite_concurrent_ddl(
+    pg_url: URL, capture: str
+) -> None:
     import random
     import threading
     import time
 
     from tests.integration.helpers import raw_engine
 
-    settings = settings_for(pg_url, "items")
+    settings = settings_for_mode(pg_url, capture, "items")
     engine = prepared(settings, "CREATE TABLE items (id int PRIMARY KEY, a int NOT NULL)")
     writers = raw_engine(pg_url)
     stop = threading.Event()
@@ -327,7 +330,7 @@ def test_replaying_every_event_gives_the_table_despite_concurrent_ddl(pg_url: UR
                 connection.execute(text(statement))
 
     recorder = Recorder()
-    worker = Worker(settings, changelog_source(settings, engine), recorder)
+    worker = Worker(settings, source_for(settings, engine), recorder)
     threads = [threading.Thread(target=write, args=(i,)) for i in range(3)]
     # Given writers and DDL running while the worker captures
     for thread in threads:
@@ -342,9 +345,11 @@ def test_replaying_every_event_gives_the_table_despite_concurrent_ddl(pg_url: UR
         stop.set()
         for thread in [*threads, alterer]:
             thread.join()
-    while worker.step():
-        pass
+    quiet = 0
+    while quiet < (5 if capture == "logical" else 1):
+        quiet = 0 if worker.step() else quiet + 1
     worker.source.close()
+    drop_slot(engine, settings)
     # Then every schema change was published once, in order
     details = recorder.details
     assert [d["schema_version"] for d in details if d["op"] == "schema"] == [2, 3, 4, 5, 6]
