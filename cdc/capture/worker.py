@@ -116,7 +116,7 @@ class Worker:
             return 0
         self.stats.reached(batch)
         changes = batch.changes if backfill is None else backfill.weave(batch)
-        if not changes and not batch.ack_ids:
+        if not changes and not batch.ack_ids and not batch.unrenderable:
             return 0
         acked = self._publish(batch, changes)
         if backfill is not None:

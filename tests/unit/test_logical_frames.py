@@ -230,3 +230,20 @@ def test_a_keepalive_frame_gives_its_wal_end_and_reply_flag() -> None:
     frame = memoryview(b"k" + struct.pack("!QqB", 0x16B374D848, 5, 1))
     assert keepalive(frame) == (0x16B374D848, True)
     assert XLOG_HEADER == 25  # 'w', WAL start, WAL end, send time
+
+
+def test_a_change_whose_value_does_not_convert_is_set_aside_with_its_index() -> None:
+    assembly, changes = TransactionAssembler(lambda name: None), []
+    assembly.on_data(
+        relation(OID, "public", "files", b"d", [(1, "id", 23, -1), (0, "b", 17, -1)]), changes
+    )
+    assembly.on_data(begin(), changes)
+    assembly.on_data(insert(OID, tuple_data("1", "\\xZZ")), changes)  # not hex
+    assembly.on_data(insert(OID, tuple_data("2", "\\x00ff")), changes)
+    [bad] = assembly.unrenderable
+    assert bad.change.after == {"id": "1", "b": "\\xZZ"} and bad.change.key_columns == ()
+    assert "at position " + bad.change.position in bad.reason and "public.files" in bad.reason
+    [good] = changes
+    assert good.after == {"id": 2, "b": "AP8="}
+    # the set-aside change kept its index: the next one's id is the same as without it
+    assert bad.change.position.endswith(".00000000") and good.position.endswith(".00000001")

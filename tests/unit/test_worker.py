@@ -182,3 +182,19 @@ def test_backlog_metrics_are_what_the_source_says_waits_in_it() -> None:
     }
     unlimited = backlog_samples(Backlog(slot="s1"))  # max_slot_wal_keep_size = -1
     assert unlimited["cdc_slot_wal_keep_size_bytes"] == [({"slot": "s1"}, -1)]
+
+
+def test_a_batch_of_only_unconvertible_changes_is_still_acknowledged_as_dead_letters() -> None:
+    from cdc.capture.sources import Unrenderable
+
+    class OnlyBad(FakeSource):
+        def read(self, limit: int) -> Batch:
+            raw = change(9)._replace(key_columns=())
+            return Batch([], (), raw.position, 7, unrenderable=[Unrenderable(raw, "bad value")])
+
+    source = OnlyBad([])
+    worker = Worker(SETTINGS, source, FakePublisher(source))
+    worker.step()
+    [(positions, rejected)] = source.acked
+    assert positions == [] and len(rejected) == 1
+    assert worker.stats.dead_letters == 1

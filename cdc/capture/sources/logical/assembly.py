@@ -36,7 +36,7 @@ from cdc.capture.pgoutput import (
 )
 from cdc.capture.pgoutput_rows import read_new_row
 from cdc.capture.pgtypes import TextConvert, text_converter
-from cdc.capture.sources import WATERMARK_PREFIX, Mark
+from cdc.capture.sources import WATERMARK_PREFIX, Mark, Unrenderable
 from cdc.core.origin import ORIGIN_MESSAGE_PREFIX
 from cdc.core.tables import TableRef
 
@@ -89,6 +89,8 @@ class TransactionAssembler:
     tracker: SchemaTracker | None = None
     safe_lsn: int = 0
     marks: list[Mark] = field(default_factory=list)  # backfill watermarks, by the caller's read
+    # changes whose values do not convert, by the caller's read: dead letters with their text
+    unrenderable: list[Unrenderable] = field(default_factory=list)
     _relations: dict[int, _Relation] = field(default_factory=dict)
     _txn: _Transaction | None = None
 
@@ -141,7 +143,12 @@ class TransactionAssembler:
         txn = self._txn
         if isinstance(message, Insert | Update | Delete):
             assert txn is not None, "row change outside a transaction"
-            changes.append(self._change(txn, message))
+            index = txn.index
+            try:
+                changes.append(self._change(txn, message))
+            except (ValueError, TypeError, KeyError, ArithmeticError) as error:
+                txn.index = index  # the raw change takes the index the converted one would have
+                self.unrenderable.append(self._raw(txn, message, error))
         elif isinstance(message, Begin):
             self._txn = _Transaction(message.final_lsn, message.xid, message.commit_time)
         elif isinstance(message, Commit):
@@ -223,6 +230,28 @@ class TransactionAssembler:
             return _make(txn, rel, "update", before, after, unchanged)
         before = _old(rel, message.old, message.old_kind == "K")
         return _make(txn, rel, "delete", before, None, ())
+
+    def _raw(
+        self, txn: _Transaction, message: Insert | Update | Delete, error: BaseException
+    ) -> Unrenderable:
+        """The change with its values as PostgreSQL sent them (text), for the dead letters."""
+        rel = self._relations[message.relation_oid]
+        # text as sent, and no key columns: a dead letter's key is null
+        raw = _Relation(
+            rel.ref, rel.names, tuple(str for _ in rel.names), rel.key_flags, key_columns=()
+        )
+        if isinstance(message, Insert):
+            change = _make(txn, raw, "insert", None, _row(raw, message.new)[0], ())
+        elif isinstance(message, Update):
+            old = None if message.old is None else _row(raw, message.old)[0]
+            change = _make(txn, raw, "update", old, _row(raw, message.new)[0], ())
+        else:
+            change = _make(txn, raw, "delete", _row(raw, message.old)[0], None, ())
+        reason = (
+            f"cannot convert the change at position {change.position} of "
+            f"{rel.ref.qualified}: {error}"
+        )
+        return Unrenderable(change, reason)
 
 
 def _make(

@@ -28,7 +28,7 @@ from cdc.capture.catalog import Catalog, TableInfo
 from cdc.capture.history import SchemaHistory, Version
 from cdc.capture.pgoutput import Relation, format_lsn
 from cdc.capture.slots import check_slot, slot_status
-from cdc.capture.sources import Backlog, Batch, Mark
+from cdc.capture.sources import Backlog, Batch, Mark, Unrenderable
 from cdc.capture.sources.logical.assembly import TransactionAssembler
 from cdc.capture.sources.logical.stream import (
     KEEPALIVE,
@@ -92,6 +92,8 @@ class LogicalSource:
         changes: list[Change] = []
         marks: list[Mark] = []
         assembly.marks = marks
+        unrenderable: list[Unrenderable] = []
+        assembly.unrenderable = unrenderable
         deadline = time.monotonic() + self.poll_interval
         linger_until = 0.0
         on_data, ready_frame, monotonic = assembly.on_data, stream.ready_frame, time.monotonic
@@ -126,7 +128,9 @@ class LogicalSource:
             # Nothing in flight: everything up to the safe LSN is acknowledged already.
             self._confirm(safe_lsn)
         last = changes[-1].position if changes else ""
-        return Batch(changes, (), last, safe_lsn, marks=marks)
+        if unrenderable:
+            last = max(last, *(u.change.position for u in unrenderable))
+        return Batch(changes, (), last, safe_lsn, marks=marks, unrenderable=unrenderable)
 
     def ack(self, batch: Batch, rejections: Sequence[Rejection]) -> None:
         if batch.flush_lsn < self._flushed_lsn:
