@@ -2,7 +2,7 @@
 
 pgoutput sends each value as its type's output function writes it (``'t'``, ``'2026-11-28
 18:45:52.5+01'``, ``'{1,NULL}'``). The trigger mode publishes what ``row_to_json`` writes after
-``cdc.values`` converts it; this module yields the same JSON value from the text form, so a
+``cdc.capture.values`` converts it; this module yields the same JSON value from the text form, so a
 consumer cannot tell the two modes apart. The conversion is chosen once per relation column by
 type OID (``text_converter``); each call then costs one small function.
 
@@ -75,7 +75,7 @@ _HOURS_ONLY_ZONE = re.compile(r"([+-]\d\d)((?: BC)?)$")
 
 
 def _timestamp_tz(value: str) -> str:
-    # Exactly cdc.values._timestamp_tz applied to row_to_json's form, so both modes agree
+    # Exactly cdc.capture.values._timestamp_tz applied to row_to_json's form, so both modes agree
     # (always six digits of fraction: '...T17:45:52.000000Z').
     if not value[:1].isdigit():
         return value  # 'infinity', '-infinity'

@@ -17,7 +17,7 @@ Why the guarantees of the change-log mode still hold:
   committed late is read by the next SELECT that sees it.
 - Per-key order: batch N+1 is returned (and so published) only after DELETE N is confirmed, as
   before; a read of the lowest ids sees every earlier change of a key whose later change it sees
-  (see ``cdc.sources.changelog``), and the rows it leaves out are exactly those of batch N,
+  (see ``cdc.capture.sources.changelog``), and the rows it leaves out are exactly those of batch N,
   published already.
 - Acknowledgement after the bus: DELETE N is sent by ``ack``, after the bus accepted batch N.
   If its outcome is unknown (the connection failed), it is sent again on a new connection
