@@ -8,9 +8,9 @@ second waits for the first's row lock, so its trigger takes its id after the fir
 and the first's row is visible to any read that sees the second's.
 
 On PostgreSQL, reads and acknowledgements go through ``cdc.capture.sources.readahead``
-(statements sent ahead on a connection of its own); a batch with dead letters, and everything on SQLite, uses the
-source's one held connection (a checkout per batch, with its liveness ping, cost more than the
-batch itself). A failed connection is dropped and the next call opens a new one.
+(statements sent ahead on a connection of its own); a batch with dead letters, and everything
+on SQLite, uses the source's one held connection (a checkout per batch, with its liveness ping,
+cost more than the batch itself). A failed connection is dropped and the next call opens a new one.
 """
 
 from __future__ import annotations
