@@ -8,7 +8,7 @@ NUL-terminated in the replication connection's client encoding (UTF-8 assumed); 
 microseconds since 2000-01-01 UTC.
 
 Column values stay as PostgreSQL sent them (text output form, or bytes in binary mode);
-``cdc.pgtypes`` turns text into the event contract's JSON form.
+``cdc.capture.pgtypes`` turns text into the event contract's JSON form.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 pgoutput sends each value as its type's output function writes it (``'t'``, ``'2026-11-28
 18:45:52.5+01'``, ``'{1,NULL}'``). The trigger mode publishes what ``row_to_json`` writes after
-``cdc.values`` converts it; this module yields the same JSON value from the text form, so a
+``cdc.capture.values`` converts it; this module yields the same JSON value from the text form, so a
 consumer cannot tell the two modes apart. The conversion is chosen once per relation column by
 type OID (``text_converter``); each call then costs one small function.
 
@@ -14,17 +14,14 @@ money. TimeZone does not matter: timestamptz is published in UTC.
 from __future__ import annotations
 
 import base64
-import json
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any, Final
 
-from cdc.capture.values import plain_json
+from cdc.bus.jsontext import loads_exact, plain_json
 
 TextConvert = Callable[[str], Any]
-
 
 # The text as sent. ``str`` returns a str argument itself, and costs less to call than a
 # function of our own: this is the conversion of most columns.
@@ -45,7 +42,7 @@ def _float(value: str) -> float | str:
 
 
 def _json(value: str) -> Any:
-    return plain_json(json.loads(value, parse_float=Decimal))
+    return plain_json(loads_exact(value))
 
 
 # Escape-format bytea (bytea_output = 'escape'): '\\' is a backslash, '\ooo' an octal byte.
@@ -75,7 +72,7 @@ _HOURS_ONLY_ZONE = re.compile(r"([+-]\d\d)((?: BC)?)$")
 
 
 def _timestamp_tz(value: str) -> str:
-    # Exactly cdc.values._timestamp_tz applied to row_to_json's form, so both modes agree
+    # Exactly cdc.capture.values._timestamp_tz applied to row_to_json's form, so both modes agree
     # (always six digits of fraction: '...T17:45:52.000000Z').
     if not value[:1].isdigit():
         return value  # 'infinity', '-infinity'

@@ -3,7 +3,7 @@
 ``publish(entries)`` returns only when every entry was either accepted by the bus or is
 returned as a ``Rejection`` (an entry the bus can never accept: too large, malformed). Transient
 failures are retried inside, never dropped. When the worker asks to stop while a publisher is
-still retrying, it raises ``cdc.errors.Interrupted`` and the caller must not acknowledge.
+still retrying, it raises ``cdc.core.errors.Interrupted`` and the caller must not acknowledge.
 """
 
 from __future__ import annotations

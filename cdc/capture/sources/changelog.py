@@ -7,7 +7,7 @@ skipped. Per-key order holds because two transactions cannot change one key at o
 second waits for the first's row lock, so its trigger takes its id after the first committed,
 and the first's row is visible to any read that sees the second's.
 
-On PostgreSQL, reads and acknowledgements go through ``cdc.sources.readahead`` (statements sent
+On PostgreSQL, reads and acknowledgements go through ``readahead`` (statements sent
 ahead on a connection of its own); a batch with dead letters, and everything on SQLite, uses the
 source's one held connection (a checkout per batch, with its liveness ping, cost more than the
 batch itself). A failed connection is dropped and the next call opens a new one.
@@ -23,7 +23,8 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Engine, func, select
 
-from cdc.bus.events import Change, Op, json_object, parse_iso
+from cdc.bus.events import Change, Op, parse_iso
+from cdc.bus.jsontext import json_object
 from cdc.bus.publishers import Rejection
 from cdc.capture import checkpoints, deadletters
 from cdc.capture.catalog import Catalog, TableInfo
@@ -76,7 +77,7 @@ class ChangeLogSource:
             self._delete = f"DELETE FROM {log_table} WHERE id = ?"
         else:
             self._delete = f"DELETE FROM {log_table} WHERE id = ANY(%s)"  # with dead letters
-            # Reads and acknowledgements without dead letters: sent ahead (cdc.sources.readahead).
+            # Reads and acknowledgements without dead letters: sent ahead (``ReadAhead``).
             # No startup options: a connection pooler may refuse them.
             self._ahead = ReadAhead(
                 conninfo_of(engine.url, "cdc", options=None),
