@@ -39,9 +39,10 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
 from cdc.bus.events import BusEntry
-from cdc.bus.publishers.eventbridge import MAX_ENTRIES_PER_CALL, EventBridgePublisher
+from cdc.bus.publishers.eventbridge import EventBridgePublisher
 from cdc.bus.publishers.file import NullPublisher
 from cdc.capture.worker import tune_garbage_collector
+from cdc.core.limits import PUT_EVENTS_MAX_ENTRIES
 from cdc.core.settings import Settings
 
 TARGET_RATIO = 0.9
@@ -133,8 +134,8 @@ def bare_put_events(entries: Sequence[BusEntry], bus: str) -> float:
     """Seconds for plain put_events calls of ten ready-made entries each."""
     client = bare_client()
     calls = [
-        [request(e, bus) for e in entries[i : i + MAX_ENTRIES_PER_CALL]]
-        for i in range(0, len(entries), MAX_ENTRIES_PER_CALL)
+        [request(e, bus) for e in entries[i : i + PUT_EVENTS_MAX_ENTRIES]]
+        for i in range(0, len(entries), PUT_EVENTS_MAX_ENTRIES)
     ]
     client.put_events(Entries=calls[0][:1])  # connect outside the timing
     failed = 0

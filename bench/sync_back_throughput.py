@@ -43,6 +43,7 @@ from sqlalchemy import Engine, event, text
 from sqlalchemy.engine import URL
 
 from cdc.core import database
+from cdc.core.limits import SQS_RECEIVE_MAX
 from cdc.core.settings import Settings
 from cdc.core.state import state_tables
 from sync_back.consumer import Consumer
@@ -291,7 +292,7 @@ class BareSide:
                     f"messages in {SIDE_TIMEOUT:.0f} s"
                 )
             messages = self.sqs.receive_message(
-                QueueUrl=self.queue, MaxNumberOfMessages=10, WaitTimeSeconds=0
+                QueueUrl=self.queue, MaxNumberOfMessages=SQS_RECEIVE_MAX, WaitTimeSeconds=0
             ).get("Messages", [])
             if messages:
                 self.sqs.delete_message_batch(

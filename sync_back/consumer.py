@@ -24,9 +24,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
 from cdc.bus.incoming import Envelope, Invalid, comes_from, parse_message
-from cdc.bus.sqs import RECEIVE_MAX, Queue, Received, SqsClient
+from cdc.bus.sqs import Queue, Received, SqsClient
 from cdc.core.database import db_retrying
 from cdc.core.errors import Interrupted, is_transient_db_error
+from cdc.core.limits import SQS_RECEIVE_MAX
 from cdc.core.settings import Settings
 from cdc.core.state import StateTables
 from sync_back.applier import Applier
@@ -108,7 +109,7 @@ class Consumer:
         while not self.stop.is_set():
             received = ahead.wait() if ahead is not None else self.queue.receive()
             ahead = None
-            if len(received.messages) == RECEIVE_MAX and not self.stop.is_set():
+            if len(received.messages) == SQS_RECEIVE_MAX and not self.stop.is_set():
                 ahead = Received.fetch(self.queue)
             self.process(received)
         if ahead is not None:

@@ -9,7 +9,6 @@ are never interpreted.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import uuid
@@ -19,6 +18,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from cdc.bus.incoming import describe, text_problem
+from cdc.bus.jsontext import exact_json
 from sync_back.mapping import ColumnSpec
 
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1
@@ -146,52 +146,36 @@ def _uuid(value: Any, spec: ColumnSpec) -> uuid.UUID:
 
 
 def _json(value: Any, spec: ColumnSpec) -> str:
-    parts: list[str] = []
+    # Numbers arrive as Decimal and are written as they came (every digit kept).
     try:
-        _emit(value, parts)
+        _check_json(value)
+        return exact_json(value)
     except RecursionError:
         raise Refused("nested too deeply to store as json") from None
-    return "".join(parts)
 
 
-def _emit(value: Any, out: list[str]) -> None:
-    # Written out rather than json.dumps: numbers arrive as Decimal (every digit kept), which
-    # json.dumps cannot write as numbers; and jsonb refuses \u0000 in strings.
+def _check_json(value: Any) -> None:
+    """Refuse, at the first problem in document order, what PostgreSQL would: a string (a key
+    too) that text cannot hold, a number out of the range of numeric (jsonb stores numbers as
+    numeric)."""
     if isinstance(value, str):
         problem = text_problem(value)
         if problem:
             raise Refused(f"a string in the value {problem}")
-        out.append(json.dumps(value, ensure_ascii=False))
-    elif value is None:
-        out.append("null")
-    elif isinstance(value, bool):
-        out.append("true" if value else "false")
-    elif isinstance(value, int):
-        out.append(str(value))
     elif isinstance(value, Decimal):
-        # jsonb stores numbers as numeric, with numeric's range.
         if not _fits_numeric(value):
             raise Refused(
                 f"the number {describe(value)} in the value is out of the range of numeric"
             )
-        out.append(str(value))
     elif isinstance(value, dict):
-        out.append("{")
-        for index, (key, item) in enumerate(value.items()):
-            if index:
-                out.append(",")
-            _emit(key, out)
-            out.append(":")
-            _emit(item, out)
-        out.append("}")
+        for key, item in value.items():
+            _check_json(key)
+            _check_json(item)
     elif isinstance(value, list):
-        out.append("[")
-        for index, item in enumerate(value):
-            if index:
-                out.append(",")
-            _emit(item, out)
-        out.append("]")
-    else:  # pragma: no cover - parse_message yields only JSON types
+        for item in value:
+            _check_json(item)
+    elif value is not None and not isinstance(value, int):  # pragma: no cover
+        # parse_message yields only JSON types (a bool is an int)
         raise Refused(f"{type(value).__name__} is not a JSON value")
 
 

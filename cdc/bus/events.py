@@ -18,22 +18,21 @@ import json
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any, Final, Literal, NamedTuple
 
 import orjson
 
+from cdc.bus.jsontext import orjson_default
+from cdc.core.limits import TIME_FIELD_BYTES
 from cdc.core.tables import TableRef
 
 Op = Literal["insert", "update", "delete", "read", "truncate", "schema"]
-JsonValue = Any  # JSON-compatible value after conversion by ``cdc.values`` or ``cdc.pgtypes``
+JsonValue = Any  # a JSON value as ``cdc.capture.values`` or ``cdc.capture.pgtypes`` left it
 Row = Mapping[str, JsonValue]
 
 SCHEMA_VERSION = 1
 # Namespace for deterministic event ids (uuid5); never change it: ids would change with it.
 EVENT_ID_NAMESPACE = uuid.UUID("6f1c8a52-3c1e-5a0b-9d7e-2f4b8c6d1e90")
-# AWS counts 14 bytes for an entry's Time field when it is set.
-TIME_FIELD_BYTES = 14
 
 
 class Change(NamedTuple):
@@ -88,7 +87,8 @@ class BusEntry(NamedTuple):
 
 
 def entry_size(source: str, detail_type: str, detail: str, resources: Sequence[str] = ()) -> int:
-    """Size of a PutEvents entry by the AWS formula (Time counts 14 bytes; we always set it)."""
+    """Size of a PutEvents entry by the AWS formula (Time counts ``TIME_FIELD_BYTES``; we
+    always set it)."""
     size = (
         TIME_FIELD_BYTES + len(source.encode()) + len(detail_type.encode()) + len(detail.encode())
     )
@@ -131,23 +131,8 @@ def event_ids(source: str) -> Callable[[str, int], str]:
 
 def event_id(source: str, identity: str, part: int = 0) -> str:
     """``str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{source}\\x1f{identity}\\x1f{part}"))``, computed
-    without the uuid module's overhead (it was a quarter of the cost of rendering an event)."""
+    without the uuid module's overhead (a quarter of the cost of rendering an event)."""
     return event_ids(source)(identity, part)
-
-
-def _json_default(value: object) -> JsonValue:
-    # Numbers inside embedded json/jsonb documents may arrive as Decimal.
-    if isinstance(value, Decimal):
-        return (
-            int(value)
-            if value == value.to_integral_value() and "E" not in str(value)
-            else float(value)
-        )
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-def dumps(value: JsonValue) -> str:
-    return orjson.dumps(value, default=_json_default).decode()
 
 
 def render_detail_type(template: str, table: TableRef, op: Op) -> str:
@@ -252,7 +237,8 @@ class EventRenderer:
                 "unchanged": change.unchanged,
                 "schema_version": change.schema_version,
             },
-            default=_json_default,
+            # Numbers inside embedded json/jsonb documents may arrive as Decimal.
+            default=orjson_default,
         )
         return BusEntry(
             identifier,
@@ -268,18 +254,6 @@ class EventRenderer:
 def parse_iso(text: str) -> datetime:
     moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-# One decoder, reused (json.loads with parse_float builds a new one per call); Decimal keeps
-# every digit of numeric values until ``cdc.values`` renders them.
-_DECODER = json.JSONDecoder(parse_float=Decimal)
-
-
-def json_object(text: str) -> dict[str, JsonValue]:
-    value = _DECODER.decode(text)
-    if not isinstance(value, dict):
-        raise ValueError("row image is not a JSON object")
-    return value
 
 
 def entry_to_json(entry: BusEntry) -> str:

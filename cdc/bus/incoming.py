@@ -18,11 +18,10 @@ from decimal import Decimal
 from typing import Any
 
 from cdc.core.errors import CdcError
+from cdc.core.limits import DEFAULT_BODY_BYTES
 
 # The validator republishes a valid event under its source with this in front.
 VALID_PREFIX = "valid."
-# SQS's own maximum message size; a larger body cannot have come from the queue intact.
-DEFAULT_MAX_BYTES = 262_144
 # The EventBridge envelope keys we read; others ("version", "account", "region", "resources",
 # and any AWS adds later) are accepted and ignored.
 _ENVELOPE_STRINGS = ("id", "detail-type", "source")
@@ -116,7 +115,7 @@ def describe(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def parse_message(body: str, max_bytes: int = DEFAULT_MAX_BYTES) -> Envelope:
+def parse_message(body: str, max_bytes: int = DEFAULT_BODY_BYTES) -> Envelope:
     """The envelope of one SQS message body; raises ``Invalid`` naming what is wrong."""
     size = len(body.encode("utf-8", "surrogatepass"))
     if size > max_bytes:

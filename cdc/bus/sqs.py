@@ -26,10 +26,10 @@ from cdc.core.errors import (
     classify_aws_error,
     is_transient_transport_error,
 )
+from cdc.core.limits import SQS_RECEIVE_MAX
 
 log = logging.getLogger(__name__)
 
-RECEIVE_MAX = 10  # messages per ReceiveMessage, SQS's most
 # A failed delete is tried again this many times in all; what is still not deleted comes back
 # from the queue after its visibility timeout (and is then a duplicate the consumer absorbs).
 DELETE_ATTEMPTS = 5
@@ -155,7 +155,7 @@ class Queue:
         try:
             reply = sqs.receive_message(
                 QueueUrl=url,
-                MaxNumberOfMessages=RECEIVE_MAX,
+                MaxNumberOfMessages=SQS_RECEIVE_MAX,
                 WaitTimeSeconds=self.wait_seconds,
                 VisibilityTimeout=self.visibility_timeout,
             )

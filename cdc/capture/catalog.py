@@ -10,7 +10,7 @@ import orjson
 from sqlalchemy import Engine
 from sqlalchemy import types as sqltypes
 
-from cdc.bus.events import json_object
+from cdc.bus.jsontext import json_object
 from cdc.capture.values import RowConvert, exact_in_doubles, row_converters
 from cdc.core.catalog import TableShape, reflect
 from cdc.core.tables import TableRef

@@ -14,17 +14,14 @@ money. TimeZone does not matter: timestamptz is published in UTC.
 from __future__ import annotations
 
 import base64
-import json
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any, Final
 
-from cdc.capture.values import plain_json
+from cdc.bus.jsontext import loads_exact, plain_json
 
 TextConvert = Callable[[str], Any]
-
 
 # The text as sent. ``str`` returns a str argument itself, and costs less to call than a
 # function of our own: this is the conversion of most columns.
@@ -45,7 +42,7 @@ def _float(value: str) -> float | str:
 
 
 def _json(value: str) -> Any:
-    return plain_json(json.loads(value, parse_float=Decimal))
+    return plain_json(loads_exact(value))
 
 
 # Escape-format bytea (bytea_output = 'escape'): '\\' is a backslash, '\ooo' an octal byte.

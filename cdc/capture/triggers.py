@@ -178,8 +178,7 @@ def sqlite_image(columns: Iterable[str], row: str, table: str | None = None) -> 
     """A JSON object of the row's columns. With ``table``, each key is the column's name read
     from the catalog by its position when the trigger runs, so a ``RENAME COLUMN`` (which
     SQLite applies to the trigger's ``NEW.x`` too) is followed by the key at once."""
-    # json_object refuses BLOB values, so a blob travels as ["<hex>"] (cdc.capture.values
-    # unwraps it).
+    # json_object refuses BLOB values: a blob travels as ["<hex>"], which values.py unwraps.
     parts = []
     for cid, column in enumerate(columns):
         value = f"{row}.{quote_ident(column)}"

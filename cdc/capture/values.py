@@ -1,10 +1,10 @@
 """Lossless JSON for column values, by column type.
 
 Row images reach the worker as JSON text written by the capture triggers (PostgreSQL's
-``row_to_json(row)``, SQLite's ``json_object``), parsed with ``parse_float=Decimal`` so no
-digit is lost, or into doubles where every exact numeric column fits one
-(``exact_in_doubles``). This module turns each value into the event contract's form: exact
-numerics as strings, timestamps with a zone in UTC, bytes as base64, uuid as text, json
+``row_to_json(row)``, SQLite's ``json_object``), parsed with their fractions as ``Decimal``
+(``cdc.bus.jsontext``) so no digit is lost, or into doubles where every exact numeric column
+fits one (``exact_in_doubles``). This module turns each value into the event contract's form:
+exact numerics as strings, timestamps with a zone in UTC, bytes as base64, uuid as text, json
 embedded, arrays as lists. Conversion is decided once per column from the catalog type, not
 per value.
 """
@@ -21,6 +21,8 @@ from typing import Any
 
 from sqlalchemy import types as sqltypes
 from sqlalchemy.dialects import postgresql
+
+from cdc.bus.jsontext import plain_json
 
 Convert = Callable[[Any], Any]
 RowConvert = Callable[[dict[str, Any]], dict[str, Any]]
@@ -109,21 +111,6 @@ def _sqlite_timestamp(value: Any) -> Any:
     if isinstance(value, str) and _SQLITE_ZONED.fullmatch(value):
         return _timestamp_tz(value[:10] + "T" + value[11:])  # SQL's ' ' to ISO 8601's 'T'
     return _sqlite_blob(value)
-
-
-def plain_json(value: Any) -> Any:
-    """Numbers of embedded json documents: Decimal back to int or float."""
-    if isinstance(value, Decimal):
-        return (
-            int(value)
-            if value == value.to_integral_value() and "E" not in str(value)
-            else float(value)
-        )
-    if isinstance(value, dict):
-        return {k: plain_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [plain_json(v) for v in value]
-    return value
 
 
 def _array_of(element: Convert) -> Convert:
@@ -236,12 +223,3 @@ def row_converters(
         return convert_known(row)
 
     return convert, convert_known
-
-
-def row_converter(
-    column_types: Mapping[str, sqltypes.TypeEngine[Any]],
-    dialect: str,
-    numerics_as_doubles: bool = False,
-) -> RowConvert:
-    """The first of ``row_converters``: for images that may hold unknown columns."""
-    return row_converters(column_types, dialect, numerics_as_doubles)[0]

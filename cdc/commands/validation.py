@@ -173,7 +173,7 @@ def _run_validator(settings: Settings, engine: Engine, tables: ValidationTables)
     import boto3
 
     from cdc.core.signals import install_signal_handlers
-    from cdc.validate.schemas import SchemaRegistry
+    from cdc.validate.registry import SchemaRegistry
     from cdc.validate.validator import Validator
 
     if not settings.validate_queue_url:

@@ -20,9 +20,6 @@ log = logging.getLogger(__name__)
 HEALTHZ, READYZ, METRICS = "/healthz", "/readyz", "/metrics"
 
 
-PATHS = (HEALTHZ, READYZ, METRICS)
-
-
 def serve_endpoints(
     collector: Collector, last_reached: Callable[[], float], port: int, ready_within: float = 30.0
 ) -> ThreadingHTTPServer:

@@ -22,6 +22,7 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from cdc.core import limits
 from cdc.core.errors import ConfigError
 from cdc.core.tables import TableRef
 
@@ -59,7 +60,9 @@ class Settings(BaseSettings):
     detail_type: str = "{schema}.{table}.{op}"
     batch_size: int = Field(500, ge=1, le=100_000)
     poll_interval: float = Field(0.2, gt=0, le=60)
-    max_entry_bytes: int = Field(262_144, ge=1024, le=1_048_576)
+    max_entry_bytes: int = Field(
+        limits.DEFAULT_ENTRY_BYTES, ge=1024, le=limits.PUT_EVENTS_MAX_BYTES
+    )
     publish_concurrency: int = Field(4, ge=1, le=32)
     skip_origins: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["sync_back"])
     state_schema: str = Field("cdc", pattern=r"^[a-z_][a-z0-9_]*$")
@@ -74,18 +77,22 @@ class Settings(BaseSettings):
     # sync back: the SQS queue an EventBridge rule feeds with the new system's events, and the
     # mappings (TOML only: [[sync_back.mappings]], see sync_back/mapping.py)
     sync_queue_url: str | None = None
-    sync_wait_seconds: int = Field(5, ge=0, le=20)
-    sync_visibility_timeout: int = Field(60, ge=5, le=43_200)
-    sync_max_body_bytes: int = Field(262_144, ge=1024, le=1_048_576)
+    sync_wait_seconds: int = Field(5, ge=0, le=limits.SQS_MAX_WAIT_SECONDS)
+    sync_visibility_timeout: int = Field(60, ge=5, le=limits.SQS_MAX_VISIBILITY_SECONDS)
+    sync_max_body_bytes: int = Field(
+        limits.DEFAULT_BODY_BYTES, ge=1024, le=limits.SQS_MAX_MESSAGE_BYTES
+    )
     sync_back: dict[str, Any] = Field(default_factory=dict)
-    # validation (cdc/validator.py): the queue a central-bus rule feeds, the JSON Schemas by
+    # validation (cdc/validate): the queue a central-bus rule feeds, the JSON Schemas by
     # DetailType, the central bus valid events are republished to; the topology of accounts
     # (TOML only: [topology], see cdc/topology/model.py)
     validate_queue_url: str | None = None
-    validate_wait_seconds: int = Field(5, ge=0, le=20)
-    validate_visibility_timeout: int = Field(60, ge=1, le=43_200)
+    validate_wait_seconds: int = Field(5, ge=0, le=limits.SQS_MAX_WAIT_SECONDS)
+    validate_visibility_timeout: int = Field(60, ge=1, le=limits.SQS_MAX_VISIBILITY_SECONDS)
     schemas_dir: Path = Path("schemas")
-    central_bus_name: str = Field("central", min_length=1, max_length=256)
+    central_bus_name: str = Field(
+        "central", min_length=1, max_length=limits.EVENT_BUS_NAME_MAX_LENGTH
+    )
     topology: dict[str, Any] = Field(default_factory=dict)
     # Test hook: "kill_after_publish:N" sends SIGKILL to the worker itself after the N-th
     # published batch, before it is acknowledged (the crash tests use it).

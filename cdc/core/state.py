@@ -103,6 +103,23 @@ def state_tables(dialect: str, schema: str = "cdc") -> StateTables:
         if sqlite
         else None
     )
+    return StateTables(
+        metadata,
+        table_schema,
+        prefix,
+        changelog,
+        checkpoints,
+        dead_letters,
+        origin,
+        *_sync_back_tables(metadata, prefix, id_type, moment),
+        *_backfill_and_schema_tables(metadata, prefix, id_type, moment),
+    )
+
+
+def _sync_back_tables(
+    metadata: MetaData, prefix: str, id_type: type[Integer], moment: Text | DateTime
+) -> tuple[Table, Table, Table, Table]:
+    """The inbox, the sync-back dead letters, the conflicts and the synced rows."""
     inbox = Table(
         f"{prefix}inbox",
         metadata,
@@ -142,6 +159,13 @@ def state_tables(dialect: str, schema: str = "cdc") -> StateTables:
         Column("version", Text),
         Column("event_id", Text, nullable=False),
     )
+    return inbox, sync_dead_letters, conflicts, synced_rows
+
+
+def _backfill_and_schema_tables(
+    metadata: MetaData, prefix: str, id_type: type[Integer], moment: Text | DateTime
+) -> tuple[Table, Table]:
+    """The backfill runs and the captured tables' schema versions."""
     backfills = Table(
         f"{prefix}backfills",
         metadata,
@@ -168,18 +192,4 @@ def state_tables(dialect: str, schema: str = "cdc") -> StateTables:
         Column("shape", Text, nullable=False),
         Column("recorded_at", moment, nullable=False),
     )
-    return StateTables(
-        metadata,
-        table_schema,
-        prefix,
-        changelog,
-        checkpoints,
-        dead_letters,
-        origin,
-        inbox,
-        sync_dead_letters,
-        conflicts,
-        synced_rows,
-        backfills,
-        table_schemas,
-    )
+    return backfills, table_schemas

@@ -6,9 +6,19 @@ from __future__ import annotations
 
 from typing import Any
 
-# EventBridge keeps retrying a target for up to 24 hours (185 attempts) before the DLQ.
-RETRY_POLICY = {"MaximumEventAgeInSeconds": 86_400, "MaximumRetryAttempts": 185}
-DLQ_RETENTION_SECONDS = 1_209_600  # 14 days, SQS's maximum
+from cdc.core.limits import (
+    SQS_MAX_RETENTION_SECONDS,
+    TARGET_MAX_EVENT_AGE_SECONDS,
+    TARGET_MAX_RETRY_ATTEMPTS,
+)
+
+# EventBridge retries a target for as long as it allows before the DLQ, and the DLQ keeps a
+# dead letter for as long as SQS allows.
+RETRY_POLICY = {
+    "MaximumEventAgeInSeconds": TARGET_MAX_EVENT_AGE_SECONDS,
+    "MaximumRetryAttempts": TARGET_MAX_RETRY_ATTEMPTS,
+}
+DLQ_RETENTION_SECONDS = SQS_MAX_RETENTION_SECONDS
 MAX_RECEIVE_COUNT = 5
 VISIBILITY_TIMEOUT_SECONDS = 60
 

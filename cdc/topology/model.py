@@ -11,10 +11,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from cdc.bus.incoming import VALID_PREFIX
 from cdc.core.errors import ConfigError
+from cdc.core.limits import SQS_QUEUE_NAME_MAX_LENGTH
 from cdc.core.settings import Settings
 
 ACCOUNT_PATTERN = r"^\d{12}$"
 REGION_PATTERN = r"^[a-z]{2}(-[a-z]+)+-\d$"
+# The validation queue's dead-letter queue is named after it with "-dlq": both fit SQS's limit.
+QUEUE_NAME_PATTERN = rf"^[A-Za-z0-9_-]{{1,{SQS_QUEUE_NAME_MAX_LENGTH - len('-dlq')}}}$"
 
 
 class _Part(BaseModel):
@@ -67,7 +70,7 @@ class Topology(BaseModel):
     central_bus: str
     central_account: str | None = Field(None, pattern=ACCOUNT_PATTERN)
     central_region: str | None = Field(None, pattern=REGION_PATTERN)
-    validation_queue: str = Field("event-validation", pattern=r"^[A-Za-z0-9_-]{1,76}$")
+    validation_queue: str = Field("event-validation", pattern=QUEUE_NAME_PATTERN)
     producers: tuple[Producer, ...] = ()
     consumers: tuple[Consumer, ...] = ()
 

@@ -1,46 +1,40 @@
 """JSON Schemas of event Details, one per ``DetailType``: generated from a tracked table's
-columns, or written by hand for the new system's events, and checked by the validator.
+columns, or written by hand for the new system's events, and checked by the validator
+(``cdc.validate.registry``).
 
-A generated schema describes the Detail exactly as the capture renders it (``cdc.values`` for
-trigger mode, ``cdc.pgtypes`` for logical mode, which agree): exact numerics are strings with
-the declared scale, floats are numbers (or the words NaN/Infinity), ``timestamptz`` is ISO 8601
-in UTC with six fraction digits and ``Z``, ``timestamp`` has no zone, ``bytea`` is base64,
-``uuid`` text, ``json``/``jsonb`` any JSON, arrays lists (of lists, for more dimensions).
-Row images must carry the key columns and no column the table did not have when the schema
-was generated (a new column is a contract change: regenerate or edit the schema); other
-columns may be missing, as logical mode leaves out unchanged TOASTed values and sends only the
-key as a delete's ``before``.
+A generated schema describes the Detail exactly as the capture renders it
+(``cdc.capture.values`` for trigger mode, ``cdc.capture.pgtypes`` for logical mode, which
+agree): exact numerics are strings with the declared scale, floats are numbers (or the words
+NaN/Infinity), ``timestamptz`` is ISO 8601 in UTC with six fraction digits and ``Z``,
+``timestamp`` has no zone, ``bytea`` is base64, ``uuid`` text, ``json``/``jsonb`` any JSON,
+arrays lists (of lists, for more dimensions). Row images must carry the key columns and no
+column the table did not have when the schema was generated (a new column is a contract change:
+regenerate or edit the schema); other columns may be missing, as logical mode leaves out
+unchanged TOASTed values and sends only the key as a delete's ``before``.
 
-A schema file is a JSON object; its ``x-detail-type`` (or, when absent, the file name without
-``.json``) names the DetailType it checks. Everything here is pure but
-``write_schemas`` and ``SchemaRegistry.load``.
+``write_schemas`` writes a file per DetailType for ``cdc.validate.registry`` to load;
+everything else here is pure.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError, ValidationError
 from sqlalchemy import types as sqltypes
 from sqlalchemy.dialects import postgresql
 
 from cdc.bus.events import SCHEMA_VERSION, Op, render_detail_type
 from cdc.core.catalog import TableShape
-from cdc.core.errors import ConfigError
 
 JsonSchema = dict[str, Any]
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 OPS: tuple[Op, ...] = ("insert", "update", "delete", "read", "truncate", "schema")
-# Each error message is cut to this length: a message quotes the offending value, which may be
-# a whole row image.
-MAX_ERROR_CHARS = 400
 
-# Forms of the values as the capture renders them (see cdc.values and cdc.pgtypes).
+# Forms of the values as the capture renders them (cdc.capture.values and cdc.capture.pgtypes).
 _UTC_TIMESTAMP = (
     r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z"
     # Moments Python cannot hold in UTC (BC, past 9999, the edges of year 1 and 9999) keep
@@ -49,7 +43,7 @@ _UTC_TIMESTAMP = (
     r"|(\d{5,}|0001|9999)-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?[+-]\d\d(:\d\d){0,2}"
     r"|-?infinity)$"
 )
-_COMMIT_TIME = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$"  # cdc.events.iso_utc
+_COMMIT_TIME = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$"  # cdc.bus.events.iso_utc
 _LOCAL_TIMESTAMP = r"^(\d{4,}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?( BC)?|-?infinity)$"
 _DATE = r"^(\d{4,}-\d\d-\d\d( BC)?|-?infinity)$"
 _BASE64 = r"^[A-Za-z0-9+/]*={0,2}$"
@@ -71,9 +65,6 @@ _TEXT_TYPES: tuple[type[sqltypes.TypeEngine[Any]], ...] = (
     postgresql.TSVECTOR,
     postgresql.REGCLASS,
 )
-
-
-# -- generation (pure) --------------------------------------------------------------------------
 
 
 def value_schema(column_type: sqltypes.TypeEngine[Any], dialect: str) -> JsonSchema:
@@ -127,7 +118,7 @@ def value_schema(column_type: sqltypes.TypeEngine[Any], dialect: str) -> JsonSch
 
 def _sqlite_value_schema(column_type: sqltypes.TypeEngine[Any]) -> JsonSchema:
     # SQLite keeps whatever a row was given, whatever the declared type; only what its triggers
-    # and cdc.values always produce is pinned down.
+    # and cdc.capture.values always produce is pinned down.
     if isinstance(column_type, sqltypes.Numeric) and not isinstance(column_type, sqltypes.Float):
         return {"type": "string"}
     if isinstance(column_type, sqltypes.LargeBinary):
@@ -325,115 +316,3 @@ def write_schemas(
         path.write_text(dump_schema(schema), encoding="utf-8")
         written.append((path, True))
     return written
-
-
-# -- validation -----------------------------------------------------------------------------------
-
-
-def _location(error: ValidationError) -> str:
-    where = "detail"
-    for part in error.absolute_path:
-        where += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return where
-
-
-def _leaves(error: ValidationError) -> Iterable[ValidationError]:
-    """The errors under an anyOf/oneOf that tell what is wrong, rather than 'not valid under
-    any of the given schemas'; the error itself when no alternative explains it better."""
-    # The "or null" alternative of a nullable column explains nothing.
-    relevant = [
-        e
-        for e in error.context or ()
-        if not (e.validator == "type" and e.validator_value == "null")
-    ]
-    if not relevant:
-        yield error
-        return
-    depth = max(len(e.absolute_path) for e in relevant)
-    if depth > len(error.absolute_path):
-        # Of the alternatives, the ones that got deepest into the value explain it best.
-        chosen = [e for e in relevant if len(e.absolute_path) == depth]
-    else:
-        # None does: the first alternative's errors (a generated schema lists the column's
-        # own type first, then null, then nested arrays).
-        first = relevant[0].relative_schema_path[0]
-        chosen = [e for e in relevant if e.relative_schema_path[0] == first]
-    for sub in chosen:
-        yield from _leaves(sub)
-
-
-def format_error(error: ValidationError) -> str:
-    text = f"{_location(error)}: {error.message}"
-    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
-
-
-class SchemaRegistry:
-    """The schemas the validator checks against, by DetailType, each compiled once."""
-
-    def __init__(self, schemas: Mapping[str, JsonSchema]) -> None:
-        self._validators: dict[str, Draft202012Validator] = {}
-        for detail_type, schema in schemas.items():
-            try:
-                Draft202012Validator.check_schema(schema)
-            except SchemaError as exc:
-                raise ConfigError(
-                    "CDC_SCHEMAS_DIR",
-                    f"the schema of {detail_type!r} is not a valid JSON Schema: {exc.message}",
-                ) from None
-            self._validators[detail_type] = Draft202012Validator(
-                schema, format_checker=Draft202012Validator.FORMAT_CHECKER
-            )
-
-    @classmethod
-    def load(cls, directory: Path) -> SchemaRegistry:
-        if not directory.is_dir():
-            raise ConfigError(
-                "CDC_SCHEMAS_DIR",
-                f"no directory at {directory}; run "
-                "`cdc schemas generate` or point CDC_SCHEMAS_DIR at the schemas",
-            )
-        schemas: dict[str, JsonSchema] = {}
-        origins: dict[str, Path] = {}
-        for path in sorted(directory.glob("*.json")):
-            try:
-                schema = json.loads(path.read_text(encoding="utf-8"))
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise ConfigError("CDC_SCHEMAS_DIR", f"{path} is not JSON: {exc}") from None
-            if not isinstance(schema, dict):
-                raise ConfigError("CDC_SCHEMAS_DIR", f"{path} is not a JSON object")
-            detail_type = schema.get("x-detail-type", path.stem)
-            if not isinstance(detail_type, str) or not detail_type:
-                raise ConfigError("CDC_SCHEMAS_DIR", f"{path}: x-detail-type is not a string")
-            if detail_type in schemas:
-                raise ConfigError(
-                    "CDC_SCHEMAS_DIR",
-                    f"{path} and {origins[detail_type]} both "
-                    f"describe the DetailType {detail_type!r}",
-                )
-            schemas[detail_type], origins[detail_type] = schema, path
-        return cls(schemas)
-
-    def __contains__(self, detail_type: object) -> bool:
-        return detail_type in self._validators
-
-    def __len__(self) -> int:
-        return len(self._validators)
-
-    @property
-    def detail_types(self) -> list[str]:
-        return sorted(self._validators)
-
-    def errors(self, detail_type: str, detail: Any) -> list[str] | None:
-        """Every way ``detail`` breaks the schema of its DetailType, in document order
-        (empty: valid); None when no schema knows the DetailType."""
-        validator = self._validators.get(detail_type)
-        if validator is None:
-            return None
-        found = [leaf for error in validator.iter_errors(detail) for leaf in _leaves(error)]
-        found.sort(key=lambda e: ([str(p) for p in e.absolute_path], e.message))
-        messages: list[str] = []
-        for error in found:
-            text = format_error(error)
-            if text not in messages:
-                messages.append(text)
-        return messages

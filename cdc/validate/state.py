@@ -9,7 +9,7 @@ restarts and between validators sharing a queue. Its ``status`` then tells the s
 is *in doubt*: the event may or may not have reached the bus, so it is never sent again by
 itself; the entry is kept for an operator, who may resend it (``cdc validate --resend``).
 
-As with ``cdc.state``, the tables live in the service's schema on PostgreSQL and carry a
+As with ``cdc.core.state``, the tables live in the service's schema on PostgreSQL and carry a
 ``cdc_`` prefix on SQLite. Migration 0005 creates them; this module describes them for queries.
 """
 
@@ -296,19 +296,3 @@ def _unsettled(engine: Engine, tables: ValidationTables, older_than: timedelta) 
     if engine.dialect.name == "sqlite":
         cutoff = cutoff.isoformat()
     return and_(table.c.status == CLAIMED, table.c.claimed_at <= cutoff)
-
-
-def counts(engine: Engine, tables: ValidationTables) -> dict[str, int]:
-    """Claims by status, and dead letters."""
-    table = tables.republished
-    with engine.connect() as connection:
-        result = {
-            str(status): int(n)
-            for status, n in connection.execute(
-                select(table.c.status, func.count()).group_by(table.c.status)
-            )
-        }
-        result["dead_letters"] = int(
-            connection.execute(select(func.count()).select_from(tables.dead_letters)).scalar_one()
-        )
-    return result

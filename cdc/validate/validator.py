@@ -7,7 +7,7 @@ For each batch of SQS messages (ten at most), in this order:
    letter with every error; a source already starting with ``valid.`` -> left alone (sending
    it again would loop); otherwise an entry for the central bus;
 2. one transaction stores the dead letters and *claims* each event to republish (a row per
-   source and event id, see ``cdc.validation_state``); only the claims this batch won are sent;
+   source and event id, see ``cdc.validate.state``); only the claims this batch won are sent;
 3. PutEvents (``EventBridgePublisher``: batching, retries, size limit);
 4. one transaction records the bus's verdict (published, or rejected with a dead letter);
 5. the messages are deleted from the queue.
@@ -20,34 +20,30 @@ by ``cdc validate --in-doubt`` for an operator to resend.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
-from typing import Any, Literal, TypeVar
+from typing import Literal
 
 from sqlalchemy import Engine
 
 from cdc.bus.events import BusEntry
 from cdc.bus.incoming import VALID_PREFIX, Invalid, parse_message, text_problem
+from cdc.bus.jsontext import exact_json
 from cdc.bus.publishers import Publisher
 from cdc.bus.sqs import Queue, SqsClient
 from cdc.core.database import db_retrying
 from cdc.core.errors import Interrupted
+from cdc.core.limits import DEFAULT_BODY_BYTES
 from cdc.core.settings import Settings
 from cdc.validate import state
-from cdc.validate.schemas import SchemaRegistry
+from cdc.validate.registry import SchemaRegistry
 from cdc.validate.state import Claim, ValidationDeadLetter, ValidationTables
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-# SQS's own maximum message size.
-MAX_BODY_BYTES = 262_144
 
 Outcome = Literal[
     "republished", "duplicate", "in_doubt", "dead_letter", "already_valid", "rejected"
@@ -56,25 +52,6 @@ Outcome = Literal[
 
 def valid_source(source: str) -> str:
     return VALID_PREFIX + source
-
-
-def exact_json(value: Any) -> str:
-    """JSON text of a parsed Detail with every number as it was written: the envelope parser
-    reads fractions as ``Decimal`` (no digit lost), and ``str`` of such a Decimal is a valid
-    JSON number ("12.50", "1E+5")."""
-    if isinstance(value, dict):
-        return (
-            "{"
-            + ",".join(
-                f"{json.dumps(k, ensure_ascii=False)}:{exact_json(v)}" for k, v in value.items()
-            )
-            + "}"
-        )
-    if isinstance(value, list):
-        return "[" + ",".join(exact_json(v) for v in value) + "]"
-    if isinstance(value, Decimal):
-        return str(value)
-    return json.dumps(value, ensure_ascii=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +85,7 @@ class Judged:
 
 
 def judge(
-    body: str, message_id: str, registry: SchemaRegistry, max_body_bytes: int = MAX_BODY_BYTES
+    body: str, message_id: str, registry: SchemaRegistry, max_body_bytes: int = DEFAULT_BODY_BYTES
 ) -> Judged:
     """The verdict on one SQS body (an EventBridge envelope); pure."""
     try:

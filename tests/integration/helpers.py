@@ -22,6 +22,7 @@ from cdc.capture.catalog import read_table
 from cdc.capture.sources import Source
 from cdc.capture.sources.changelog import ChangeLogSource
 from cdc.core import database
+from cdc.core.limits import SQS_RECEIVE_MAX
 from cdc.core.settings import Settings, load_settings
 from cdc.core.state import state_tables
 
@@ -91,7 +92,7 @@ class Wiring:
 
     def drain_once(self) -> int:
         reply = self.sqs.receive_message(
-            QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0
+            QueueUrl=self.queue_url, MaxNumberOfMessages=SQS_RECEIVE_MAX, WaitTimeSeconds=0
         )
         messages = reply.get("Messages", [])
         for message in messages:

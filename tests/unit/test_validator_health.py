@@ -11,7 +11,7 @@ from sqlalchemy import Engine, create_engine
 from cdc.bus.publishers.file import NullPublisher
 from cdc.core.settings import load_settings
 from cdc.validate.health import ValidatorCollector
-from cdc.validate.schemas import SchemaRegistry
+from cdc.validate.registry import SchemaRegistry
 from cdc.validate.state import CLAIMED, PUBLISHED, validation_tables
 from cdc.validate.validator import Validator
 

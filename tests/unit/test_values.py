@@ -6,8 +6,8 @@ from decimal import Decimal
 from sqlalchemy import types as sqltypes
 from sqlalchemy.dialects import postgresql
 
-from cdc.bus.events import json_object
-from cdc.capture.values import converter, row_converter
+from cdc.bus.jsontext import json_object
+from cdc.capture.values import converter, row_converters
 
 PG_COLUMNS = {
     "id": sqltypes.INTEGER(),
@@ -26,7 +26,7 @@ PG_COLUMNS = {
 def convert_pg(image: str) -> dict:
     parsed = json_object(image)
     assert parsed is not None
-    return row_converter(PG_COLUMNS, "postgresql")(parsed)
+    return row_converters(PG_COLUMNS, "postgresql")[0](parsed)
 
 
 def test_postgres_images_become_the_contract_forms() -> None:
@@ -84,13 +84,14 @@ def test_nulls_special_values_and_escape_bytea() -> None:
 
 
 def test_a_column_added_after_the_catalog_was_read_gets_generic_conversion() -> None:
-    out = row_converter({"id": sqltypes.INTEGER()}, "postgresql")({"id": 1, "new": Decimal("1.5")})
+    convert, _ = row_converters({"id": sqltypes.INTEGER()}, "postgresql")
+    out = convert({"id": 1, "new": Decimal("1.5")})
     assert out == {"id": 1, "new": 1.5}
     json.dumps(out)
 
 
 def test_sqlite_blobs_and_numerics() -> None:
-    convert = row_converter(
+    convert, _ = row_converters(
         {"b": sqltypes.BLOB(), "n": sqltypes.NUMERIC(), "t": sqltypes.TEXT()}, "sqlite"
     )
     parsed = json_object('{"b": ["0102FF"], "n": 4.99, "t": "x", "other": ["00"]}')
@@ -105,7 +106,8 @@ def test_small_numerics_keep_plain_notation_and_odd_timestamps_pass_through() ->
 
 
 def test_sqlite_moments_with_an_offset_follow_the_timestamptz_contract() -> None:
-    from cdc.validate.schemas import SchemaRegistry, value_schema
+    from cdc.validate.registry import SchemaRegistry
+    from cdc.validate.schemas import value_schema
 
     # The demo table's updated_at, and what SQLite applications commonly write there
     convert = converter(sqltypes.TIMESTAMP(), "sqlite")

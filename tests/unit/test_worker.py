@@ -13,7 +13,7 @@ from cdc.bus.publishers import Rejection
 from cdc.capture.catalog import TableInfo
 from cdc.capture.health import WorkerCollector
 from cdc.capture.sources import Backlog, Batch
-from cdc.capture.values import row_converter
+from cdc.capture.values import row_converters
 from cdc.capture.worker import Worker, failpoint_hook
 from cdc.core.errors import Interrupted
 from cdc.core.settings import load_settings
@@ -24,7 +24,7 @@ INFO = TableInfo(
     TABLE,
     {"id": sqltypes.INTEGER()},
     ("id",),
-    row_converter({"id": sqltypes.INTEGER()}, "postgresql"),
+    row_converters({"id": sqltypes.INTEGER()}, "postgresql")[0],
 )
 
 

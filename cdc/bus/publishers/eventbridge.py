@@ -1,10 +1,10 @@
 """The EventBridge publisher: bus entries out through PutEvents, retried until each has a verdict.
 
 Entries are packed into calls of at most ten entries and at most ``max_entry_bytes`` in all
-(AWS caps a PutEvents request at 256 KiB as well as each entry). A call can half succeed: the
-response lists a result per entry, and only the entries that failed with a retryable code are
-sent again. Waits grow exponentially with full jitter and go on until the bus accepts or the
-worker asks to stop, so no event is ever dropped for being unlucky.
+(AWS caps a PutEvents request as well as each entry: ``cdc.core.limits``). A call can half
+succeed: the response lists a result per entry, and only the entries that failed with a
+retryable code are sent again. Waits grow exponentially with full jitter and go on until the
+bus accepts or the worker asks to stop, so no event is ever dropped for being unlucky.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from cdc.core.errors import (
     classify_aws_error,
     is_transient_transport_error,
 )
+from cdc.core.limits import DEFAULT_ENTRY_BYTES, PUT_EVENTS_MAX_ENTRIES
 
 if TYPE_CHECKING:
     from mypy_boto3_events.type_defs import (
@@ -37,10 +38,6 @@ if TYPE_CHECKING:
     )
 
 log = logging.getLogger(__name__)
-
-# PutEvents takes at most ten entries per call, and 256 KiB per entry and per request.
-MAX_ENTRIES_PER_CALL = 10
-MAX_ENTRY_BYTES = 262_144
 
 # Codes of our own for whole-call failures that carry no AWS code, as they appear in the log
 # and in ``PublishStats.retries_by_code``.
@@ -77,7 +74,7 @@ class _Outcome:
 
 
 def pack(
-    entries: Sequence[BusEntry], max_bytes: int, max_entries: int = MAX_ENTRIES_PER_CALL
+    entries: Sequence[BusEntry], max_bytes: int, max_entries: int = PUT_EVENTS_MAX_ENTRIES
 ) -> list[list[BusEntry]]:
     """Split ``entries``, in order, into calls of at most ``max_entries`` and ``max_bytes``.
 
@@ -102,7 +99,7 @@ class EventBridgePublisher:
         self,
         client: EventsClient,
         event_bus_name: str,
-        max_entry_bytes: int = MAX_ENTRY_BYTES,
+        max_entry_bytes: int = DEFAULT_ENTRY_BYTES,
         stop: threading.Event | None = None,
         initial_backoff: float = 0.1,
         max_backoff: float = 20.0,
@@ -129,7 +126,7 @@ class EventBridgePublisher:
     def from_environment(
         cls,
         event_bus_name: str,
-        max_entry_bytes: int = MAX_ENTRY_BYTES,
+        max_entry_bytes: int = DEFAULT_ENTRY_BYTES,
         stop: threading.Event | None = None,
         concurrency: int = 4,
     ) -> EventBridgePublisher:

@@ -10,10 +10,13 @@ from pathlib import Path
 
 from cdc.bus.events import BusEntry, iso_utc
 from cdc.bus.publishers import Rejection
+from cdc.core.limits import DEFAULT_ENTRY_BYTES
 
 
 class FilePublisher:
-    def __init__(self, path: Path, event_bus_name: str, max_entry_bytes: int = 262_144) -> None:
+    def __init__(
+        self, path: Path, event_bus_name: str, max_entry_bytes: int = DEFAULT_ENTRY_BYTES
+    ) -> None:
         self.path = path
         self.event_bus_name = event_bus_name
         self.max_entry_bytes = max_entry_bytes

@@ -23,7 +23,8 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Engine, func, select
 
-from cdc.bus.events import Change, Op, json_object, parse_iso
+from cdc.bus.events import Change, Op, parse_iso
+from cdc.bus.jsontext import json_object
 from cdc.bus.publishers import Rejection
 from cdc.capture import checkpoints, deadletters
 from cdc.capture.catalog import Catalog, TableInfo
@@ -76,7 +77,7 @@ class ChangeLogSource:
             self._delete = f"DELETE FROM {log_table} WHERE id = ?"
         else:
             self._delete = f"DELETE FROM {log_table} WHERE id = ANY(%s)"  # with dead letters
-            # Reads and acknowledgements without dead letters: sent ahead (cdc.sources.readahead).
+            # Reads and acknowledgements without dead letters: sent ahead (``ReadAhead``).
             # No startup options: a connection pooler may refuse them.
             self._ahead = ReadAhead(
                 conninfo_of(engine.url, "cdc", options=None),

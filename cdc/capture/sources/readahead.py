@@ -1,9 +1,10 @@
 """The PostgreSQL change log, read ahead: the database works while the worker renders.
 
-The change-log worker used to wait for each statement in turn: read a batch, render and publish
-it, delete it, read the next. Here one connection (autocommit: each statement is its own
-transaction) carries one statement at a time, sent without waiting (libpq's asynchronous
-calls) and collected when its result is needed, so that each runs while Python works:
+Waiting for each statement in turn (read a batch, render and publish it, delete it, read the
+next) leaves the database idle while Python works and Python idle while the database does.
+Here one connection (autocommit: each statement is its own transaction) carries one statement
+at a time, sent without waiting (libpq's asynchronous calls) and collected when its result is
+needed, so that each runs while Python works:
 
     read N+1: rows already held; their changes are built while DELETE N runs;
               DELETE N is collected; SELECT N+2 (all rows but N+1's) is sent
@@ -15,9 +16,9 @@ Why the guarantees of the change-log mode still hold:
 - Nothing is skipped: every SELECT reads the lowest visible ids, excluding only the ids of the
   one batch in flight (by exact id, never by range), so a transaction that took a low id and
   committed late is read by the next SELECT that sees it.
-- Per-key order: batch N+1 is returned (and so published) only after DELETE N is confirmed, as
-  before; a read of the lowest ids sees every earlier change of a key whose later change it sees
-  (see ``cdc.capture.sources.changelog``), and the rows it leaves out are exactly those of batch N,
+- Per-key order: batch N+1 is returned (and so published) only after DELETE N is confirmed; a
+  read of the lowest ids sees every earlier change of a key whose later change it sees (see
+  ``cdc.capture.sources.changelog``), and the rows it leaves out are exactly those of batch N,
   published already.
 - Acknowledgement after the bus: DELETE N is sent by ``ack``, after the bus accepted batch N.
   If its outcome is unknown (the connection failed), it is sent again on a new connection
