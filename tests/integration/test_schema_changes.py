@@ -433,3 +433,36 @@ def test_logical_a_table_that_lost_its_key_has_key_null_never_empty(pg_url: URL)
     details = [d for d in drained(settings, engine) if d["op"] != "schema"]
     assert [(d["op"], d["key"]) for d in details] == [("insert", None), ("delete", None)]
     assert details[1]["before"] == {"id": 1, "n": 1}  # the whole old row
+
+
+@pytest.mark.parametrize("capture", ["changelog", "logical"])
+def test_a_backfill_after_a_schema_change_carries_the_table_s_version(
+    pg_url: URL, capture: str
+) -> None:
+    import time
+
+    from cdc.app import open_backfiller
+    from cdc.capture.backfill import runs
+    from cdc.core.state import state_tables
+
+    settings = settings_for_mode(pg_url, capture, "prices")
+    engine = prepared(settings, "CREATE TABLE prices (id int PRIMARY KEY, amount int)")
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO prices VALUES (1, 2)"))
+        connection.execute(text("ALTER TABLE prices ALTER COLUMN amount TYPE numeric(8,2)"))
+        connection.execute(text("UPDATE prices SET amount = 3"))
+    recorder = Recorder()
+    source = source_for(settings, engine)
+    worker = Worker(settings, source, recorder, backfill=open_backfiller(settings, engine, source))
+    for _ in range(5):
+        worker.step()
+    info = source.table("public.prices")
+    runs.start(engine, state_tables("postgresql", "cdc"), info, None, 100, None)
+    deadline = time.monotonic() + 15
+    while not any(d["op"] == "read" for d in recorder.details):
+        assert time.monotonic() < deadline
+        worker.step()
+    source.close()
+    drop_slot(engine, settings)
+    [read] = [d for d in recorder.details if d["op"] == "read"]
+    assert read["schema_version"] == 2 and read["after"] == {"id": 1, "amount": "3.00"}

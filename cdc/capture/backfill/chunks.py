@@ -80,6 +80,8 @@ class Pending:
         out: list[Change] = []
         if not self.truncated:
             ref, prefix, moment = self.info.ref, self.position + ".", self.read_at
+            # the rows as read now: the table's key and schema version now
+            columns, version = self.info.key, self.info.version
             identity = f"backfill:{self.run.id}:"
             dropped = self.dropped
             for row, key in zip(self.rows, self.keys, strict=True):
@@ -97,6 +99,8 @@ class Pending:
                         "legacy",
                         (),
                         identity + key.decode(),
+                        columns,
+                        version,
                     )
                 )
         self.emitted = len(out)

@@ -84,7 +84,9 @@ class LogicalSource:
         self.assembly = TransactionAssembler(self.catalog.forget, self)
 
     def table(self, name: str) -> TableInfo:
-        return self.catalog.table(name)
+        """The table as it is now: its newest schema version (the catalog, without one)."""
+        versions = self.history.versions(name)
+        return versions[-1].info if versions else self.catalog.table(name)
 
     def read(self, limit: int) -> Batch:
         stream = self._connected()
