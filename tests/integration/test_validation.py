@@ -20,7 +20,9 @@ from sqlalchemy.engine import URL
 from cdc.bus.publishers.eventbridge import EventBridgePublisher
 from cdc.capture.worker import Worker
 from cdc.commands.validation import cmd_schemas_generate
+from cdc.core.dialects import POSTGRESQL
 from cdc.core.settings import Settings
+from cdc.core.state import state_tables
 from cdc.topology.apply import Applied, apply
 from cdc.topology.model import topology_from_settings
 from cdc.validate import state as validation_state
@@ -112,7 +114,7 @@ def validator(settings: Settings, engine: Engine, failpoint: Any = None) -> Vali
     return Validator(
         settings,
         engine,
-        validation_state.validation_tables("postgresql", settings.state_schema),
+        state_tables(POSTGRESQL, settings.state_schema),
         SchemaRegistry.load(settings.schemas_dir),
         EventBridgePublisher.from_environment(settings.central_bus_name, concurrency=1),
         boto3.client("sqs"),
