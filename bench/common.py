@@ -28,6 +28,7 @@ from cdc.capture.catalog import read_table
 from cdc.capture.sources.changelog import ChangeLogSource
 from cdc.capture.worker import Worker
 from cdc.core import database
+from cdc.core.dialects import dialect_of
 from cdc.core.settings import Settings, load_settings
 from cdc.core.state import state_tables
 
@@ -136,7 +137,7 @@ def drop_triggers(settings: Settings, engine: Engine) -> None:
 
 def new_worker(settings: Settings, engine: Engine, publisher: Publisher) -> Worker:
     source = ChangeLogSource(
-        engine, state_tables(engine.dialect.name, settings.state_schema), settings.default_schema
+        engine, state_tables(dialect_of(engine), settings.state_schema), settings.default_schema
     )
     for ref in settings.table_refs:
         source.table(ref.qualified)  # read the catalog once, outside any timing

@@ -43,6 +43,7 @@ from sqlalchemy import Engine, event, text
 from sqlalchemy.engine import URL
 
 from cdc.core import database
+from cdc.core.dialects import POSTGRESQL
 from cdc.core.limits import SQS_RECEIVE_MAX
 from cdc.core.settings import Settings
 from cdc.core.state import state_tables
@@ -245,7 +246,7 @@ class ConsumerSide:
         self.consumer = Consumer(
             settings,
             engine,
-            state_tables("postgresql", settings.state_schema),
+            state_tables(POSTGRESQL, settings.state_schema),
             load_mappings(settings.sync_back, settings.default_schema),
             TimedSqs(sqs, clock),
         )

@@ -40,7 +40,7 @@ def open_publisher(settings: Settings, stop: threading.Event) -> Publisher:
 
 
 def open_source(settings: Settings, engine: Engine) -> Source:
-    tables = state_tables(engine.dialect.name, settings.state_schema)
+    tables = state_tables(settings.dialect, settings.state_schema)
     if settings.capture == "changelog":
         return ChangeLogSource(engine, tables, settings.default_schema)
     require_postgres(settings)
@@ -62,14 +62,14 @@ def open_source(settings: Settings, engine: Engine) -> Source:
 def open_backfiller(settings: Settings, engine: Engine, source: Source) -> Backfiller:
     return Backfiller(
         engine,
-        state_tables(engine.dialect.name, settings.state_schema),
+        state_tables(settings.dialect, settings.state_schema),
         settings.capture,
         source.table,
     )
 
 
 def require_postgres(settings: Settings) -> None:
-    if settings.dialect != "postgresql":
+    if not settings.dialect.logical_replication:
         raise ConfigError("CDC_CAPTURE", "the 'logical' mode needs PostgreSQL; use 'changelog'")
 
 
@@ -94,7 +94,7 @@ def open_worker(settings: Settings, engine: Engine) -> Worker:
     stop = threading.Event()
     install_signal_handlers(stop)
     source = open_source(settings, engine)
-    lease = Lease(engine, lease_name(settings)) if settings.dialect == "postgresql" else None
+    lease = Lease(engine, lease_name(settings)) if settings.dialect.advisory_locks else None
     return Worker(
         settings,
         source,

@@ -4,20 +4,20 @@ over the connection and the schema name; it never reflects or touches legacy tab
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import text
+
+from cdc.core.dialects import dialect_of
 
 config = context.config
 connection = config.attributes["connection"]
 schema: str = config.attributes["state_schema"]
-sqlite = connection.dialect.name == "sqlite"
-
-if not sqlite:
-    connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+dialect = dialect_of(connection)
+dialect.create_state_schema(connection, schema)
+version_table, version_table_schema = dialect.version_table(schema)
 
 context.configure(
     connection=connection,
-    version_table="cdc_alembic_version" if sqlite else "alembic_version",
-    version_table_schema=None if sqlite else schema,
+    version_table=version_table,
+    version_table_schema=version_table_schema,
     # Only our own tables exist in this history; autogenerate must never see legacy ones.
     include_schemas=False,
 )

@@ -29,15 +29,15 @@ import logging
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
 from sqlalchemy import Connection, Engine, MetaData, Table
 from sqlalchemy.exc import DBAPIError, NoSuchTableError
 
 from cdc.bus.events import parse_iso
+from cdc.core.dialects import dialect_of
 from cdc.core.errors import ConfigError
-from cdc.core.origin import origin_tag
 from cdc.core.state import StateTables
 from cdc.core.tables import TableRef
 from sync_back import refusals
@@ -72,7 +72,8 @@ class Applier:
         self.state = state
         self.logical = logical
         self._tables: dict[TableRef, Table] = {}
-        self._statements = Statements(state, engine.dialect.name)
+        self.dialect = dialect_of(engine)
+        self._statements = Statements(state, self.dialect)
         self._kept: Connection | None = None
         self._kept_until = 0.0
         self._release_kept: Callable[[], Any] = lambda: None
@@ -80,11 +81,7 @@ class Applier:
     def table(self, ref: TableRef) -> Table:
         found = self._tables.get(ref)
         if found is None:
-            schema = (
-                None
-                if self.engine.dialect.name == "sqlite" and ref.schema == "main"
-                else ref.schema
-            )
+            schema = self.dialect.reflection_schema(ref.schema)
             try:
                 found = Table(ref.name, MetaData(), schema=schema, autoload_with=self.engine)
             except NoSuchTableError:
@@ -109,14 +106,12 @@ class Applier:
         """Apply writes in one transaction (one commit for a received batch: the commit is the
         cost that counts), in their order. All or nothing: on any error nothing of the batch
         stays, and the caller may apply the writes one by one to find the one at fault."""
-        now: Any = datetime.now(UTC)
-        if self.engine.dialect.name == "sqlite":
-            now = now.isoformat()
+        now = self.dialect.now()
         connection = self._connection()
         try:
             with (
                 connection.begin(),
-                origin_tag(connection, ORIGIN, logical=self.logical, to_commit=True),
+                self.dialect.origin_tag(connection, ORIGIN, logical=self.logical, to_commit=True),
             ):
                 outcomes = self._apply_in(connection, pending, now)
         except BaseException as exc:

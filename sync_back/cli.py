@@ -47,7 +47,7 @@ def consumer(settings: Settings, with_queue: bool, stop: threading.Event | None 
     return Consumer(
         settings,
         engine,
-        state_tables(engine.dialect.name, settings.state_schema),
+        state_tables(settings.dialect, settings.state_schema),
         mappings,
         sqs,
         stop or threading.Event(),

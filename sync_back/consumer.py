@@ -16,16 +16,15 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, delete, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
 from cdc.bus.incoming import Envelope, Invalid, comes_from, parse_message
 from cdc.bus.sqs import Queue, Received, SqsClient
 from cdc.core.database import db_retrying
+from cdc.core.deadletters import DeadLetterStore
 from cdc.core.errors import Interrupted, is_transient_db_error
 from cdc.core.limits import SQS_RECEIVE_MAX
 from cdc.core.settings import Settings
@@ -85,6 +84,7 @@ class Consumer:
         for mapping in self.mappings:
             self.applier.check_columns(mapping.table, list(mapping.columns))
         self._retrying = db_retrying(self.stop, self._count_retry, "the legacy database")
+        self._letters = DeadLetterStore(self.state.sync_dead_letters, "message_id")
         self.queue = Queue(
             self.sqs,
             self.settings.sync_queue_url,
@@ -254,30 +254,23 @@ class Consumer:
             reason,
         )
         self.stats.dead_letters += 1
-        table = self.state.sync_dead_letters
-        insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
-        moment = datetime.now(UTC)
-        now: datetime | str = moment.isoformat() if self.engine.dialect.name == "sqlite" else moment
-        statement = insert(table).values(
-            message_id=message_id, detail_type=detail_type, reason=reason, body=body, created_at=now
-        )
-        statement = statement.on_conflict_do_update(
-            index_elements=[table.c.message_id],
-            set_={"reason": statement.excluded.reason, "attempts": table.c.attempts + 1},
-        )
+        letter = {
+            "message_id": message_id,
+            "detail_type": detail_type,
+            "reason": reason,
+            "body": body,
+        }
 
         def store() -> None:
             with self.engine.begin() as connection:
-                connection.execute(statement)
+                self._letters.store(connection, [letter])
 
         self._with_retry(store)
 
     # -- dead letters, for the CLI ------------------------------------------------------------
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        table = self.state.sync_dead_letters
         with self.engine.connect() as connection:
-            rows = connection.execute(select(table).order_by(table.c.id).limit(limit)).mappings()
             return [
                 DeadLetter(
                     r["id"],
@@ -288,20 +281,19 @@ class Consumer:
                     str(r["created_at"]),
                     r["attempts"],
                 )
-                for r in rows
+                for r in self._letters.listing(connection, limit)
             ]
 
     def replay(self, letters: list[DeadLetter]) -> dict[str, str]:
         """Apply dead letters again (after the mapping was fixed); those that now go through
         leave the table. What became of each, by message id."""
         results: dict[str, str] = {}
-        table = self.state.sync_dead_letters
         for letter in letters:
             outcome = self.handle(letter.body, letter.message_id)
             results[letter.message_id] = outcome
             if outcome != "dead_letter":
                 with self.engine.begin() as connection:
-                    connection.execute(delete(table).where(table.c.id == letter.id))
+                    self._letters.remove(connection, [letter.message_id])
         return results
 
     # -- retries ------------------------------------------------------------------------------

@@ -23,8 +23,8 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 
+from cdc.core.dialects import Dialect
 from cdc.core.state import StateTables
 from cdc.core.tables import TableRef
 from sync_back.writes import Bound, Shape
@@ -40,9 +40,9 @@ def value(table: Table, bound: Bound, parameter: str) -> ColumnElement[Any]:
 
 
 class Statements:
-    def __init__(self, state: StateTables, dialect: str) -> None:
+    def __init__(self, state: StateTables, dialect: Dialect) -> None:
         self.state = state
-        self._insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        self._insert = dialect.insert
         self._built: dict[tuple[Any, ...], Executable] = {}
         self._writes: dict[Shape, Executable] = {}
 

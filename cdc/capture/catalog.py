@@ -11,8 +11,10 @@ from sqlalchemy import Engine
 from sqlalchemy import types as sqltypes
 
 from cdc.bus.jsontext import json_object
-from cdc.capture.values import RowConvert, exact_in_doubles, row_converters
+from cdc.capture.dialects import capture_of
+from cdc.capture.values import RowConvert, row_converters
 from cdc.core.catalog import TableShape, reflect
+from cdc.core.dialects import Dialect, dialect_of
 from cdc.core.tables import TableRef
 
 
@@ -42,15 +44,16 @@ def _fast_parse(text: str) -> dict[str, Any]:
 
 
 def read_table(engine: Engine, ref: TableRef) -> TableInfo:
-    return table_info(reflect(engine, ref), engine.dialect.name)
+    return table_info(reflect(engine, ref), dialect_of(engine))
 
 
-def table_info(shape: TableShape, dialect: str, version: int = 1) -> TableInfo:
+def table_info(shape: TableShape, dialect: Dialect, version: int = 1) -> TableInfo:
     types = shape.types
+    rules = capture_of(dialect)
     # orjson parses an image about four times faster than the json module, but into doubles:
-    # taken only where every exact numeric column fits a double (see cdc.capture.values).
-    fast = dialect == "postgresql" and exact_in_doubles(types)
-    convert, convert_known = row_converters(types, dialect, numerics_as_doubles=fast)
+    # taken only where the database says its values survive that (see cdc.capture.values).
+    fast = rules.parses_into_doubles(types)
+    convert, convert_known = row_converters(types, rules, numerics_as_doubles=fast)
     return TableInfo(
         shape.ref,
         types,

@@ -13,30 +13,20 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from cdc.capture.dialects import capture_of
+from cdc.core.dialects import Dialect, dialect_of
 from cdc.core.state import StateTables
 
 
 @cache
-def _upsert(dialect: str, table: str) -> str:
-    if dialect == "sqlite":
-        return (
-            f"INSERT INTO {table} (stream, position, published, updated_at) "
-            "VALUES (?, ?, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')) "
-            "ON CONFLICT (stream) DO UPDATE SET position = max(position, excluded.position), "
-            "published = published + excluded.published, updated_at = excluded.updated_at"
-        )
-    return (
-        f"INSERT INTO {table} AS c (stream, position, published, updated_at) "
-        "VALUES (%s, %s, %s, now()) "
-        "ON CONFLICT (stream) DO UPDATE SET position = greatest(c.position, excluded.position), "
-        "published = c.published + excluded.published, updated_at = excluded.updated_at"
-    )
+def _upsert(dialect: Dialect, table: str) -> str:
+    return capture_of(dialect).checkpoint_upsert(table)
 
 
 def store(
     connection: Connection, tables: StateTables, stream: str, position: str, count: int
 ) -> None:
     """Record an acknowledged batch, inside the caller's transaction."""
-    sql = _upsert(connection.dialect.name, tables.qualified(tables.checkpoints))
+    sql = _upsert(dialect_of(connection), tables.qualified(tables.checkpoints))
     raw: Any = connection.connection.driver_connection
     raw.cursor().execute(sql, (stream, position, count))

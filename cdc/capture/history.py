@@ -6,25 +6,25 @@ it), never by what the catalog says when the worker happens to read it: a column
 changed while changes of the old type still wait in the stream keeps the old conversion for
 those. The versions are written by the database in the DDL's own transaction (PostgreSQL's
 event trigger, ``migrations/versions/0006_schema_history.py``), so they are there before any
-change that follows them can be read. ``cdc setup`` records the baseline.
+change that follows them can be read. ``cdc setup`` records the baseline
+(``CaptureDialect.follow_schema_changes``).
 """
 
 from __future__ import annotations
 
 import bisect
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import orjson
-from sqlalchemy import Connection, Engine, func, select, text
+from sqlalchemy import Connection, Engine, func, select
 
 from cdc.capture.catalog import TableInfo, table_info
-from cdc.core.catalog import TableShape, reflect, shape_from_json
+from cdc.capture.dialects.base import Shape
+from cdc.core.catalog import shape_from_json
+from cdc.core.dialects import dialect_of
 from cdc.core.state import StateTables
 from cdc.core.tables import TableRef
-
-Shape = dict[str, Any]  # {"columns": [{"name", "type", "nullable"}], "key": [...]}
 
 
 class Version(NamedTuple):
@@ -32,27 +32,6 @@ class Version(NamedTuple):
     position: str  # holds for changes after this position
     shape: Shape
     info: TableInfo
-
-
-def shape_json(shape: TableShape) -> Shape:
-    """A reflected shape in the history's form (SQLite; PostgreSQL's comes from the server)."""
-    return {
-        "columns": [
-            {"name": c.name, "type": str(c.type), "nullable": c.nullable} for c in shape.columns
-        ],
-        "key": list(shape.key),
-    }
-
-
-def current_shape(connection: Connection, ref: TableRef, state_schema: str) -> Shape:
-    if connection.dialect.name == "postgresql":
-        found = connection.execute(
-            text(f'SELECT "{state_schema}".table_shape(CAST(:rel AS regclass))'),
-            {"rel": ref.quoted},
-        ).scalar_one()
-        shape: Shape = orjson.loads(found)
-        return shape
-    return shape_json(reflect(connection.engine, ref))
 
 
 def record(
@@ -76,17 +55,10 @@ def record(
             version=version,
             position=position,
             shape=orjson.dumps(shape).decode(),
-            recorded_at=_now(connection),
+            recorded_at=dialect_of(connection).now(),
         )
     )
     return version
-
-
-def _now(connection: Connection) -> Any:
-    now = datetime.now(UTC)
-    if connection.dialect.name == "sqlite":
-        return now.isoformat(timespec="microseconds").replace("+00:00", "Z")
-    return now
 
 
 def latest_position(connection: Connection, state: StateTables) -> str:
@@ -104,7 +76,7 @@ class SchemaHistory:
         self.engine = engine
         self.state = state
         self.default_schema = default_schema
-        self.dialect = engine.dialect.name
+        self.dialect = dialect_of(engine)
         self._versions: dict[str, list[Version]] = {}
         self._positions: dict[str, list[str]] = {}
 
@@ -171,6 +143,6 @@ class SchemaHistory:
                     version=version.number,
                     position=version.position,
                     shape=orjson.dumps(version.shape).decode(),
-                    recorded_at=_now(connection),
+                    recorded_at=dialect_of(connection).now(),
                 )
             )

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, Engine, text
 
 from cdc.capture.catalog import TableInfo
+from cdc.core.dialects import dialect_of
 from cdc.core.errors import PermanentError, SetupError
 from cdc.core.tables import quote_ident
 
@@ -121,7 +122,7 @@ def drop(engine: Engine, slot: str, publication: str) -> list[str]:
 
 def existing(engine: Engine, slot: str, publication: str) -> list[str]:
     """Which of the slot and the publication exist ("replication slot x", "publication y")."""
-    if engine.dialect.name != "postgresql":
+    if not dialect_of(engine).logical_replication:
         return []
     with engine.connect() as connection:
         row = connection.execute(

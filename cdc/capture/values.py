@@ -6,18 +6,17 @@ Row images reach the worker as JSON text written by the capture triggers (Postgr
 fits one (``exact_in_doubles``). This module turns each value into the event contract's form:
 exact numerics as strings, timestamps with a zone in UTC, bytes as base64, uuid as text, json
 embedded, arrays as lists. Conversion is decided once per column from the catalog type, not
-per value.
+per value; which conversion a type gets is the database's (``ValueRules``, one per dialect in
+``cdc.capture.dialects``).
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
-import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import types as sqltypes
 from sqlalchemy.dialects import postgresql
@@ -32,7 +31,8 @@ def _identity(value: Any) -> Any:
     return value
 
 
-def _exact_number(value: Any) -> Any:
+def exact_number(value: Any) -> Any:
+    """An exact numeric as the contract carries it: a string with every digit."""
     # numeric/decimal: a string keeps every digit and the scale ("5.00"); NaN arrives as text.
     # format(..., "f"), not str(): str(Decimal("0.00000001")) is "1E-8".
     if isinstance(value, Decimal):
@@ -44,7 +44,8 @@ def _float(value: Any) -> Any:
     return float(value) if isinstance(value, Decimal) else value
 
 
-def _timestamp_tz(value: Any) -> Any:
+def timestamp_tz(value: Any) -> Any:
+    """A moment with a zone as the contract carries it: UTC, six fraction digits, ``Z``."""
     # row_to_json renders timestamptz in the writer's TimeZone setting; publish one form, UTC.
     if value.__class__ is str and value.endswith("+00:00"):
         # Already UTC (the common case, kept cheap): pad the fraction to six digits. A year
@@ -90,29 +91,6 @@ def _unescape_bytea(text: str) -> bytes:
     return bytes(out)
 
 
-def _sqlite_blob(value: Any) -> Any:
-    # The SQLite triggers wrap blobs as ["<hex>"] because json_object cannot hold a BLOB.
-    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
-        try:
-            return base64.b64encode(binascii.unhexlify(value[0])).decode("ascii")
-        except binascii.Error:
-            return value
-    return value
-
-
-# A moment as SQLite applications write it, with its offset (or Z) at the end.
-_SQLITE_ZONED = re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d(:\d\d(\.\d+)?)?(Z|[+-]\d\d(:?\d\d)?)")
-
-
-def _sqlite_timestamp(value: Any) -> Any:
-    # SQLite keeps a DATETIME/TIMESTAMP as whatever the application wrote. Text that carries an
-    # offset is a moment with a zone: published in UTC with 'Z', as a timestamptz is. Text
-    # without one keeps its form (no zone is invented); numbers (epoch, Julian day) pass.
-    if isinstance(value, str) and _SQLITE_ZONED.fullmatch(value):
-        return _timestamp_tz(value[:10] + "T" + value[11:])  # SQL's ' ' to ISO 8601's 'T'
-    return _sqlite_blob(value)
-
-
 def _array_of(element: Convert) -> Convert:
     def convert(value: Any) -> Any:
         if isinstance(value, list):
@@ -155,32 +133,21 @@ def exact_in_doubles(column_types: Mapping[str, sqltypes.TypeEngine[Any]]) -> bo
     return True
 
 
-def converter(
-    column_type: sqltypes.TypeEngine[Any], dialect: str, numerics_as_doubles: bool = False
-) -> Convert:
-    """The conversion for one column, from its reflected SQLAlchemy type."""
+def converter(column_type: sqltypes.TypeEngine[Any], numerics_as_doubles: bool = False) -> Convert:
+    """The conversion for one column of a database whose columns hold their declared type
+    (PostgreSQL's ``row_to_json``), from its reflected SQLAlchemy type."""
     if isinstance(column_type, sqltypes.ARRAY):
-        return _array_of(converter(column_type.item_type, dialect, numerics_as_doubles))
-    if dialect == "sqlite":
-        # SQLite stores what it is given: blobs need unwrapping whatever the declared type, and
-        # a NUMERIC/DECIMAL column is published as an exact string as on PostgreSQL.
-        if isinstance(column_type, sqltypes.Numeric) and not isinstance(
-            column_type, sqltypes.Float
-        ):
-            return lambda value: _exact_number(_sqlite_blob(value))
-        if isinstance(column_type, sqltypes.DateTime):
-            return _sqlite_timestamp
-        return _sqlite_blob
+        return _array_of(converter(column_type.item_type, numerics_as_doubles))
     if isinstance(column_type, sqltypes.Float):
         return _float
     if isinstance(column_type, sqltypes.Numeric):  # after Float: Float is a Numeric
         if numerics_as_doubles and column_type.scale is not None:
             return _fixed(column_type.scale)
-        return _exact_number
+        return exact_number
     if isinstance(column_type, postgresql.MONEY):
         return _identity
     if isinstance(column_type, sqltypes.DateTime) and column_type.timezone:
-        return _timestamp_tz
+        return timestamp_tz
     if isinstance(column_type, sqltypes.LargeBinary | postgresql.BYTEA):
         return _pg_bytea
     if isinstance(column_type, sqltypes.JSON | postgresql.JSON | postgresql.JSONB):
@@ -190,9 +157,21 @@ def converter(
     return plain_json  # anything else (composites, domains of numbers): no Decimal may leak
 
 
+class ValueRules(Protocol):
+    """How a database's row images carry values, per column type: one per dialect
+    (``cdc.capture.dialects``)."""
+
+    def converter(
+        self, column_type: sqltypes.TypeEngine[Any], numerics_as_doubles: bool
+    ) -> Convert: ...
+
+    def unknown_value(self, value: Any) -> Any:
+        """A value of a column the catalog does not know (added since it was read)."""
+
+
 def row_converters(
     column_types: Mapping[str, sqltypes.TypeEngine[Any]],
-    dialect: str,
+    rules: ValueRules,
     numerics_as_doubles: bool = False,
 ) -> tuple[RowConvert, RowConvert]:
     """Two functions converting a parsed row image in place: the first also handles columns
@@ -202,10 +181,10 @@ def row_converters(
     work = tuple(
         (name, conv)
         for name, t in column_types.items()
-        if (conv := converter(t, dialect, numerics_as_doubles)) is not _identity
+        if (conv := rules.converter(t, numerics_as_doubles)) is not _identity
     )
     known = column_types.keys()
-    fallback = _sqlite_blob if dialect == "sqlite" else plain_json
+    fallback = rules.unknown_value
 
     def convert_known(row: dict[str, Any]) -> dict[str, Any]:
         for name, conv in work:

@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine
 
 from cdc.app import close_worker, open_publisher, open_worker, prepare_embedded, require_postgres
-from cdc.bus.events import parse_iso
 from cdc.capture import deadletters, demo, progress, slots, triggers
 from cdc.capture.backfill import runs
 from cdc.capture.catalog import read_table
@@ -52,7 +51,7 @@ def remove_state(settings: Settings, engine: Engine, yes: bool, force: bool) -> 
             f"the state schema is at revision {revision}, newer than this version knows; "
             "remove it with the version that migrated it"
         )
-    tables = state_tables(engine.dialect.name, settings.state_schema)
+    tables = state_tables(settings.dialect, settings.state_schema)
     triggered = triggers.installed(engine, settings.state_schema)
     replication = slots.existing(engine, settings.slot_name, settings.publication_name)
     capture = [*(f"capture triggers on {name}" for name in triggered), *replication]
@@ -143,7 +142,7 @@ def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
         prepare_embedded(settings, engine)
     else:
         check_migrated(settings, engine)
-    tables = state_tables(engine.dialect.name, settings.state_schema)
+    tables = state_tables(settings.dialect, settings.state_schema)
     if args.status:
         print_backfills(runs.latest(engine, tables))
         return 0
@@ -202,7 +201,7 @@ def follow_backfills(settings: Settings, engine: Engine, ids: list[int]) -> int:
 
     thread = threading.Thread(target=work, name="capture", daemon=True)
     thread.start()
-    tables = state_tables(engine.dialect.name, settings.state_schema)
+    tables = state_tables(settings.dialect, settings.state_schema)
     try:
         progress.follow(lambda: runs.by_id(engine, tables, ids), stop)
     finally:
@@ -238,7 +237,7 @@ def print_backfills(listed: Sequence[runs.Run]) -> None:
 def cmd_status(settings: Settings, _args: argparse.Namespace) -> int:
     engine = database.connect(settings)
     check_migrated(settings, engine)
-    tables = state_tables(engine.dialect.name, settings.state_schema)
+    tables = state_tables(settings.dialect, settings.state_schema)
     with engine.connect() as connection:
         row = (
             connection.execute(
@@ -255,7 +254,11 @@ def cmd_status(settings: Settings, _args: argparse.Namespace) -> int:
         if not slot.exists:
             print(f"slot:            {settings.slot_name} does not exist (run `cdc setup`)")
         else:
-            lag = _seconds_since(row["updated_at"]) if row and slot.lag_bytes else 0.0
+            lag = (
+                _seconds_since(settings.dialect.read_moment(row["updated_at"]))
+                if row and slot.lag_bytes
+                else 0.0
+            )
             print(
                 f"slot:            {settings.slot_name} (wal_status {slot.wal_status}, "
                 f"{'active' if slot.active else 'inactive'}, confirmed {slot.confirmed_flush_lsn})"
@@ -284,16 +287,14 @@ def cmd_status(settings: Settings, _args: argparse.Namespace) -> int:
     return 0
 
 
-def _seconds_since(moment: datetime | str) -> float:
-    if isinstance(moment, str):
-        moment = parse_iso(moment)
+def _seconds_since(moment: datetime) -> float:
     return max(0.0, (datetime.now(UTC) - moment).total_seconds())
 
 
 def cmd_dead_letters(settings: Settings, args: argparse.Namespace) -> int:
     engine = database.connect(settings)
     check_migrated(settings, engine)
-    tables = state_tables(engine.dialect.name, settings.state_schema)
+    tables = state_tables(settings.dialect, settings.state_schema)
     letters = deadletters.listing(engine, tables, limit=args.limit)
     if args.resend is None:
         if not letters:

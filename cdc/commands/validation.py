@@ -14,14 +14,13 @@ from sqlalchemy import Engine
 
 from cdc.core.errors import CdcError, ConfigError
 from cdc.core.settings import Settings, check_toml_keys
-from cdc.core.state import shown_moment
+from cdc.core.state import StateTables, shown_moment, state_tables
 
 if TYPE_CHECKING:
     from cdc.topology.model import Topology
 
 if TYPE_CHECKING:  # imported when a command runs (see above)
     from cdc.bus.publishers.eventbridge import EventBridgePublisher
-    from cdc.validate.state import ValidationTables
 
 # The first migration that has the validator's tables.
 VALIDATION_REVISION = "0005"
@@ -86,7 +85,7 @@ def cmd_schemas_generate(settings: Settings, args: argparse.Namespace) -> int:
     for ref in settings.table_refs:
         shape = reflect(engine, ref)
         schemas = table_schemas(
-            shape, settings.detail_type_for(ref), settings.event_source, engine.dialect.name
+            shape, settings.detail_type_for(ref), settings.event_source, settings.dialect
         )
         for path, written in write_schemas(directory, schemas, overwrite=args.force):
             print(f"wrote {path}" if written else f"kept {path} (exists; --force overwrites)")
@@ -130,7 +129,7 @@ def cmd_validate(settings: Settings, args: argparse.Namespace) -> int:
 
     engine = database.connect(settings)
     check_validation_state(settings, engine)
-    tables = state.validation_tables(engine.dialect.name, settings.state_schema)
+    tables = state_tables(settings.dialect, settings.state_schema)
     # A claim younger than the visibility timeout may still be in a running validator's hands.
     settled_after = timedelta(seconds=settings.validate_visibility_timeout)
     if args.dead_letters:
@@ -169,7 +168,7 @@ def cmd_validate(settings: Settings, args: argparse.Namespace) -> int:
     return _run_validator(settings, engine, tables)
 
 
-def _run_validator(settings: Settings, engine: Engine, tables: ValidationTables) -> int:
+def _run_validator(settings: Settings, engine: Engine, tables: StateTables) -> int:
     import boto3
 
     from cdc.core.signals import install_signal_handlers

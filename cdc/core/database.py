@@ -10,38 +10,19 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_random_exponential
 
+from cdc.core.dialects import dialect_of
 from cdc.core.errors import CdcError, Interrupted, is_transient_db_error
 from cdc.core.settings import Settings
-from cdc.core.tables import quote_ident
 
 log = logging.getLogger(__name__)
 
 
 def connect(settings: Settings) -> Engine:
-    """The engine of a process. Connections are checked before use, so one that died while
-    idle (database restart, ``pg_terminate_backend``) is replaced instead of failing a batch."""
-    url = settings.url
-    if url.get_backend_name() == "sqlite":
-        engine = create_engine(url, connect_args={"timeout": 30})
-        event.listen(engine, "connect", _sqlite_pragmas)
-        return engine
-    return create_engine(
-        url,
-        pool_pre_ping=True,
-        pool_size=2,
-        connect_args={"application_name": "cdc", "connect_timeout": 10},
-    )
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # WAL lets the legacy application keep writing while the worker reads.
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.close()
+    """The engine of a process (``Dialect.create_engine``)."""
+    return settings.dialect.create_engine(settings.url)
 
 
 def alembic_config(settings: Settings) -> Config:
@@ -64,29 +45,19 @@ def drop_state(engine: Engine, settings: Settings) -> None:
     PostgreSQL, the schema itself, in one transaction. An object someone else put in the schema
     makes it fail whole (no CASCADE): the schema is left as it was."""
     config = alembic_config(settings)
-    sqlite = engine.dialect.name == "sqlite"
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.downgrade(config, "base")
-        if sqlite:
-            connection.execute(text("DROP TABLE IF EXISTS cdc_alembic_version"))
-        else:
-            schema = quote_ident(settings.state_schema)
-            connection.execute(text(f"DROP TABLE IF EXISTS {schema}.alembic_version"))
-            connection.execute(text(f"DROP SCHEMA IF EXISTS {schema}"))
+        dialect_of(connection).drop_state_schema(connection, settings.state_schema)
 
 
 def current_revision(engine: Engine, settings: Settings) -> str | None:
     from alembic.runtime.migration import MigrationContext
 
-    sqlite = engine.dialect.name == "sqlite"
+    table, schema = dialect_of(engine).version_table(settings.state_schema)
     with engine.connect() as connection:
         context = MigrationContext.configure(
-            connection,
-            opts={
-                "version_table": "cdc_alembic_version" if sqlite else "alembic_version",
-                "version_table_schema": None if sqlite else settings.state_schema,
-            },
+            connection, opts={"version_table": table, "version_table_schema": schema}
         )
         return context.get_current_revision()
 

@@ -160,7 +160,7 @@ DbKind = Literal[
     "refused",
     "timeout",
     "unknown_host",
-    "sqlite_file",
+    "database_file",
     "missing",
     "other",
 ]
@@ -191,7 +191,7 @@ _DB_PATTERNS: tuple[tuple[str, DbKind], ...] = (
         r"|nodename nor servname|temporary failure in name resolution",
         "unknown_host",
     ),
-    (r"unable to open database file", "sqlite_file"),
+    (r"unable to open database file", "database_file"),
     (r"does not exist|no such table", "missing"),
 )
 _DB_MESSAGES = [(re.compile(pattern), kind) for pattern, kind in _DB_PATTERNS]
@@ -206,7 +206,7 @@ _PASSING_KINDS: frozenset[DbKind] = frozenset(
         "refused",
         "timeout",
         "unknown_host",
-        "sqlite_file",
+        "database_file",
         "other",
     }
 )

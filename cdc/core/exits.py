@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import botocore.exceptions
 
+from cdc.core.dialects import dialect_of
 from cdc.core.errors import (
     RETRYABLE_AWS_CODES,
     CdcError,
@@ -91,7 +92,7 @@ _DB_ADVICE: dict[DbKind, tuple[int, str]] = {
         "`cdc setup` as the owner of the legacy tables, the rest as the roles that "
         "`cdc grants` and `sync-back grants` print",
     ),
-    "sqlite_file": (
+    "database_file": (
         CONFIGURATION,
         "CDC_DATABASE_URL: cannot open the SQLite file {database!r}; check the path and that its "
         "folder exists",
@@ -148,24 +149,18 @@ def _explain_database(exc: BaseException, url: URL | None) -> Explained | None:
     failure = classify_db_error(exc)
     if failure is None or failure.kind not in _DB_ADVICE:
         return None
-    sqlite = url is not None and url.get_backend_name() == "sqlite"
-    if failure.kind == "other" and (sqlite or not failure.transient):
-        # A statement's own error (sqlite3 calls a syntax error operational): a bug, or the
-        # state schema changed by hand. Its traceback tells more.
+    # The driver calls some statement errors operational (sqlite3, a syntax error).
+    ambiguous = url is not None and dialect_of(url).operational_statement_errors
+    if failure.kind == "other" and (ambiguous or not failure.transient):
+        # A statement's own error: a bug, or the state schema changed by hand. Its traceback
+        # tells more.
         return None
     status, template = _DB_ADVICE[failure.kind]
-    host = (url.host if url else None) or "localhost"
-    database = (url.database if url else None) or "?"
-    if sqlite:
-        where = database
-    else:
-        where = f"[{host}]" if ":" in host else host
-        where += f":{(url.port if url else None) or 5432}"
     message = template.format(
-        where=where,
-        host=host,
+        where=dialect_of(url).location(url) if url is not None else "localhost:5432",
+        host=(url.host if url else None) or "localhost",
         user=(url.username if url else None) or "?",
-        database=database,
+        database=(url.database if url else None) or "?",
         reason=_reason(failure.text),
     )
     return Explained(message, status)

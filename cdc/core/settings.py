@@ -23,6 +23,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from cdc.core import limits
+from cdc.core.dialects import DIALECTS, Dialect, dialect_of
 from cdc.core.errors import ConfigError
 from cdc.core.tables import TableRef
 
@@ -149,12 +150,12 @@ class Settings(BaseSettings):
         return self.url.render_as_string(hide_password=True)
 
     @property
-    def dialect(self) -> str:
-        return self.url.get_backend_name()
+    def dialect(self) -> Dialect:
+        return dialect_of(self.url)
 
     @property
     def default_schema(self) -> str:
-        return "main" if self.dialect == "sqlite" else "public"
+        return self.dialect.default_schema
 
     @property
     def table_refs(self) -> list[TableRef]:
@@ -165,10 +166,7 @@ class Settings(BaseSettings):
     def event_source(self) -> str:
         if self.source:
             return self.source
-        database = self.url.database or "legacy"
-        if self.dialect == "sqlite":
-            database = Path(database).stem
-        return f"legacy.{database}"
+        return f"legacy.{self.dialect.database_name(self.url)}"
 
     def detail_type_for(self, table: TableRef) -> str:
         options = self.table_options.get(table.qualified) or self.table_options.get(table.name)
@@ -192,18 +190,9 @@ def _parse_url(text: str) -> URL:
     try:
         url = make_url(text)
     except ArgumentError:
-        raise ValueError(
-            "not a database URL; write postgresql://USER:PASSWORD@HOST:5432/DBNAME "
-            "or sqlite:///path/to/file.db"
-        ) from None
-    backend = url.get_backend_name()
-    if backend in ("postgresql", "postgres"):
-        return url.set(drivername="postgresql+psycopg")
-    if backend == "sqlite":
-        return url
-    raise ValueError(
-        f"the {backend!r} database is not supported; use a postgresql:// or sqlite:/// URL"
-    )
+        examples = " or ".join(dialect.url_example for dialect in DIALECTS)
+        raise ValueError(f"not a database URL; write {examples}") from None
+    return dialect_of(url).normalized_url(url)  # a ValueError for a database not supported
 
 
 def load_settings(

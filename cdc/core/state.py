@@ -1,9 +1,12 @@
-"""The service's own tables: the change log, checkpoints, dead letters.
+"""The service's own tables: capture's (change log, checkpoints, dead letters, backfills,
+schema history), sync back's (inbox, dead letters, conflicts, synced rows) and the
+validator's (republished events, dead letters).
 
-On PostgreSQL they live in their own schema (``cdc`` by default). SQLite has no schemas and
-its triggers may only write to tables of their own database, so there the same tables sit in
-the legacy file with a ``cdc_`` prefix. Alembic creates them (``migrations/``); this module
-only describes them for queries.
+Their place, names and column types are the dialect's (``Dialect.state_layout``): on
+PostgreSQL they live in their own schema (``cdc`` by default); SQLite has no schemas and its
+triggers may only write to tables of their own database, so there the same tables sit in the
+legacy file with a ``cdc_`` prefix. Alembic creates them (``migrations/``); this module only
+describes them for queries.
 """
 
 from __future__ import annotations
@@ -11,16 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import (
-    BigInteger,
-    Column,
-    DateTime,
-    Float,
-    Integer,
-    MetaData,
-    Table,
-    Text,
-)
+from sqlalchemy import BigInteger, Column, Float, Integer, MetaData, Table, Text
+
+from cdc.core.dialects import Dialect, StateLayout
 
 
 @dataclass(frozen=True)
@@ -31,13 +27,15 @@ class StateTables:
     changelog: Table
     checkpoints: Table
     dead_letters: Table
-    origin: Table | None  # SQLite only: the writer's origin for the current transaction
+    backfills: Table
+    table_schemas: Table
+    origin: Table | None  # where the writer's origin is a row (``Dialect.origin_tag``)
     inbox: Table
     sync_dead_letters: Table
     conflicts: Table
     synced_rows: Table
-    backfills: Table
-    table_schemas: Table
+    republished: Table
+    validation_dead_letters: Table
 
     def qualified(self, table: Table) -> str:
         """The SQL name, for DDL written by hand (triggers)."""
@@ -59,16 +57,26 @@ def shown_moment(moment: datetime | str | None) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def state_tables(dialect: str, schema: str = "cdc") -> StateTables:
-    sqlite = dialect == "sqlite"
-    prefix = "cdc_" if sqlite else ""
-    table_schema = None if sqlite else schema
-    metadata = MetaData(schema=table_schema)
-    id_type = Integer if sqlite else BigInteger  # SQLite autoincrements INTEGER PRIMARY KEY only
-    # SQLite keeps moments as ISO 8601 text, as its triggers write them.
-    moment: Text | DateTime = Text() if sqlite else DateTime(timezone=True)
+def state_tables(dialect: Dialect, schema: str = "cdc") -> StateTables:
+    layout = dialect.state_layout(schema)
+    metadata = MetaData(schema=layout.schema)
+    return StateTables(
+        metadata,
+        layout.schema,
+        layout.prefix,
+        *_capture_tables(layout, metadata),
+        *_sync_back_tables(layout, metadata),
+        *_validation_tables(layout, metadata),
+    )
+
+
+def _capture_tables(
+    layout: StateLayout, metadata: MetaData
+) -> tuple[Table, Table, Table, Table, Table]:
+    """The change log, checkpoints, dead letters, backfills, schema history."""
+    name, moment, id_type = layout.name, layout.moment, layout.id_type
     changelog = Table(
-        f"{prefix}changelog",
+        name("changelog"),
         metadata,
         Column("id", id_type, primary_key=True, autoincrement=True),
         Column("table_name", Text, nullable=False),
@@ -80,7 +88,7 @@ def state_tables(dialect: str, schema: str = "cdc") -> StateTables:
         Column("captured_at", moment, nullable=False),
     )
     checkpoints = Table(
-        f"{prefix}checkpoints",
+        name("checkpoints"),
         metadata,
         Column("stream", Text, primary_key=True),
         Column("position", Text, nullable=False),
@@ -88,7 +96,7 @@ def state_tables(dialect: str, schema: str = "cdc") -> StateTables:
         Column("updated_at", moment, nullable=False),
     )
     dead_letters = Table(
-        f"{prefix}dead_letters",
+        name("dead_letters"),
         metadata,
         Column("id", id_type, primary_key=True, autoincrement=True),
         Column("event_id", Text, nullable=False, unique=True),
@@ -98,76 +106,8 @@ def state_tables(dialect: str, schema: str = "cdc") -> StateTables:
         Column("created_at", moment, nullable=False),
         Column("attempts", Integer, nullable=False, default=1),
     )
-    origin = (
-        Table(f"{prefix}origin", metadata, Column("origin", Text, nullable=False))
-        if sqlite
-        else None
-    )
-    return StateTables(
-        metadata,
-        table_schema,
-        prefix,
-        changelog,
-        checkpoints,
-        dead_letters,
-        origin,
-        *_sync_back_tables(metadata, prefix, id_type, moment),
-        *_backfill_and_schema_tables(metadata, prefix, id_type, moment),
-    )
-
-
-def _sync_back_tables(
-    metadata: MetaData, prefix: str, id_type: type[Integer], moment: Text | DateTime
-) -> tuple[Table, Table, Table, Table]:
-    """The inbox, the sync-back dead letters, the conflicts and the synced rows."""
-    inbox = Table(
-        f"{prefix}inbox",
-        metadata,
-        Column("event_id", Text, primary_key=True),
-        Column("detail_type", Text, nullable=False),
-        Column("table_name", Text, nullable=False),
-        Column("outcome", Text, nullable=False),
-        Column("applied_at", moment, nullable=False),
-    )
-    sync_dead_letters = Table(
-        f"{prefix}sync_dead_letters",
-        metadata,
-        Column("id", id_type, primary_key=True, autoincrement=True),
-        Column("message_id", Text, nullable=False, unique=True),
-        Column("detail_type", Text),
-        Column("reason", Text, nullable=False),
-        Column("body", Text, nullable=False),
-        Column("created_at", moment, nullable=False),
-        Column("attempts", Integer, nullable=False, default=1),
-    )
-    conflicts = Table(
-        f"{prefix}conflicts",
-        metadata,
-        Column("id", id_type, primary_key=True, autoincrement=True),
-        Column("event_id", Text, nullable=False, unique=True),
-        Column("table_name", Text, nullable=False),
-        Column("row_key", Text, nullable=False),
-        Column("reason", Text, nullable=False),
-        Column("body", Text, nullable=False),
-        Column("created_at", moment, nullable=False),
-    )
-    synced_rows = Table(
-        f"{prefix}synced_rows",
-        metadata,
-        Column("table_name", Text, primary_key=True),
-        Column("row_key", Text, primary_key=True),
-        Column("version", Text),
-        Column("event_id", Text, nullable=False),
-    )
-    return inbox, sync_dead_letters, conflicts, synced_rows
-
-
-def _backfill_and_schema_tables(
-    metadata: MetaData, prefix: str, id_type: type[Integer], moment: Text | DateTime
-) -> tuple[Table, Table]:
-    """The backfill runs and the captured tables' schema versions."""
     backfills = Table(
-        f"{prefix}backfills",
+        name("backfills"),
         metadata,
         Column("id", id_type, primary_key=True, autoincrement=True),
         Column("table_name", Text, nullable=False),
@@ -184,7 +124,7 @@ def _backfill_and_schema_tables(
         Column("finished_at", moment),
     )
     table_schemas = Table(
-        f"{prefix}table_schemas",
+        name("table_schemas"),
         metadata,
         Column("table_name", Text, primary_key=True),
         Column("version", Integer, primary_key=True),
@@ -192,4 +132,89 @@ def _backfill_and_schema_tables(
         Column("shape", Text, nullable=False),
         Column("recorded_at", moment, nullable=False),
     )
-    return backfills, table_schemas
+    return changelog, checkpoints, dead_letters, backfills, table_schemas
+
+
+def _sync_back_tables(
+    layout: StateLayout, metadata: MetaData
+) -> tuple[Table | None, Table, Table, Table, Table]:
+    """The origin (where it is a row), the inbox, dead letters, conflicts, synced rows."""
+    name, moment, id_type = layout.name, layout.moment, layout.id_type
+    origin = (
+        Table(name("origin"), metadata, Column("origin", Text, nullable=False))
+        if layout.origin_table
+        else None
+    )
+    inbox = Table(
+        name("inbox"),
+        metadata,
+        Column("event_id", Text, primary_key=True),
+        Column("detail_type", Text, nullable=False),
+        Column("table_name", Text, nullable=False),
+        Column("outcome", Text, nullable=False),
+        Column("applied_at", moment, nullable=False),
+    )
+    dead_letters = Table(
+        name("sync_dead_letters"),
+        metadata,
+        Column("id", id_type, primary_key=True, autoincrement=True),
+        Column("message_id", Text, nullable=False, unique=True),
+        Column("detail_type", Text),
+        Column("reason", Text, nullable=False),
+        Column("body", Text, nullable=False),
+        Column("created_at", moment, nullable=False),
+        Column("attempts", Integer, nullable=False, default=1),
+    )
+    conflicts = Table(
+        name("conflicts"),
+        metadata,
+        Column("id", id_type, primary_key=True, autoincrement=True),
+        Column("event_id", Text, nullable=False, unique=True),
+        Column("table_name", Text, nullable=False),
+        Column("row_key", Text, nullable=False),
+        Column("reason", Text, nullable=False),
+        Column("body", Text, nullable=False),
+        Column("created_at", moment, nullable=False),
+    )
+    synced_rows = Table(
+        name("synced_rows"),
+        metadata,
+        Column("table_name", Text, primary_key=True),
+        Column("row_key", Text, primary_key=True),
+        Column("version", Text),
+        Column("event_id", Text, nullable=False),
+    )
+    return origin, inbox, dead_letters, conflicts, synced_rows
+
+
+def _validation_tables(layout: StateLayout, metadata: MetaData) -> tuple[Table, Table]:
+    """What the validator republished (one claim per event), and its dead letters."""
+    name, moment = layout.name, layout.moment
+    republished = Table(
+        name("republished"),
+        metadata,
+        Column("source", Text, primary_key=True),  # the original source, without "valid."
+        Column("event_id", Text, primary_key=True),
+        Column("detail_type", Text, nullable=False),
+        Column("status", Text, nullable=False),
+        Column("claim", Text, nullable=False),  # the claiming batch's token
+        Column("message_id", Text),
+        Column("entry", Text),  # the entry to send, kept until the bus accepted it
+        Column("claimed_at", moment, nullable=False),
+        Column("settled_at", moment),
+    )
+    dead_letters = Table(
+        name("validation_dead_letters"),
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),  # migration 0005's type
+        Column("message_id", Text, nullable=False, unique=True),
+        Column("event_id", Text),
+        Column("source", Text),
+        Column("detail_type", Text),
+        Column("reason", Text, nullable=False),
+        Column("errors", Text, nullable=False),  # JSON list: every validation error
+        Column("body", Text, nullable=False),
+        Column("created_at", moment, nullable=False),
+        Column("attempts", Integer, nullable=False, default=1),
+    )
+    return republished, dead_letters

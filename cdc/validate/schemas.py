@@ -29,6 +29,7 @@ from sqlalchemy.dialects import postgresql
 
 from cdc.bus.events import SCHEMA_VERSION, Op, render_detail_type
 from cdc.core.catalog import TableShape
+from cdc.core.dialects import Dialect
 
 JsonSchema = dict[str, Any]
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
@@ -67,7 +68,7 @@ _TEXT_TYPES: tuple[type[sqltypes.TypeEngine[Any]], ...] = (
 )
 
 
-def value_schema(column_type: sqltypes.TypeEngine[Any], dialect: str) -> JsonSchema:
+def value_schema(column_type: sqltypes.TypeEngine[Any], dialect: Dialect) -> JsonSchema:
     """The JSON Schema of one non-null column value, as the capture renders it."""
     if isinstance(column_type, sqltypes.ARRAY):
         return {
@@ -80,8 +81,8 @@ def value_schema(column_type: sqltypes.TypeEngine[Any], dialect: str) -> JsonSch
                 ]
             },
         }
-    if dialect == "sqlite":
-        return _sqlite_value_schema(column_type)
+    if not dialect.strict_types:
+        return _loose_value_schema(column_type)
     if isinstance(column_type, sqltypes.Boolean):
         return {"type": "boolean"}
     if isinstance(column_type, sqltypes.Integer):
@@ -116,9 +117,9 @@ def value_schema(column_type: sqltypes.TypeEngine[Any], dialect: str) -> JsonSch
     return {}  # domains, composites, extension types: not described, anything passes
 
 
-def _sqlite_value_schema(column_type: sqltypes.TypeEngine[Any]) -> JsonSchema:
-    # SQLite keeps whatever a row was given, whatever the declared type; only what its triggers
-    # and cdc.capture.values always produce is pinned down.
+def _loose_value_schema(column_type: sqltypes.TypeEngine[Any]) -> JsonSchema:
+    # A column that keeps whatever a row was given, whatever its declared type (SQLite): only
+    # what the capture always produces from it is pinned down.
     if isinstance(column_type, sqltypes.Numeric) and not isinstance(column_type, sqltypes.Float):
         return {"type": "string"}
     if isinstance(column_type, sqltypes.LargeBinary):
@@ -145,7 +146,7 @@ def numeric_pattern(precision: int | None, scale: int | None) -> str:
     return rf"^(-?{integer}{fraction}|NaN)$"
 
 
-def row_schema(shape: TableShape, dialect: str) -> JsonSchema:
+def row_schema(shape: TableShape, dialect: Dialect) -> JsonSchema:
     properties: dict[str, JsonSchema] = {}
     for column in shape.columns:
         value = value_schema(column.type, dialect)
@@ -206,7 +207,7 @@ _SHAPE: JsonSchema = {
 
 
 def detail_schema(
-    shape: TableShape, detail_type: str, ops: Sequence[Op], source: str, dialect: str
+    shape: TableShape, detail_type: str, ops: Sequence[Op], source: str, dialect: Dialect
 ) -> JsonSchema:
     """The schema of the Details of ``detail_type``: the events of ``ops`` on one table."""
     row = row_schema(shape, dialect)
@@ -282,7 +283,7 @@ def detail_schema(
 
 
 def table_schemas(
-    shape: TableShape, template: str, source: str, dialect: str
+    shape: TableShape, template: str, source: str, dialect: Dialect
 ) -> dict[str, JsonSchema]:
     """A schema per DetailType the table's events carry: one per op with the default template
     (``{schema}.{table}.{op}``), one for all ops when the template has no ``{op}``."""

@@ -9,8 +9,8 @@ restarts and between validators sharing a queue. Its ``status`` then tells the s
 is *in doubt*: the event may or may not have reached the bus, so it is never sent again by
 itself; the entry is kept for an operator, who may resend it (``cdc validate --resend``).
 
-As with ``cdc.core.state``, the tables live in the service's schema on PostgreSQL and carry a
-``cdc_`` prefix on SQLite. Migration 0005 creates them; this module describes them for queries.
+The tables are described with the service's others (``cdc.core.state``); migration 0005
+creates them.
 """
 
 from __future__ import annotations
@@ -21,69 +21,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import (
-    Column,
-    Connection,
-    DateTime,
-    Engine,
-    Integer,
-    MetaData,
-    Table,
-    Text,
-    and_,
-    func,
-    select,
-    tuple_,
-    update,
-)
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, Engine, and_, func, select, tuple_, update
 
 from cdc.bus.events import BusEntry, entry_from_json, entry_to_json
+from cdc.core.deadletters import DeadLetterStore
+from cdc.core.dialects import dialect_of
+from cdc.core.state import StateTables
 
 CLAIMED, PUBLISHED, REJECTED = "claimed", "published", "rejected"
 Key = tuple[str, str]  # (source, event id)
-
-
-@dataclass(frozen=True)
-class ValidationTables:
-    metadata: MetaData
-    republished: Table
-    dead_letters: Table
-
-
-def validation_tables(dialect: str, schema: str = "cdc") -> ValidationTables:
-    sqlite_ = dialect == "sqlite"
-    prefix = "cdc_" if sqlite_ else ""
-    metadata = MetaData(schema=None if sqlite_ else schema)
-    moment: Text | DateTime = Text() if sqlite_ else DateTime(timezone=True)
-    republished = Table(
-        f"{prefix}republished",
-        metadata,
-        Column("source", Text, primary_key=True),  # the original source, without "valid."
-        Column("event_id", Text, primary_key=True),
-        Column("detail_type", Text, nullable=False),
-        Column("status", Text, nullable=False),
-        Column("claim", Text, nullable=False),  # the claiming batch's token
-        Column("message_id", Text),
-        Column("entry", Text),  # the entry to send, kept until the bus accepted it
-        Column("claimed_at", moment, nullable=False),
-        Column("settled_at", moment),
-    )
-    dead_letters = Table(
-        f"{prefix}validation_dead_letters",
-        metadata,
-        Column("id", Integer, primary_key=True, autoincrement=True),
-        Column("message_id", Text, nullable=False, unique=True),
-        Column("event_id", Text),
-        Column("source", Text),
-        Column("detail_type", Text),
-        Column("reason", Text, nullable=False),
-        Column("errors", Text, nullable=False),  # JSON list: every validation error
-        Column("body", Text, nullable=False),
-        Column("created_at", moment, nullable=False),
-        Column("attempts", Integer, nullable=False, default=1),
-    )
-    return ValidationTables(metadata, republished, dead_letters)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,17 +67,12 @@ class InDoubt:
     entry: BusEntry | None
 
 
-def _now(connection: Connection) -> Any:
-    moment = datetime.now(UTC)
-    return moment.isoformat() if connection.dialect.name == "sqlite" else moment
-
-
-def _insert(connection: Connection) -> Any:
-    return postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
+def _dead_letters(tables: StateTables) -> DeadLetterStore:
+    return DeadLetterStore(tables.validation_dead_letters, "message_id", ("reason", "errors"))
 
 
 def claim(
-    connection: Connection, tables: ValidationTables, token: str, claims: Sequence[Claim]
+    connection: Connection, tables: StateTables, token: str, claims: Sequence[Claim]
 ) -> dict[Key, tuple[str, str]]:
     """Try to claim each event for ``token``; the (status, claiming token) of every key
     afterwards. A key is this batch's to send when its token is ``token`` and its status
@@ -139,9 +80,10 @@ def claim(
     if not claims:
         return {}
     table = tables.republished
-    now = _now(connection)
+    dialect = dialect_of(connection)
+    now = dialect.now()
     statement = (
-        _insert(connection)(table)
+        dialect.insert(table)
         .values(
             [
                 {
@@ -171,7 +113,7 @@ def claim(
 
 def settle(
     connection: Connection,
-    tables: ValidationTables,
+    tables: StateTables,
     accepted: Iterable[Key],
     rejected: Iterable[Key],
     token: str | None = None,
@@ -179,7 +121,7 @@ def settle(
     """Record the bus's verdict on claimed events (only those still claimed, and by ``token``
     when given): accepted ones are published and their kept entry dropped."""
     table = tables.republished
-    now = _now(connection)
+    now = dialect_of(connection).now()
     for keys, status in ((list(accepted), PUBLISHED), (list(rejected), REJECTED)):
         if not keys:
             continue
@@ -188,22 +130,19 @@ def settle(
         )
         if token is not None:
             condition = and_(condition, table.c.claim == token)
-        values: dict[str, Any] = {"status": status, "settled_at": now}
+        values: dict[str, object] = {"status": status, "settled_at": now}
         if status == PUBLISHED:
             values["entry"] = None
         connection.execute(update(table).where(condition).values(**values))
 
 
 def store_dead_letters(
-    connection: Connection, tables: ValidationTables, letters: Sequence[ValidationDeadLetter]
+    connection: Connection, tables: StateTables, letters: Sequence[ValidationDeadLetter]
 ) -> None:
     """Keep dead letters by SQS message id: the same message again (redelivered after a
     crash) updates its reason and errors and counts an attempt."""
-    if not letters:
-        return
-    table = tables.dead_letters
-    now = _now(connection)
-    statement = _insert(connection)(table).values(
+    _dead_letters(tables).store(
+        connection,
         [
             {
                 "message_id": x.message_id,
@@ -213,28 +152,14 @@ def store_dead_letters(
                 "reason": x.reason,
                 "errors": json.dumps(list(x.errors)),
                 "body": x.body,
-                "created_at": now,
             }
             for x in letters
-        ]
+        ],
     )
-    statement = statement.on_conflict_do_update(
-        index_elements=[table.c.message_id],
-        set_={
-            "reason": statement.excluded.reason,
-            "errors": statement.excluded.errors,
-            "attempts": table.c.attempts + 1,
-        },
-    )
-    connection.execute(statement)
 
 
-def dead_letters(
-    engine: Engine, tables: ValidationTables, limit: int = 100
-) -> list[StoredDeadLetter]:
-    table = tables.dead_letters
+def dead_letters(engine: Engine, tables: StateTables, limit: int = 100) -> list[StoredDeadLetter]:
     with engine.connect() as connection:
-        rows = connection.execute(select(table).order_by(table.c.id).limit(limit)).mappings()
         return [
             StoredDeadLetter(
                 r["id"],
@@ -250,13 +175,13 @@ def dead_letters(
                 str(r["created_at"]),
                 r["attempts"],
             )
-            for r in rows
+            for r in _dead_letters(tables).listing(connection, limit)
         ]
 
 
 def in_doubt(
     engine: Engine,
-    tables: ValidationTables,
+    tables: StateTables,
     older_than: timedelta = timedelta(0),
     event_ids: Sequence[str] = (),
     limit: int = 100,
@@ -281,7 +206,7 @@ def in_doubt(
 
 
 def count_in_doubt(
-    engine: Engine, tables: ValidationTables, older_than: timedelta = timedelta(0)
+    engine: Engine, tables: StateTables, older_than: timedelta = timedelta(0)
 ) -> int:
     """How many claims ``in_doubt`` would list (all of them, not a page)."""
     table = tables.republished
@@ -290,9 +215,7 @@ def count_in_doubt(
         return int(connection.execute(query).scalar_one())
 
 
-def _unsettled(engine: Engine, tables: ValidationTables, older_than: timedelta) -> Any:
+def _unsettled(engine: Engine, tables: StateTables, older_than: timedelta) -> Any:
     table = tables.republished
-    cutoff: Any = datetime.now(UTC) - older_than
-    if engine.dialect.name == "sqlite":
-        cutoff = cutoff.isoformat()
+    cutoff = dialect_of(engine).stored_moment(datetime.now(UTC) - older_than)
     return and_(table.c.status == CLAIMED, table.c.claimed_at <= cutoff)

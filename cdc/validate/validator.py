@@ -39,9 +39,10 @@ from cdc.core.database import db_retrying
 from cdc.core.errors import Interrupted
 from cdc.core.limits import DEFAULT_BODY_BYTES
 from cdc.core.settings import Settings
+from cdc.core.state import StateTables
 from cdc.validate import state
 from cdc.validate.registry import SchemaRegistry
-from cdc.validate.state import Claim, ValidationDeadLetter, ValidationTables
+from cdc.validate.state import Claim, ValidationDeadLetter
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +174,7 @@ class ValidatorStats:
 class Validator:
     settings: Settings
     engine: Engine
-    tables: ValidationTables
+    tables: StateTables
     registry: SchemaRegistry
     # Sends to the central bus. Its retries must not be cut short by a stop request: the
     # batch's claims are committed, so a batch abandoned mid-send would be in doubt.
@@ -342,7 +343,7 @@ class Validator:
 
 
 def resend_in_doubt(
-    engine: Engine, tables: ValidationTables, publisher: Publisher, claims: Sequence[state.InDoubt]
+    engine: Engine, tables: StateTables, publisher: Publisher, claims: Sequence[state.InDoubt]
 ) -> tuple[int, list[str]]:
     """An operator's decision: send claims in doubt again (after checking the consumers did
     not get them). How many the bus accepted, and why the others were refused."""

@@ -25,6 +25,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
 
 from cdc.core import database
+from cdc.core.dialects import POSTGRESQL
 from cdc.core.settings import Settings
 from cdc.core.state import state_tables
 from sync_back.consumer import Consumer
@@ -187,7 +188,7 @@ def test_queue_faults_and_terminated_connections_apply_each_event_once(
             Consumer(
                 settings,
                 database.connect(settings),
-                state_tables("postgresql"),
+                state_tables(POSTGRESQL),
                 load_mappings(settings.sync_back, settings.default_schema),
                 boto3.client("sqs", endpoint_url=proxy.url, config=client_config),
                 stop,

@@ -22,6 +22,7 @@ from cdc.capture.catalog import read_table
 from cdc.capture.sources import Source
 from cdc.capture.sources.changelog import ChangeLogSource
 from cdc.core import database
+from cdc.core.dialects import dialect_of
 from cdc.core.limits import SQS_RECEIVE_MAX
 from cdc.core.settings import Settings, load_settings
 from cdc.core.state import state_tables
@@ -60,7 +61,7 @@ def source_for(settings: Settings, engine: Engine) -> Source:
 
 def changelog_source(settings: Settings, engine: Engine) -> ChangeLogSource:
     return ChangeLogSource(
-        engine, state_tables(engine.dialect.name, settings.state_schema), settings.default_schema
+        engine, state_tables(dialect_of(engine), settings.state_schema), settings.default_schema
     )
 
 

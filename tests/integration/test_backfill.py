@@ -24,6 +24,7 @@ from cdc.bus.publishers.file import FilePublisher
 from cdc.capture.backfill import runs
 from cdc.capture.catalog import read_table
 from cdc.capture.worker import Worker
+from cdc.core.dialects import POSTGRESQL
 from cdc.core.settings import Settings
 from cdc.core.state import state_tables
 from tests.integration.helpers import drop_slot, prepared, raw_engine, settings_for_mode
@@ -160,7 +161,7 @@ def test_a_backfill_beside_live_writes_reproduces_the_table(
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     writers_engine = raw_engine(pg_url)
-    tables = state_tables("postgresql", settings.state_schema)
+    tables = state_tables(POSTGRESQL, settings.state_schema)
     try:
         with Writers(writers_engine) as writers:
             time.sleep(0.3)  # the stream is already busy when the backfill starts
@@ -241,7 +242,7 @@ def test_a_killed_backfill_resumes_and_resends_with_the_same_ids(
         timeout=120,
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    tables = state_tables("postgresql", settings.state_schema)
+    tables = state_tables(POSTGRESQL, settings.state_schema)
     [run] = runs.latest(engine, tables)
     assert run.status == "running" and 0 < run.rows_done < 20000
     before = bus_events(bus)
@@ -294,7 +295,7 @@ def test_the_command_refuses_bad_input_clearly(pg_url: URL, tmp_path: Path) -> N
     # --rate: 10 rows at 10 rows/s in chunks of 2 cannot take less than 0.8 s
     limited = run_cdc(env, "backfill", TABLE, "--chunk-size", "2", "--rate", "10")
     assert limited.returncode == 0, limited.stderr
-    [run] = [r for r in runs.latest(engine, state_tables("postgresql", "cdc")) if r.rows_done == 10]
+    [run] = [r for r in runs.latest(engine, state_tables(POSTGRESQL, "cdc")) if r.rows_done == 10]
     assert isinstance(run.started_at, datetime) and isinstance(run.updated_at, datetime)
     assert (run.updated_at - run.started_at).total_seconds() >= 0.8
 
@@ -385,7 +386,7 @@ def test_keys_of_any_type_that_sorts_are_paged_without_gaps(
         FilePublisher(bus, "default", settings.max_entry_bytes),
         backfill=open_backfiller(settings, engine, source),
     )
-    tables = state_tables("postgresql", settings.state_schema)
+    tables = state_tables(POSTGRESQL, settings.state_schema)
     run, _ = runs.start(engine, tables, read_table(engine, settings.table_refs[0]), None, 37, None)
     try:
         deadline = time.monotonic() + 60
@@ -415,7 +416,7 @@ def test_a_chunk_waits_for_a_writer_that_took_lower_ids_and_commits_late(
         FilePublisher(bus, "default", settings.max_entry_bytes),
         backfill=open_backfiller(settings, engine, source),
     )
-    tables = state_tables("postgresql", settings.state_schema)
+    tables = state_tables(POSTGRESQL, settings.state_schema)
     writers = raw_engine(pg_url)
     late = writers.connect()
     try:

@@ -23,6 +23,7 @@ from cdc.bus.publishers.eventbridge import EventBridgePublisher
 from cdc.capture import deadletters
 from cdc.capture.worker import Worker
 from cdc.cli import main as cdc_main
+from cdc.core.dialects import POSTGRESQL
 from cdc.core.settings import Settings
 from cdc.core.state import state_tables
 from tests.integration.helpers import (
@@ -180,7 +181,7 @@ def test_bus_faults_lose_nothing_and_oversized_goes_to_dead_letters(
     assert keys == [k for k in range(150) if k != 49]
     assert faulty.throttled > 0 and faulty.failed_entries > 0
     # ... and the oversized one is a dead letter with its reason, listed by the CLI
-    tables = state_tables("postgresql")
+    tables = state_tables(POSTGRESQL)
     letters = deadletters.listing(engine, tables)
     assert len(letters) == 1
     assert "over the maximum of 20000" in letters[0].reason

@@ -17,8 +17,8 @@ from cdc.capture.catalog import read_table
 from cdc.capture.sources.logical import LogicalSource
 from cdc.capture.worker import Worker
 from cdc.core import database
+from cdc.core.dialects import dialect_of
 from cdc.core.errors import PermanentError, SetupError
-from cdc.core.origin import origin_tag
 from cdc.core.settings import Settings
 from tests.integration.helpers import prepared, settings_for_mode, source_for
 
@@ -142,12 +142,18 @@ def test_a_big_transaction_is_published_in_bounded_batches(pg_url: URL) -> None:
 
 def test_sync_back_transactions_are_recognised_by_their_origin_message(pg_url: URL) -> None:
     settings, engine, source = logical(pg_url)
-    with engine.begin() as connection, origin_tag(connection, "sync_back", logical=True):
+    with (
+        engine.begin() as connection,
+        dialect_of(connection).origin_tag(connection, "sync_back", logical=True),
+    ):
         connection.execute(text("INSERT INTO docs (id, title) VALUES (1, 'from the new system')"))
     write(engine, "INSERT INTO docs (id, title) VALUES (2, 'legacy edit')")
     details = drain(settings, source, Recorder())
     assert [d["key"] for d in details] == [{"id": 2}]
-    with engine.begin() as connection, origin_tag(connection, "sync_back", logical=True):
+    with (
+        engine.begin() as connection,
+        dialect_of(connection).origin_tag(connection, "sync_back", logical=True),
+    ):
         connection.execute(text("UPDATE docs SET title = 'again' WHERE id = 1"))
     noisy = settings.model_copy(update={"skip_origins": []})
     [echo] = drain(noisy, source, Recorder())

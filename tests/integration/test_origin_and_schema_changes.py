@@ -10,7 +10,7 @@ from sqlalchemy.engine import URL, make_url
 
 from cdc.bus.publishers.file import NullPublisher
 from cdc.capture.worker import Worker
-from cdc.core.origin import origin_tag
+from cdc.core.dialects import dialect_of
 from cdc.core.settings import load_settings
 from tests.integration.helpers import changelog_source, prepared, settings_for
 
@@ -54,7 +54,7 @@ def test_sync_back_writes_are_skipped_unless_asked(
     engine = prepared(settings, "CREATE TABLE notes (id int PRIMARY KEY, body text)")
     with engine.begin() as connection:
         connection.execute(text("INSERT INTO notes VALUES (1, 'legacy edit')"))
-    with engine.begin() as connection, origin_tag(connection, "sync_back"):
+    with engine.begin() as connection, dialect_of(connection).origin_tag(connection, "sync_back"):
         connection.execute(text("INSERT INTO notes VALUES (2, 'from the new system')"))
     with engine.begin() as connection:
         connection.execute(text("INSERT INTO notes VALUES (3, 'legacy again')"))
@@ -63,7 +63,7 @@ def test_sync_back_writes_are_skipped_unless_asked(
     assert {d["origin"] for d in published} == {"legacy"}
 
     # With no origins skipped, the tagged change is published and marked as such
-    with engine.begin() as connection, origin_tag(connection, "sync_back"):
+    with engine.begin() as connection, dialect_of(connection).origin_tag(connection, "sync_back"):
         connection.execute(text("UPDATE notes SET body = 'b' WHERE id = 2"))
     noisy = settings.model_copy(update={"skip_origins": []})
     [echo] = drain(noisy, engine)

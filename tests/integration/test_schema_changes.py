@@ -14,6 +14,7 @@ from sqlalchemy.engine import URL
 
 from cdc.bus.publishers.file import NullPublisher
 from cdc.capture.worker import Worker
+from cdc.core.dialects import POSTGRESQL
 from cdc.core.settings import Settings
 from tests.integration.helpers import (
     changelog_source,
@@ -238,7 +239,7 @@ def test_a_change_that_cannot_be_converted_is_a_dead_letter_and_the_rest_flows(
         ("public.kept", {"id": 1}),
         ("public.kept", {"id": 2}),
     ]
-    letters = deadletters.listing(engine, state_tables("postgresql", "cdc"))
+    letters = deadletters.listing(engine, state_tables(POSTGRESQL, "cdc"))
     assert [letter.table for letter in letters] == ["public.gone", "public.kept"]
     assert "public.gone does not exist" in letters[0].reason
     assert all("at position 000000" in letter.reason for letter in letters)

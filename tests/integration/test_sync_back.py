@@ -18,6 +18,7 @@ from sqlalchemy.engine import URL
 
 from cdc.bus.publishers.file import NullPublisher
 from cdc.capture.worker import Worker
+from cdc.core.dialects import POSTGRESQL
 from cdc.core.settings import Settings
 from cdc.core.state import state_tables
 from sync_back.consumer import Consumer
@@ -103,7 +104,7 @@ def make_consumer(settings: Settings, engine: Engine, sqs: Any = None) -> Consum
     return Consumer(
         settings,
         engine,
-        state_tables("postgresql", settings.state_schema),
+        state_tables(POSTGRESQL, settings.state_schema),
         load_mappings(settings.sync_back, settings.default_schema),
         sqs,
     )
@@ -294,7 +295,7 @@ def test_malformed_and_hostile_events_against_the_real_database(
     settings = settings_for_mode(pg_url, "changelog", "orders")
     engine = prepared(settings, CORPUS_TABLE)
     consumer = Consumer(
-        settings, engine, state_tables("postgresql", settings.state_schema), MAPPINGS, None
+        settings, engine, state_tables(POSTGRESQL, settings.state_schema), MAPPINGS, None
     )
     # Every malformed event: a dead letter naming the field, nothing written, no crash
     for number, (name, text_, _needle) in enumerate(MALFORMED):
@@ -558,7 +559,7 @@ def test_keys_the_database_takes_for_one_row_are_decided_as_one_row(
     consumer = Consumer(
         settings,
         engine,
-        state_tables("postgresql", settings.state_schema),
+        state_tables(POSTGRESQL, settings.state_schema),
         load_mappings(
             tomllib.loads("""
 [[sync_back.mappings]]

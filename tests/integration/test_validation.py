@@ -20,13 +20,14 @@ from sqlalchemy.engine import URL
 from cdc.bus.publishers.eventbridge import EventBridgePublisher
 from cdc.capture.worker import Worker
 from cdc.commands.validation import cmd_schemas_generate
+from cdc.core.dialects import POSTGRESQL
 from cdc.core.limits import SQS_RECEIVE_MAX
 from cdc.core.settings import Settings
+from cdc.core.state import StateTables, state_tables
 from cdc.topology.apply import Applied, apply
 from cdc.topology.model import topology_from_settings
 from cdc.validate import state as validation_state
 from cdc.validate.registry import SchemaRegistry
-from cdc.validate.state import ValidationTables
 from cdc.validate.validator import Validator, resend_in_doubt
 from tests.integration.helpers import drop_slot, prepared, settings_for_mode, source_for
 
@@ -114,7 +115,7 @@ def validator(settings: Settings, engine: Engine, failpoint: Any = None) -> Vali
     return Validator(
         settings,
         engine,
-        validation_state.validation_tables("postgresql", settings.state_schema),
+        state_tables(POSTGRESQL, settings.state_schema),
         SchemaRegistry.load(settings.schemas_dir),
         EventBridgePublisher.from_environment(settings.central_bus_name, concurrency=1),
         boto3.client("sqs"),
@@ -332,7 +333,7 @@ def test_a_crash_before_putevents_leaves_events_in_doubt_for_an_operator(
     assert counts(engine, restarted.tables) == {"published": 1, "dead_letters": 0}
 
 
-def counts(engine: Engine, tables: ValidationTables) -> dict[str, int]:
+def counts(engine: Engine, tables: StateTables) -> dict[str, int]:
     """Claims by status, and dead letters."""
     table = tables.republished
     with engine.connect() as connection:
@@ -343,6 +344,8 @@ def counts(engine: Engine, tables: ValidationTables) -> dict[str, int]:
             )
         }
         result["dead_letters"] = int(
-            connection.execute(select(func.count()).select_from(tables.dead_letters)).scalar_one()
+            connection.execute(
+                select(func.count()).select_from(tables.validation_dead_letters)
+            ).scalar_one()
         )
     return result

@@ -17,6 +17,8 @@ import boto3
 import pytest
 from sqlalchemy.engine import URL
 
+from cdc.core.dialects import POSTGRESQL
+from cdc.core.state import state_tables
 from cdc.validate import state as validation_state
 from cdc.validate.validator import resend_in_doubt
 from tests.conftest import free_port
@@ -142,7 +144,7 @@ def test_metrics_and_readiness_of_a_running_validator(
         assert get(f"{base}/readyz")[0] == 200
 
         # When: an operator resends the event in doubt; Then: the gauge reads 0 at once
-        tables = validation_state.validation_tables("postgresql", settings.state_schema)
+        tables = state_tables(POSTGRESQL, settings.state_schema)
         claims = validation_state.in_doubt(engine, tables)
         assert resend_in_doubt(engine, tables, crashed.publisher, claims) == (1, [])
         assert metric(scrape(), "cdc_validator_in_doubt_claims") == 0

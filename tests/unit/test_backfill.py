@@ -11,9 +11,10 @@ import pytest
 from cdc.bus.events import Change
 from cdc.capture.backfill.backfiller import Backfiller
 from cdc.capture.backfill.chunks import Pending
-from cdc.capture.backfill.pages import Snapshot, key_of
+from cdc.capture.backfill.pages import key_of
 from cdc.capture.backfill.runs import Run
 from cdc.capture.catalog import TableInfo
+from cdc.capture.dialects.postgresql import Snapshot
 from cdc.capture.sources import Batch, Mark
 from cdc.core.tables import TableRef
 

@@ -303,9 +303,7 @@ def _trigger_mode_type(oid: int) -> sqltypes.TypeEngine[Any]:
 
 @pytest.mark.parametrize(("oid", "text", "row_to_json"), SAME_AS_TRIGGER_MODE)
 def test_same_json_value_as_the_trigger_mode(oid: int, text: str, row_to_json: str) -> None:
-    trigger_value = converter(_trigger_mode_type(oid), "postgresql")(
-        json.loads(row_to_json, parse_float=Decimal)
-    )
+    trigger_value = converter(_trigger_mode_type(oid))(json.loads(row_to_json, parse_float=Decimal))
     logical_value = convert(oid, text)
     # Compared as published (JSON text), so True vs 1 or "1" vs 1 cannot pass unnoticed.
     assert json.dumps(logical_value) == json.dumps(trigger_value)

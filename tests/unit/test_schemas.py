@@ -15,9 +15,11 @@ from sqlalchemy.dialects import postgresql
 
 from cdc.bus.events import Change, EventRenderer
 from cdc.bus.jsontext import json_object
+from cdc.capture.dialects import capture_of
 from cdc.capture.pgtypes import text_converter
 from cdc.capture.values import converter, row_converters
 from cdc.core.catalog import Column, TableShape
+from cdc.core.dialects import POSTGRESQL, SQLITE
 from cdc.core.errors import ConfigError
 from cdc.core.tables import TableRef
 from cdc.validate.registry import SchemaRegistry
@@ -54,7 +56,7 @@ SHAPE = TableShape(
 SOURCE = "legacy.shop"
 MOMENT = datetime(2026, 11, 28, 17, 45, 52, 123456, tzinfo=UTC)
 RENDERER = EventRenderer(SOURCE, lambda table: "{schema}.{table}.{op}")
-REGISTRY = SchemaRegistry(table_schemas(SHAPE, "{schema}.{table}.{op}", SOURCE, "postgresql"))
+REGISTRY = SchemaRegistry(table_schemas(SHAPE, "{schema}.{table}.{op}", SOURCE, POSTGRESQL))
 
 # (type, value as row_to_json writes it, the same value as pgoutput sends it, wrong values)
 VALUES: list[tuple[Any, Any, str, list[Any]]] = [
@@ -113,7 +115,7 @@ def valid(column_type: Any, value: Any) -> list[str]:
         {
             "t": {
                 "$defs": {"nested_array": {"type": "array"}},
-                **value_schema(column_type, "postgresql"),
+                **value_schema(column_type, POSTGRESQL),
             }
         }
     )
@@ -139,7 +141,7 @@ def test_a_value_as_either_capture_mode_renders_it_is_valid_and_wrong_forms_are_
     column_type: Any, image_value: Any, pg_text: str, wrong: list[Any]
 ) -> None:
     # trigger mode: row_to_json's value through cdc.values; logical mode: text through pgtypes
-    from_trigger = converter(column_type, "postgresql")(image_value)
+    from_trigger = converter(column_type)(image_value)
     from_logical = text_converter(oid_of(column_type))(pg_text)
     assert valid(column_type, from_trigger) == []
     assert valid(column_type, from_logical) == []
@@ -175,7 +177,7 @@ def row(**overrides: Any) -> dict[str, Any]:
         ).replace("12.25", "12.50")
     )  # as row_to_json writes numeric(10,2)
     image.update(overrides)
-    convert, _ = row_converters({c.name: c.type for c in SHAPE.columns}, "postgresql")
+    convert, _ = row_converters({c.name: c.type for c in SHAPE.columns}, capture_of(POSTGRESQL))
     return convert(image)
 
 
@@ -263,7 +265,7 @@ def test_every_error_of_an_invalid_detail_is_reported_with_its_path() -> None:
 
 
 def test_a_template_without_op_gives_one_schema_checking_each_op() -> None:
-    schemas = table_schemas(SHAPE, "LegacyOrder", SOURCE, "postgresql")
+    schemas = table_schemas(SHAPE, "LegacyOrder", SOURCE, POSTGRESQL)
     assert list(schemas) == ["LegacyOrder"]
     registry = SchemaRegistry(schemas)
     [(_, detail)] = rendered("delete", row(), None)
@@ -274,7 +276,7 @@ def test_a_template_without_op_gives_one_schema_checking_each_op() -> None:
 
 
 def test_schema_files_are_written_once_and_loaded_by_detail_type(tmp_path: Path) -> None:
-    schemas = table_schemas(SHAPE, "{schema}.{table}.{op}", SOURCE, "postgresql")
+    schemas = table_schemas(SHAPE, "{schema}.{table}.{op}", SOURCE, POSTGRESQL)
     written = write_schemas(tmp_path, schemas)
     assert sorted(p.name for p, _ in written) == [
         f"public.orders.{op}.json"
@@ -381,8 +383,8 @@ def test_the_validator_retries_a_throttled_queue_instead_of_stopping(
     from cdc.bus import sqs as queue_module
     from cdc.bus.publishers.file import NullPublisher
     from cdc.core.settings import load_settings
+    from cdc.core.state import state_tables
     from cdc.validate.registry import SchemaRegistry
-    from cdc.validate.state import validation_tables
     from cdc.validate.validator import Validator
 
     class ThrottledSqs:
@@ -398,7 +400,7 @@ def test_the_validator_retries_a_throttled_queue_instead_of_stopping(
     validator = Validator(
         settings,
         create_engine("sqlite://"),
-        validation_tables("sqlite"),
+        state_tables(SQLITE),
         SchemaRegistry({}),
         NullPublisher(),
         ThrottledSqs(),
@@ -417,7 +419,7 @@ def test_the_validators_stop_line_is_words_not_a_dataclass(
 
     from cdc.bus.publishers.file import NullPublisher
     from cdc.core.settings import load_settings
-    from cdc.validate.state import validation_tables
+    from cdc.core.state import state_tables
     from cdc.validate.validator import Validator
 
     stopped = threading.Event()
@@ -427,7 +429,7 @@ def test_the_validators_stop_line_is_words_not_a_dataclass(
             {"CDC_DATABASE_URL": "sqlite://", "CDC_VALIDATE_QUEUE_URL": "q"}, require_tables=False
         ),
         create_engine("sqlite://"),
-        validation_tables("sqlite"),
+        state_tables(SQLITE),
         SchemaRegistry({}),
         NullPublisher(),
         None,

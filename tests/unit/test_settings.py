@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from cdc.core.dialects import SQLITE
 from cdc.core.errors import ConfigError
 from cdc.core.settings import load_settings
 from cdc.core.tables import TableRef
@@ -19,7 +20,7 @@ def error_of(env: dict[str, str]) -> str:
 
 def test_nothing_configured_is_the_embedded_demo() -> None:
     settings = load_settings({})
-    assert settings.embedded and settings.dialect == "sqlite" and settings.bus == "file"
+    assert settings.embedded and settings.dialect is SQLITE and settings.bus == "file"
     assert settings.table_refs == [TableRef("main", "widgets")]
     assert settings.event_source == "legacy.cdc-demo"
 

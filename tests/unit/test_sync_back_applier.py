@@ -21,6 +21,7 @@ from sqlalchemy import Engine, text
 from cdc.capture import triggers
 from cdc.capture.catalog import read_table
 from cdc.core import database
+from cdc.core.dialects import SQLITE, dialect_of
 from cdc.core.settings import Settings, load_settings
 from cdc.core.state import state_tables
 from sync_back.consumer import Consumer
@@ -180,7 +181,7 @@ def make_consumer(settings: Settings, engine: Engine, more: str = "") -> Consume
     return Consumer(
         settings,
         engine,
-        state_tables(engine.dialect.name, settings.state_schema),
+        state_tables(dialect_of(engine), settings.state_schema),
         load_mappings(tomllib.loads(MAPPINGS + more)["sync_back"], settings.default_schema),
     )
 
@@ -432,7 +433,7 @@ def test_keys_that_the_database_folds_together_are_read_as_sql_compares_them(
     consumer = Consumer(
         settings,
         engine,
-        state_tables("sqlite"),
+        state_tables(SQLITE),
         load_mappings(
             tomllib.loads("""
 [[sync_back.mappings]]

@@ -15,6 +15,7 @@ from sqlalchemy.exc import OperationalError
 
 from cdc.bus import sqs as queue_module
 from cdc.bus.sqs import DeleteEntry, VisibilityEntry
+from cdc.core.dialects import SQLITE
 from cdc.core.errors import Interrupted
 from cdc.core.settings import load_settings
 from cdc.core.state import state_tables
@@ -56,7 +57,7 @@ def make(sqs: FakeSqs) -> Consumer:
             "CDC_SYNC_VISIBILITY_TIMEOUT": "10",
         }
     )
-    return Consumer(settings, create_engine("sqlite://"), state_tables("sqlite"), Mappings(), sqs)
+    return Consumer(settings, create_engine("sqlite://"), state_tables(SQLITE), Mappings(), sqs)
 
 
 def test_messages_are_deleted_after_they_were_handled() -> None:

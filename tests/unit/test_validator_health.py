@@ -9,16 +9,18 @@ from typing import Any
 from sqlalchemy import Engine, create_engine
 
 from cdc.bus.publishers.file import NullPublisher
+from cdc.core.dialects import SQLITE
 from cdc.core.settings import load_settings
+from cdc.core.state import state_tables
 from cdc.validate.health import ValidatorCollector
 from cdc.validate.registry import SchemaRegistry
-from cdc.validate.state import CLAIMED, PUBLISHED, validation_tables
+from cdc.validate.state import CLAIMED, PUBLISHED
 from cdc.validate.validator import Validator
 
 SETTINGS = load_settings(
     {"CDC_DATABASE_URL": "sqlite://", "CDC_TABLES": "t", "CDC_VALIDATE_QUEUE_URL": "q"}
 )
-TABLES = validation_tables("sqlite")
+TABLES = state_tables(SQLITE)
 
 
 def validator(engine: Engine) -> Validator:

@@ -7,7 +7,9 @@ from sqlalchemy import types as sqltypes
 from sqlalchemy.dialects import postgresql
 
 from cdc.bus.jsontext import json_object
-from cdc.capture.values import converter, row_converters
+from cdc.capture.dialects import capture_of
+from cdc.capture.values import row_converters
+from cdc.core.dialects import POSTGRESQL, SQLITE
 
 PG_COLUMNS = {
     "id": sqltypes.INTEGER(),
@@ -26,7 +28,7 @@ PG_COLUMNS = {
 def convert_pg(image: str) -> dict:
     parsed = json_object(image)
     assert parsed is not None
-    return row_converters(PG_COLUMNS, "postgresql")[0](parsed)
+    return row_converters(PG_COLUMNS, capture_of(POSTGRESQL))[0](parsed)
 
 
 def test_postgres_images_become_the_contract_forms() -> None:
@@ -84,7 +86,7 @@ def test_nulls_special_values_and_escape_bytea() -> None:
 
 
 def test_a_column_added_after_the_catalog_was_read_gets_generic_conversion() -> None:
-    convert, _ = row_converters({"id": sqltypes.INTEGER()}, "postgresql")
+    convert, _ = row_converters({"id": sqltypes.INTEGER()}, capture_of(POSTGRESQL))
     out = convert({"id": 1, "new": Decimal("1.5")})
     assert out == {"id": 1, "new": 1.5}
     json.dumps(out)
@@ -92,7 +94,7 @@ def test_a_column_added_after_the_catalog_was_read_gets_generic_conversion() -> 
 
 def test_sqlite_blobs_and_numerics() -> None:
     convert, _ = row_converters(
-        {"b": sqltypes.BLOB(), "n": sqltypes.NUMERIC(), "t": sqltypes.TEXT()}, "sqlite"
+        {"b": sqltypes.BLOB(), "n": sqltypes.NUMERIC(), "t": sqltypes.TEXT()}, capture_of(SQLITE)
     )
     parsed = json_object('{"b": ["0102FF"], "n": 4.99, "t": "x", "other": ["00"]}')
     assert parsed is not None
@@ -110,17 +112,25 @@ def test_sqlite_moments_with_an_offset_follow_the_timestamptz_contract() -> None
     from cdc.validate.schemas import value_schema
 
     # The demo table's updated_at, and what SQLite applications commonly write there
-    convert = converter(sqltypes.TIMESTAMP(), "sqlite")
+    convert = capture_of(SQLITE).converter(sqltypes.TIMESTAMP(), False)
     assert convert("2026-11-28T17:45:52.123456+00:00") == "2026-11-28T17:45:52.123456Z"
     assert convert("2026-11-28 18:45:52+01:00") == "2026-11-28T17:45:52.000000Z"
     assert convert("2026-11-28T17:45:52.5Z") == "2026-11-28T17:45:52.500000Z"
     # Without an offset no zone is invented; numbers (epoch seconds) and other text pass
     for kept in ("2026-11-28 17:45:52", "2026-11-28", 1764351952, "yesterday"):
         assert convert(kept) == kept
-    assert converter(sqltypes.DATETIME(), "sqlite")("2026-11-28T17:45:52+00:00").endswith("Z")
+    assert (
+        capture_of(SQLITE)
+        .converter(sqltypes.DATETIME(), False)("2026-11-28T17:45:52+00:00")
+        .endswith("Z")
+    )
     # Text columns are text: left alone
-    assert converter(sqltypes.TEXT(), "sqlite")("2026-11-28T17:45:52+00:00").endswith("+00:00")
+    assert (
+        capture_of(SQLITE)
+        .converter(sqltypes.TEXT(), False)("2026-11-28T17:45:52+00:00")
+        .endswith("+00:00")
+    )
     # The validator's schema of such a column accepts every form the capture renders
-    registry = SchemaRegistry({"t": value_schema(sqltypes.TIMESTAMP(), "sqlite")})
+    registry = SchemaRegistry({"t": value_schema(sqltypes.TIMESTAMP(), SQLITE)})
     for value in ("2026-11-28T17:45:52.123456Z", "2026-11-28 17:45:52", 1764351952):
         assert registry.errors("t", value) == []

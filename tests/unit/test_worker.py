@@ -11,10 +11,12 @@ from sqlalchemy.exc import OperationalError
 from cdc.bus.events import BusEntry, Change
 from cdc.bus.publishers import Rejection
 from cdc.capture.catalog import TableInfo
+from cdc.capture.dialects import capture_of
 from cdc.capture.health import WorkerCollector
 from cdc.capture.sources import Backlog, Batch
 from cdc.capture.values import row_converters
 from cdc.capture.worker import Worker, failpoint_hook
+from cdc.core.dialects import POSTGRESQL
 from cdc.core.errors import Interrupted
 from cdc.core.settings import load_settings
 from cdc.core.tables import TableRef
@@ -24,7 +26,7 @@ INFO = TableInfo(
     TABLE,
     {"id": sqltypes.INTEGER()},
     ("id",),
-    row_converters({"id": sqltypes.INTEGER()}, "postgresql")[0],
+    row_converters({"id": sqltypes.INTEGER()}, capture_of(POSTGRESQL))[0],
 )
 
 

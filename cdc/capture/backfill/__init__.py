@@ -4,7 +4,8 @@ A run flows through four modules:
 
 - ``runs``: the run registry in the ``backfills`` state table (start, resume, cancel, list,
   progress), shared by the operator's command and the worker that does the chunks;
-- ``pages``: the chunk reader, keyset pages of a table and the snapshot of what a read saw;
+- ``pages``: the chunk reader, keyset pages of a table (the snapshot of what a read saw, and
+  the watermark, are the database's: ``cdc.capture.dialects``);
 - ``chunks``: a chunk in flight, what the stream drops from it and where it goes in;
 - ``backfiller``: the ``Backfiller`` the capture worker calls around each stream batch.
 

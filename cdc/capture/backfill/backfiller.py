@@ -18,15 +18,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine
 
 from cdc.bus.events import Change
 from cdc.capture.backfill import runs
 from cdc.capture.backfill.chunks import Pending
-from cdc.capture.backfill.pages import Mode, TableReader, key_of, take_snapshot
+from cdc.capture.backfill.pages import Mode, TableReader, key_of
 from cdc.capture.backfill.runs import Run
 from cdc.capture.catalog import TableInfo
+from cdc.capture.dialects import capture_of
 from cdc.capture.sources import WATERMARK_OP, WATERMARK_PREFIX, Batch
+from cdc.core.dialects import dialect_of
 from cdc.core.errors import is_transient_db_error
 from cdc.core.state import StateTables
 
@@ -47,7 +49,7 @@ class Backfiller:
         self.engine = engine
         self.state = state
         self.mode = mode
-        self.sqlite = engine.dialect.name == "sqlite"
+        self.capture = capture_of(dialect_of(engine))
         self.table_info = table_info
         self.runs: list[Run] = []
         self.pending: Pending | None = None
@@ -112,8 +114,8 @@ class Backfiller:
         with self.engine.connect() as connection:
             reader = self._reader(run, connection)
             raw: Any = connection.connection.driver_connection
-            invisible, snapshot = take_snapshot(
-                raw, self.mode, self.sqlite, self.state.changelog.name
+            invisible, snapshot = self.capture.take_snapshot(
+                raw, self.mode == "logical", self.state.changelog.name
             )
             if (
                 snapshot is not None
@@ -165,38 +167,20 @@ class Backfiller:
                 return
             log_table = self.state.qualified(self.state.changelog)
             payload = orjson.dumps({"token": pending.token}).decode()
-            if self.sqlite:
-                # One writer at a time: nothing can commit a lower id after this one.
-                cursor.execute(
-                    f"INSERT INTO {log_table} (table_name, op, after) VALUES (?, ?, ?)",
-                    (pending.run.table, WATERMARK_OP, payload),
-                )
-                pending.position = f"{cursor.lastrowid:020d}"
-                pending.ready = True
-                return
-            cursor.execute(
-                f"INSERT INTO {log_table} (table_name, op, after) "
-                "VALUES (%s, %s, %s::json) RETURNING id, txid",
-                (pending.run.table, WATERMARK_OP, payload),
+            watermark_id, pending.writers_below = self.capture.write_watermark(
+                cursor, log_table, pending.run.table, WATERMARK_OP, payload
             )
-            watermark_id, own = cursor.fetchone()
-        # A transaction holding a lower id took it before the watermark took its own, and
-        # already had its xid then (from writing the legacy row that id records), while the
-        # watermark's xid comes with this insert: every such writer has a lower xid.
         pending.position = f"{watermark_id:020d}"
-        pending.writers_below = own
 
     def _check_ready(self, pending: Pending) -> None:
-        """Change log on PostgreSQL: ready once no transaction older than the watermark's is
-        running, that is once the oldest running xid is past it."""
-        if self.mode == "logical" or self.sqlite:
+        """Change log: ready once every writer that may still commit an id below the
+        watermark's has ended (on PostgreSQL, once the oldest running xid is past the
+        watermark's)."""
+        if self.mode == "logical":
             return
         with self.engine.connect() as connection:
-            oldest = connection.execute(
-                text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
-            ).scalar_one()
+            pending.ready = self.capture.writers_done(connection, pending.writers_below)
             connection.rollback()
-        pending.ready = int(oldest) > pending.writers_below
 
     # -- weaving a read batch -----------------------------------------------------------
 

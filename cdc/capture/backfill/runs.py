@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -18,6 +18,7 @@ from sqlalchemy import Engine, select
 
 from cdc.capture.backfill.pages import TableReader
 from cdc.capture.catalog import TableInfo
+from cdc.core.dialects import dialect_of
 from cdc.core.errors import CdcError
 from cdc.core.state import StateTables
 
@@ -55,7 +56,6 @@ def start(
     a new one; and whether it was resumed."""
     table = state.backfills
     name = info.ref.qualified
-    sqlite = engine.dialect.name == "sqlite"
     with engine.begin() as connection:
         row = (
             connection.execute(
@@ -86,7 +86,7 @@ def start(
             raise CdcError(
                 f"cannot read {name} with --where {where!r}: {str(exc).splitlines()[0]}"
             ) from None
-        now = _now(sqlite)
+        now = dialect_of(engine).now()
         new_id = connection.execute(
             table.insert()
             .values(
@@ -114,7 +114,7 @@ def cancel(engine: Engine, state: StateTables, name: str) -> int:
         result = connection.execute(
             table.update()
             .where(table.c.table_name == name, table.c.status == "running")
-            .values(status="cancelled", updated_at=_now(engine.dialect.name == "sqlite"))
+            .values(status="cancelled", updated_at=dialect_of(engine).now())
         )
     return int(result.rowcount)
 
@@ -156,7 +156,7 @@ def record_progress(engine: Engine, state: StateTables, run: Run, done: bool) ->
     """Store the run's progress, and mark it done if ``done``. A run cancelled meanwhile stays
     cancelled: only a running row is updated."""
     table = state.backfills
-    now = _now(engine.dialect.name == "sqlite")
+    now = dialect_of(engine).now()
     values: dict[str, Any] = {
         "last_key": None if run.last_key is None else orjson.dumps(run.last_key).decode(),
         "rows_done": run.rows_done,
@@ -173,12 +173,12 @@ def record_progress(engine: Engine, state: StateTables, run: Run, done: bool) ->
 
 def record_failure(engine: Engine, state: StateTables, run: Run) -> None:
     table = state.backfills
-    sqlite = engine.dialect.name == "sqlite"
+    now = dialect_of(engine).now()
     with engine.begin() as connection:
         connection.execute(
             table.update()
             .where(table.c.id == run.id)
-            .values(status="failed", updated_at=_now(sqlite), finished_at=_now(sqlite))
+            .values(status="failed", updated_at=now, finished_at=now)
         )
 
 
@@ -198,9 +198,3 @@ def run_of(row: Any) -> Run:
         row["started_at"],
         row["updated_at"],
     )
-
-
-def _now(sqlite: bool) -> Any:
-    # SQLite has no timestamp type: the state tables hold ISO 8601 text there.
-    moment = datetime.now(UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if sqlite else moment

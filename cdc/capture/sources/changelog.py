@@ -28,10 +28,12 @@ from cdc.bus.jsontext import json_object
 from cdc.bus.publishers import Rejection
 from cdc.capture import checkpoints, deadletters
 from cdc.capture.catalog import Catalog, TableInfo
+from cdc.capture.dialects import capture_of
 from cdc.capture.history import SchemaHistory, Version
 from cdc.capture.sources import WATERMARK_OP, Backlog, Batch, Mark, Unrenderable
 from cdc.capture.sources.readahead import ReadAhead
 from cdc.core.database import conninfo_of
+from cdc.core.dialects import dialect_of
 from cdc.core.errors import SetupError
 from cdc.core.state import StateTables
 from cdc.core.tables import TableRef
@@ -66,17 +68,11 @@ class ChangeLogSource:
         self._newest: dict[str, Version] = {}
         self._warned: set[str] = set()
         self._connection: Connection | None = None
-        self._sqlite = engine.dialect.name == "sqlite"
+        self._capture = capture_of(dialect_of(engine))
         self._ahead: ReadAhead | None = None
-        log_table = tables.qualified(tables.changelog)
-        if self._sqlite:
-            self._select = (
-                f"SELECT id, table_name, op, before, after, txid, origin, captured_at "
-                f"FROM {log_table} ORDER BY id LIMIT ?"
-            )
-            self._delete = f"DELETE FROM {log_table} WHERE id = ?"
-        else:
-            self._delete = f"DELETE FROM {log_table} WHERE id = ANY(%s)"  # with dead letters
+        self._log_table = log_table = tables.qualified(tables.changelog)
+        self._select = self._capture.changelog_select(log_table)
+        if self._capture.reads_ahead:
             # Reads and acknowledgements without dead letters: sent ahead (``ReadAhead``).
             # No startup options: a connection pooler may refuse them.
             self._ahead = ReadAhead(
@@ -144,7 +140,7 @@ class ChangeLogSource:
         return batch
 
     def _fetch(self, limit: int) -> list[Any]:
-        """The batch's rows read in one go (SQLite)."""
+        """The batch's rows read in one go (without read-ahead)."""
         try:
             connection = self._connected()
             # The driver's own cursor: plain tuples, none of the result machinery, per row.
@@ -318,15 +314,7 @@ class ChangeLogSource:
             with connection.begin():
                 deadletters.store(connection, self.state, rejections)
                 raw: Any = connection.connection.driver_connection
-                cursor = raw.cursor()
-                if self._sqlite:
-                    cursor.executemany(self._delete, [(i,) for i in batch.ack_ids])
-                else:
-                    # Not waiting for this commit to reach the disk is safe: if a crash loses
-                    # it, the rows (and the dead letters, in the same transaction) come back
-                    # and are published again with the same ids. It saves a flush per batch.
-                    cursor.execute("SET LOCAL synchronous_commit = off")
-                    cursor.execute(self._delete, (list(batch.ack_ids),))
+                self._capture.delete_changes(raw.cursor(), self._log_table, batch.ack_ids)
                 checkpoints.store(
                     connection, self.state, STREAM, batch.last_position, len(batch.changes)
                 )
@@ -340,9 +328,8 @@ class ChangeLogSource:
             count, oldest = connection.execute(
                 select(func.count(), func.min(table.c.captured_at))
             ).one()
-        if isinstance(oldest, str):
-            oldest = parse_iso(oldest)
-        return Backlog(pending=int(count), oldest=oldest)
+        moment = None if oldest is None else dialect_of(self.engine).read_moment(oldest)
+        return Backlog(pending=int(count), oldest=moment)
 
     def close(self) -> None:
         if self._ahead is not None:

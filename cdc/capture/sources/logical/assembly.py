@@ -37,7 +37,7 @@ from cdc.capture.pgoutput import (
 from cdc.capture.pgoutput_rows import read_new_row
 from cdc.capture.pgtypes import TextConvert, text_converter
 from cdc.capture.sources import WATERMARK_PREFIX, Mark, Unrenderable
-from cdc.core.origin import ORIGIN_MESSAGE_PREFIX
+from cdc.core.dialects.postgresql import ORIGIN_MESSAGE_PREFIX
 from cdc.core.tables import TableRef
 
 
