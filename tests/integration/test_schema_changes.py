@@ -458,7 +458,7 @@ def test_a_backfill_after_a_schema_change_carries_the_table_s_version(
     for _ in range(5):
         worker.step()
     info = source.table("public.prices")
-    runs.start(engine, state_tables("postgresql", "cdc"), info, None, 100, None)
+    runs.start(engine, state_tables(POSTGRESQL, "cdc"), info, None, 100, None)
     deadline = time.monotonic() + 15
     while not any(d["op"] == "read" for d in recorder.details):
         assert time.monotonic() < deadline
