@@ -10,9 +10,10 @@ from sqlalchemy import Engine
 
 from cdc.bus.publishers import Publisher
 from cdc.bus.publishers.file import FilePublisher, NullPublisher
-from cdc.capture import demo, triggers
+from cdc.capture import demo, slots, triggers
 from cdc.capture.backfill.backfiller import Backfiller
 from cdc.capture.catalog import read_table
+from cdc.capture.coverage import Coverage
 from cdc.capture.lease import Lease
 from cdc.capture.sources import Source
 from cdc.capture.sources.changelog import ChangeLogSource
@@ -51,11 +52,12 @@ def open_source(settings: Settings, engine: Engine) -> Source:
         engine,
         tables,
         conninfo_of(settings.url),
-        settings.slot_name,
+        slots.slot_name(engine, settings.slot_name),
         settings.publication_name,
         settings.default_schema,
         poll_interval=settings.poll_interval,
         heartbeat_seconds=settings.heartbeat_interval,
+        tracked=frozenset(ref.qualified for ref in settings.table_refs),
     )
 
 
@@ -94,7 +96,14 @@ def open_worker(settings: Settings, engine: Engine) -> Worker:
     stop = threading.Event()
     install_signal_handlers(stop)
     source = open_source(settings, engine)
-    lease = Lease(engine, lease_name(settings)) if settings.dialect.advisory_locks else None
+    lease = Lease(engine, lease_name(settings, engine)) if settings.dialect.advisory_locks else None
+    coverage = Coverage(
+        engine,
+        settings.table_refs,
+        settings.capture,
+        settings.state_schema,
+        settings.publication_name,
+    )
     return Worker(
         settings,
         source,
@@ -103,6 +112,7 @@ def open_worker(settings: Settings, engine: Engine) -> Worker:
         on_published=failpoint_hook(settings.failpoint),
         lease=lease,
         backfill=open_backfiller(settings, engine, source),
+        coverage=coverage.gaps,
     )
 
 
@@ -113,5 +123,11 @@ def close_worker(worker: Worker) -> None:
     worker.source.close()
 
 
-def lease_name(settings: Settings) -> str:
-    return f"cdc:{settings.state_schema}:{settings.capture}:{settings.slot_name}"
+def lease_name(settings: Settings, engine: Engine) -> str:
+    """The lease of one source, named after its slot in ``logical`` mode; in ``changelog`` mode
+    after the configured slot name or the old default (so that it is what it always was)."""
+    if settings.capture == "logical":
+        slot = slots.slot_name(engine, settings.slot_name)
+    else:
+        slot = settings.slot_name or slots.LEGACY_SLOT_NAME
+    return f"cdc:{settings.state_schema}:{settings.capture}:{slot}"

@@ -41,6 +41,11 @@ class WorkerCollector(Collector):
             ("cdc_dead_letters", "events the bus can never accept", stats.dead_letters),
             ("cdc_batches", "batches acknowledged", stats.batches),
             ("cdc_database_retries", "database operations retried", stats.db_retries),
+            (
+                "cdc_changes_ignored",
+                "changes of tables outside CDC_TABLES that the stream carried, dropped",
+                stats.ignored,
+            ),
         ):
             counter = CounterMetricFamily(name, help_text, labels=["capture"])
             counter.add_metric([table], value)
@@ -67,6 +72,12 @@ class WorkerCollector(Collector):
         )
         last.add_metric([], stats.last_read_at)
         yield last
+        uncaptured = GaugeMetricFamily(
+            "cdc_uncaptured_tables",
+            "tables of CDC_TABLES that do not exist or are not captured (CDC_MISSING_TABLES=warn)",
+        )
+        uncaptured.add_metric([], len(stats.uncaptured))
+        yield uncaptured
         yield from self._backfill()
         yield from self._backlog()
 
@@ -135,7 +146,12 @@ class WorkerCollector(Collector):
 
 
 def serve(worker: Worker, port: int, ready_within: float = 30.0) -> ThreadingHTTPServer:
-    """Start the worker's endpoints on ``port`` (0: any free port) in a daemon thread."""
+    """Start the worker's endpoints on ``port`` (0: any free port) in a daemon thread; not
+    ready while a table of CDC_TABLES is not captured."""
+    stats = worker.stats
     return serve_endpoints(
-        WorkerCollector(worker), lambda: worker.stats.last_read_at, port, ready_within
+        WorkerCollector(worker),
+        lambda: 0.0 if stats.uncaptured else stats.last_read_at,
+        port,
+        ready_within,
     )

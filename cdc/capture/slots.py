@@ -3,14 +3,19 @@
 
 ``cdc setup`` uses the ones a DBA created when they exist (names from settings), creates them
 otherwise, and says what is missing with the SQL that fixes it: wal_level, the REPLICATION
-privilege, a replica identity for a table without a primary key. The source checks the slot
-before it streams (``check_slot``); ``cdc status`` and the metrics read what WAL it holds
-(``slot_status``).
+privilege, a replica identity for a table without a primary key. The publication is made to
+hold exactly CDC_TABLES (tables are added and removed; the slot, and so its position, stays);
+a ``FOR ALL TABLES`` publication is refused, not managed. A slot is server-wide but streams
+one database: one of another database is refused by name, and the default name is derived
+from the database's (``slot_name``). The source checks the slot before it streams
+(``check_slot``); ``cdc status`` and the metrics read what WAL it holds (``slot_status``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -19,9 +24,102 @@ from sqlalchemy import Connection, Engine, text
 from cdc.capture.catalog import TableInfo
 from cdc.core.dialects import dialect_of
 from cdc.core.errors import PermanentError, SetupError
-from cdc.core.tables import quote_ident
+from cdc.core.tables import TableRef, quote_ident
 
 log = logging.getLogger(__name__)
+
+# The default slot name before it was derived from the database: a database that has a slot
+# of this name keeps using it when CDC_SLOT_NAME is unset.
+LEGACY_SLOT_NAME = "cdc_slot"
+_SLOT_NAME_MAX = 63  # NAMEDATALEN - 1
+
+
+def default_slot_name(database: str) -> str:
+    """``cdc_<database>``, in the characters a slot name may hold (a-z, 0-9, _). A name that had
+    to be changed or cut to fit gets 8 hex digits of the database name's hash, so that two
+    databases of one server never derive the same slot name."""
+    safe = re.sub(r"[^a-z0-9_]", "_", database.lower())
+    name = f"cdc_{safe}"
+    if safe != database or len(name) > _SLOT_NAME_MAX:
+        digest = hashlib.sha1(database.encode()).hexdigest()[:8]
+        name = f"{name[: _SLOT_NAME_MAX - 9]}_{digest}"
+    return name
+
+
+def choose_slot_name(configured: str | None, database: str, legacy_database: str | None) -> str:
+    """The slot of this database: the configured one; else the old default ``cdc_slot`` when
+    it exists for this database (``legacy_database``: the database it belongs to, if any), so
+    that a deployment set up before keeps its slot and position; else the derived name."""
+    if configured:
+        return configured
+    if legacy_database == database:
+        return LEGACY_SLOT_NAME
+    return default_slot_name(database)
+
+
+def slot_name(engine: Engine, configured: str | None) -> str:
+    """``choose_slot_name`` with what the server says (no query when a name is configured)."""
+    if configured:
+        return configured
+    if not dialect_of(engine).logical_replication:
+        return LEGACY_SLOT_NAME  # no slots: only a lease name is made of it
+    with engine.connect() as connection:
+        here, legacy = connection.execute(
+            text(
+                "SELECT current_database(), "
+                "(SELECT database FROM pg_replication_slots WHERE slot_name = :s)"
+            ),
+            {"s": LEGACY_SLOT_NAME},
+        ).one()
+    return choose_slot_name(None, here, legacy)
+
+
+def slot_elsewhere_message(slot: str, database: str | None, here: str) -> str:
+    owner = f"belongs to database {database!r}" if database else "is a physical slot"
+    return (
+        f"replication slot {slot!r} {owner}, and a slot streams only the database it was "
+        f"created in ({here!r} here); set CDC_SLOT_NAME to a slot of this database's own (unset, "
+        f"it is {default_slot_name(here)!r}), which `cdc setup` creates"
+    )
+
+
+@dataclass(frozen=True)
+class Publication:
+    all_tables: bool  # FOR ALL TABLES
+    schemas: tuple[str, ...]  # FOR TABLES IN SCHEMA (PostgreSQL 15 and later)
+    tables: frozenset[TableRef]  # every table it publishes, however it names them
+
+
+def publication_of(connection: Connection, name: str) -> Publication | None:
+    """The publication as the server describes it; None when this database has none so named."""
+    row = connection.execute(
+        text(
+            "SELECT oid, puballtables, current_setting('server_version_num')::int AS version "
+            "FROM pg_publication WHERE pubname = :p"
+        ),
+        {"p": name},
+    ).first()
+    if row is None:
+        return None
+    schemas: tuple[str, ...] = ()
+    if row.version >= 150000:
+        schemas = tuple(
+            connection.execute(
+                text(
+                    "SELECT n.nspname FROM pg_publication_namespace p "
+                    "JOIN pg_namespace n ON n.oid = p.pnnspid WHERE p.pnpubid = :oid"
+                ),
+                {"oid": row.oid},
+            ).scalars()
+        )
+    tables = frozenset(
+        TableRef(schema, table)
+        for schema, table in connection.execute(
+            text("SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = :p"),
+            {"p": name},
+        )
+    )
+    return Publication(bool(row.puballtables), schemas, tables)
 
 
 def check_server(connection: Connection) -> None:
@@ -63,47 +161,70 @@ def install(engine: Engine, infos: Iterable[TableInfo], slot: str, publication: 
         check_server(connection)
         for info in infos:
             check_identity(connection, info)
-        names = [i.ref.quoted for i in infos]
-        exists = connection.execute(
-            text("SELECT 1 FROM pg_publication WHERE pubname = :p"), {"p": publication}
-        ).first()
-        if exists is None:
-            connection.execute(
-                text(f"CREATE PUBLICATION {quote_ident(publication)} FOR TABLE {', '.join(names)}")
-            )
-            log.info("publication %s created", publication)
-        else:
-            published = {
-                f"{row.schemaname}.{row.tablename}"
-                for row in connection.execute(
-                    text(
-                        "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = :p"
-                    ),
-                    {"p": publication},
-                )
-            }
-            for info, name in zip(infos, names, strict=True):
-                if info.ref.qualified not in published:
-                    connection.execute(
-                        text(f"ALTER PUBLICATION {quote_ident(publication)} ADD TABLE {name}")
-                    )
-                    log.info("%s added to publication %s", info.ref.qualified, publication)
+        exists = _check_slot_is_usable(connection, slot)  # before anything is changed
+        reconcile(connection, [i.ref for i in infos], publication)
+    if exists:
+        return
     # A slot cannot be created in a transaction that has written (it must be the first thing).
     with engine.connect() as connection:
-        row = connection.execute(
-            text("SELECT plugin FROM pg_replication_slots WHERE slot_name = :s"), {"s": slot}
-        ).first()
-        if row is None:
-            connection.execute(
-                text("SELECT pg_create_logical_replication_slot(:s, 'pgoutput')"), {"s": slot}
-            )
-            connection.commit()
-            log.info("replication slot %s created", slot)
-        elif row.plugin != "pgoutput":
-            raise SetupError(
-                f"replication slot {slot!r} exists with the {row.plugin!r} plugin; "
-                "name another slot in CDC_SLOT_NAME or drop it"
-            )
+        connection.execute(
+            text("SELECT pg_create_logical_replication_slot(:s, 'pgoutput')"), {"s": slot}
+        )
+        connection.commit()
+    log.info("replication slot %s created", slot)
+
+
+def _check_slot_is_usable(connection: Connection, slot: str) -> bool:
+    """Whether the slot exists, after checking that one that does can stream this database."""
+    row = connection.execute(
+        text(
+            "SELECT current_database() AS here, s.slot_name, s.plugin, s.database "
+            "FROM (VALUES (1)) AS one LEFT JOIN pg_replication_slots s ON s.slot_name = :s"
+        ),
+        {"s": slot},
+    ).one()
+    if row.slot_name is None:
+        return False
+    if row.database != row.here:
+        raise SetupError(slot_elsewhere_message(slot, row.database, row.here))
+    if row.plugin != "pgoutput":
+        raise SetupError(
+            f"replication slot {slot!r} exists with the {row.plugin!r} plugin; "
+            "name another slot in CDC_SLOT_NAME or drop it"
+        )
+    return True
+
+
+def reconcile(connection: Connection, refs: list[TableRef], name: str) -> None:
+    """Make the publication publish exactly ``refs``: created FOR TABLE when missing, tables
+    added and removed otherwise (the slot is untouched, so it keeps its position). A publication
+    FOR ALL TABLES or FOR TABLES IN SCHEMA is a DBA's, and is refused rather than changed."""
+    found = publication_of(connection, name)
+    quoted = quote_ident(name)
+    if found is None:
+        tables = ", ".join(ref.quoted for ref in refs)
+        connection.execute(text(f"CREATE PUBLICATION {quoted} FOR TABLE {tables}"))
+        log.info("publication %s created", name)
+        return
+    if found.all_tables or found.schemas:
+        what = (
+            "FOR ALL TABLES"
+            if found.all_tables
+            else f"FOR TABLES IN SCHEMA {', '.join(found.schemas)}"
+        )
+        raise SetupError(
+            f"publication {name!r} is {what}: it streams tables beside CDC_TABLES (the worker "
+            "drops their changes, but they still leave the database), and `cdc setup` changes "
+            "only a publication that lists its tables. Set CDC_PUBLICATION_NAME to a new name "
+            "for `cdc setup` to create it FOR TABLE CDC_TABLES, or have it altered to list them"
+        )
+    for ref in refs:
+        if ref not in found.tables:
+            connection.execute(text(f"ALTER PUBLICATION {quoted} ADD TABLE {ref.quoted}"))
+            log.info("%s added to publication %s", ref.qualified, name)
+    for ref in sorted(found.tables - set(refs)):
+        connection.execute(text(f"ALTER PUBLICATION {quoted} DROP TABLE {ref.quoted}"))
+        log.info("%s removed from publication %s (not in CDC_TABLES)", ref.qualified, name)
 
 
 def drop(engine: Engine, slot: str, publication: str) -> list[str]:
@@ -156,17 +277,19 @@ def check_slot(engine: Engine, slot: str) -> int:
     with engine.connect() as connection:
         row = connection.execute(
             text(
-                "SELECT plugin, wal_status, "
-                "pg_wal_lsn_diff(confirmed_flush_lsn, '0/0')::bigint AS confirmed "
-                "FROM pg_replication_slots WHERE slot_name = :s"
+                "SELECT current_database() AS here, s.slot_name, s.plugin, s.database, "
+                "s.wal_status, pg_wal_lsn_diff(s.confirmed_flush_lsn, '0/0')::bigint AS confirmed "
+                "FROM (VALUES (1)) AS one LEFT JOIN pg_replication_slots s ON s.slot_name = :s"
             ),
             {"s": slot},
-        ).first()
-    if row is None:
+        ).one()
+    if row.slot_name is None:
         raise PermanentError(
             f"replication slot {slot!r} does not exist; run `cdc setup` "
             "(or name the DBA's slot in CDC_SLOT_NAME)"
         )
+    if row.database != row.here:
+        raise PermanentError(slot_elsewhere_message(slot, row.database, row.here))
     if row.plugin != "pgoutput":
         raise PermanentError(
             f"replication slot {slot!r} uses the {row.plugin!r} plugin; "

@@ -4,6 +4,10 @@ A stop request (SIGTERM, SIGINT) lets the batch in hand finish: it is published 
 acknowledged, then the loop ends. If the bus is failing when the stop arrives, the publisher
 gives up waiting and the batch is left unacknowledged: it is read again, with the same event
 ids, by the next run. Database errors that a reconnect can cure are retried here.
+
+A table of CDC_TABLES that capture does not cover (``cdc.capture.coverage``) stops the worker at
+start-up, or later at its next check, with what to do; with CDC_MISSING_TABLES=warn the worker
+captures the others and is not ready (``/readyz``) while the gap lasts.
 """
 
 from __future__ import annotations
@@ -22,11 +26,12 @@ from tenacity import Retrying
 
 from cdc.bus.events import BusEntry, Change, EventRenderer
 from cdc.bus.publishers import Publisher, Rejection
-from cdc.capture.backfill.backfiller import Backfiller
+from cdc.capture.backfill.backfiller import REFRESH_SECONDS, Backfiller
+from cdc.capture.coverage import CHECK_SECONDS
 from cdc.capture.lease import Lease
 from cdc.capture.sources import Batch, Source
 from cdc.core.database import db_retrying
-from cdc.core.errors import CdcError, Interrupted
+from cdc.core.errors import CdcError, Interrupted, SetupError
 from cdc.core.settings import Settings
 from cdc.core.tables import TableRef
 
@@ -42,6 +47,8 @@ class WorkerStats:
     skipped: int = 0
     dead_letters: int = 0
     db_retries: int = 0
+    ignored: int = 0  # logical mode: changes of tables outside CDC_TABLES, dropped
+    uncaptured: tuple[str, ...] = ()  # CDC_TABLES not captured (CDC_MISSING_TABLES=warn)
     # wall-clock seconds: the last read that reached the source (0 until one does), and the
     # commit time of the oldest change not yet acknowledged (0: caught up, nothing waits)
     last_read_at: float = 0.0
@@ -76,8 +83,11 @@ class Worker:
     on_published: Callable[[int], None] | None = None  # failpoint hook (tests)
     lease: Lease | None = None  # one worker per source: the others wait as standbys
     backfill: Backfiller | None = None  # runs backfills between stream batches
+    # The tables of CDC_TABLES that capture does not cover, one line each (cdc.capture.coverage)
+    coverage: Callable[[], Sequence[str]] | None = None
     renderer: EventRenderer = field(init=False)
     _db_retrying: Retrying = field(init=False)
+    _covered_at: float = field(init=False, default=0.0)
 
     def __post_init__(self) -> None:
         self.renderer = EventRenderer(self.settings.event_source, self.settings.detail_type_for)
@@ -87,6 +97,7 @@ class Worker:
     def run(self) -> None:
         log.info("capturing from %s to the %s bus", self.settings.display_url, self.settings.bus)
         tune_garbage_collector()
+        self._check_coverage()
         if self.lease is not None and not self.lease.acquire(self.stop):
             return
         pause = 0.0 if self.source.waits_for_changes else self.settings.poll_interval
@@ -96,15 +107,51 @@ class Worker:
                     f"lost the lease {self.lease.name} (its database session ended); "
                     "stopping, so that two workers never capture at once"
                 )
+            if time.monotonic() - self._covered_at >= CHECK_SECONDS:
+                self._check_coverage()
             # A full batch means more may be waiting; anything less means the source is
             # drained for now, and waiting a little makes the next batch worth its fixed cost
             # (a stream waits inside ``read`` instead, and returns as soon as changes come).
             if self.step() < self.settings.batch_size and pause and not self._backfilling():
-                self.stop.wait(pause)
+                self._idle(pause)
         log.info("stopped after %d changes in %d batches", self.stats.changes, self.stats.batches)
 
     def _backfilling(self) -> bool:
         return self.backfill is not None and self.backfill.busy
+
+    def _idle(self, seconds: float) -> None:
+        """Wait before polling the drained source again; a backfill registered meanwhile ends
+        the wait (it is looked for every ``REFRESH_SECONDS``), whatever the poll interval."""
+        backfill = self.backfill
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if self.stop.wait(min(left, REFRESH_SECONDS)):
+                return
+            if backfill is not None and self._with_db_retry(backfill.has_work):
+                return
+
+    def _check_coverage(self) -> None:
+        """Every table of CDC_TABLES exists and is captured, or the operator hears which is
+        not: an error that stops the worker, or (CDC_MISSING_TABLES=warn) a warning and
+        ``/readyz`` not ready until it is."""
+        if self.coverage is None:
+            return
+        gaps = self._with_db_retry(self.coverage)
+        self._covered_at = time.monotonic()
+        if gaps is None:  # stopped while the database was unavailable
+            return
+        if gaps and self.settings.missing_tables == "error":
+            raise SetupError(
+                "CDC_TABLES names tables whose changes cannot be captured: "
+                + "; ".join(gaps)
+                + ". Fix them (or CDC_TABLES), or set CDC_MISSING_TABLES=warn to capture the "
+                "others meanwhile"
+            )
+        if gaps:
+            log.warning("not captured, so not ready: %s", "; ".join(gaps))
+        elif self.stats.uncaptured:
+            log.info("every table of CDC_TABLES is captured now")
+        self.stats.uncaptured = tuple(gaps)
 
     def step(self) -> int:
         """One read-publish-ack round; how many changes it acknowledged (0: none to read)."""
@@ -115,6 +162,8 @@ class Worker:
         if batch is None:
             return 0
         self.stats.reached(batch)
+        if batch.ignored:
+            self.stats.ignored += batch.ignored
         changes = batch.changes if backfill is None else backfill.weave(batch)
         if not changes and not batch.ack_ids and not batch.unrenderable:
             return 0

@@ -53,7 +53,8 @@ def remove_state(settings: Settings, engine: Engine, yes: bool, force: bool) -> 
         )
     tables = state_tables(settings.dialect, settings.state_schema)
     triggered = triggers.installed(engine, settings.state_schema)
-    replication = slots.existing(engine, settings.slot_name, settings.publication_name)
+    slot = slots.slot_name(engine, settings.slot_name)
+    replication = slots.existing(engine, slot, settings.publication_name)
     capture = [*(f"capture triggers on {name}" for name in triggered), *replication]
     if capture and not force:
         raise CdcError(
@@ -71,7 +72,7 @@ def remove_state(settings: Settings, engine: Engine, yes: bool, force: bool) -> 
     for ref in triggers.drop(engine, refs, settings.state_schema):
         print(f"capture triggers removed from {ref.qualified}")
     if replication:
-        for what in slots.drop(engine, settings.slot_name, settings.publication_name):
+        for what in slots.drop(engine, slot, settings.publication_name):
             print(f"{what} removed")
     database.drop_state(engine, settings)
     print(f"state schema removed from {where}")
@@ -82,11 +83,9 @@ def cmd_setup(settings: Settings, args: argparse.Namespace) -> int:
     engine = database.connect(settings)
     if args.drop and settings.capture == "logical":
         require_postgres(settings)
-        wanted = [
-            f"replication slot {settings.slot_name}",
-            f"publication {settings.publication_name}",
-        ]
-        removed = slots.drop(engine, settings.slot_name, settings.publication_name)
+        slot = slots.slot_name(engine, settings.slot_name)
+        wanted = [f"replication slot {slot}", f"publication {settings.publication_name}"]
+        removed = slots.drop(engine, slot, settings.publication_name)
         for what in wanted:
             print(f"{what} removed" if what in removed else f"{what}: none to remove")
         return 0
@@ -104,10 +103,11 @@ def cmd_setup(settings: Settings, args: argparse.Namespace) -> int:
     names = ", ".join(t.qualified for t in settings.table_refs)
     if settings.capture == "logical":
         require_postgres(settings)
-        slots.install(engine, infos, settings.slot_name, settings.publication_name)
+        slot = slots.slot_name(engine, settings.slot_name)
+        slots.install(engine, infos, slot, settings.publication_name)
         print(
-            f"publication {settings.publication_name} covers {names}; "
-            f"replication slot {settings.slot_name} is ready"
+            f"publication {settings.publication_name} publishes {names}; "
+            f"replication slot {slot} is ready"
         )
         return 0
     triggers.install(engine, infos, settings.state_schema)
@@ -250,9 +250,10 @@ def cmd_status(settings: Settings, _args: argparse.Namespace) -> int:
     names = ", ".join(t.qualified for t in settings.table_refs)
     print(f"capture:         {settings.capture} ({names})")
     if settings.capture == "logical":
-        slot = slots.slot_status(engine, settings.slot_name)
+        name = slots.slot_name(engine, settings.slot_name)
+        slot = slots.slot_status(engine, name)
         if not slot.exists:
-            print(f"slot:            {settings.slot_name} does not exist (run `cdc setup`)")
+            print(f"slot:            {name} does not exist (run `cdc setup`)")
         else:
             lag = (
                 _seconds_since(settings.dialect.read_moment(row["updated_at"]))
@@ -260,7 +261,7 @@ def cmd_status(settings: Settings, _args: argparse.Namespace) -> int:
                 else 0.0
             )
             print(
-                f"slot:            {settings.slot_name} (wal_status {slot.wal_status}, "
+                f"slot:            {name} (wal_status {slot.wal_status}, "
                 f"{'active' if slot.active else 'inactive'}, confirmed {slot.confirmed_flush_lsn})"
             )
             print(

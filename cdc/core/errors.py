@@ -192,7 +192,8 @@ _DB_PATTERNS: tuple[tuple[str, DbKind], ...] = (
         "unknown_host",
     ),
     (r"unable to open database file", "database_file"),
-    (r"does not exist|no such table", "missing"),
+    # START_REPLICATION on a slot of another database: it is missing from this one, for good.
+    (r"does not exist|no such table|was not created in this database", "missing"),
 )
 _DB_MESSAGES = [(re.compile(pattern), kind) for pattern, kind in _DB_PATTERNS]
 

@@ -67,10 +67,15 @@ class Settings(BaseSettings):
     publish_concurrency: int = Field(4, ge=1, le=32)
     skip_origins: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["sync_back"])
     state_schema: str = Field("cdc", pattern=r"^[a-z_][a-z0-9_]*$")
-    # logical mode: the slot and publication (created by `cdc setup`, or a DBA's existing ones)
-    slot_name: str = Field("cdc_slot", pattern=r"^[a-z0-9_]{1,63}$")
+    # logical mode: the slot and publication (created by `cdc setup`, or a DBA's existing ones).
+    # No slot name: one derived from the database's (slots are server-wide, so two databases
+    # must not share the default), or an existing `cdc_slot` of this database (the old default).
+    slot_name: str | None = Field(None, pattern=r"^[a-z0-9_]{1,63}$")
     publication_name: str = Field("cdc_pub", min_length=1, max_length=63)
     heartbeat_interval: float = Field(10.0, gt=0, le=3600)
+    # A table of CDC_TABLES that does not exist or is not captured (no capture triggers, not in
+    # the publication): "error" stops the worker, "warn" logs it and turns /readyz not ready.
+    missing_tables: Literal["error", "warn"] = "error"
     health_port: int | None = Field(None, ge=0, le=65535)  # /healthz, /readyz, /metrics
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "text"] = "auto"

@@ -66,9 +66,9 @@ def changelog_source(settings: Settings, engine: Engine) -> ChangeLogSource:
 
 
 def settings_for_mode(url: URL, capture: str, tables: str, **extra: str) -> Settings:
-    """Settings of one capture mode; logical mode gets a slot of its own per test database."""
-    if capture == "logical":
-        extra.setdefault("slot_name", f"cdc_{url.database}"[:63])
+    """Settings of one capture mode, with a slot name of their own per test database (the
+    logical mode's slot; in changelog mode it only names the lease)."""
+    extra.setdefault("slot_name", f"cdc_{url.database}"[:63])
     return settings_for(url, tables, capture=capture, **extra)
 
 

@@ -20,7 +20,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
 
 from cdc.app import open_backfiller, open_source
-from cdc.bus.publishers.file import FilePublisher
+from cdc.bus.publishers.file import FilePublisher, NullPublisher
 from cdc.capture.backfill import runs
 from cdc.capture.catalog import read_table
 from cdc.capture.worker import Worker
@@ -449,3 +449,40 @@ def test_a_chunk_waits_for_a_writer_that_took_lower_ids_and_commits_late(
         source.close()
     assert replay(bus_events(bus)) == current_table(engine, settings)
     assert replay(bus_events(bus))['{"id": 2, "region": "eu"}']["note"] == "late"
+
+
+@pytest.mark.parametrize("mode", ["changelog", "logical"])
+def test_the_first_chunk_starts_within_a_second_on_an_idle_stream(pg_url: URL, mode: str) -> None:
+    # Given a worker on an idle stream, polling every 5 s, that has just read its source
+    settings = settings_for_mode(pg_url, mode, TABLE, poll_interval="5")
+    engine = prepared(settings, DDL.replace(str(ROWS), "1001"))
+    source = open_source(settings, engine)
+    worker = Worker(
+        settings, source, NullPublisher(), backfill=open_backfiller(settings, engine, source)
+    )
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    tables = state_tables("postgresql", settings.state_schema)
+    try:
+        deadline = time.monotonic() + 30
+        while not worker.stats.last_read_at:
+            assert time.monotonic() < deadline and thread.is_alive()
+            time.sleep(0.01)
+        last = worker.stats.last_read_at
+        while worker.stats.last_read_at == last:
+            assert time.monotonic() < deadline and thread.is_alive()
+            time.sleep(0.001)
+        # When a backfill is registered (as `cdc backfill` does beside `cdc run`)
+        info = read_table(engine, settings.table_refs[0])
+        run, _ = runs.start(engine, tables, info, None, 1000, None)
+        registered = time.monotonic()
+        # Then its first chunk is published within a second, not after the idle polls
+        while runs.by_id(engine, tables, [run.id])[0].rows_done == 0:
+            waited = time.monotonic() - registered
+            assert waited < 1.0, f"no chunk after {waited:.1f}s"
+            time.sleep(0.02)
+    finally:
+        worker.stop.set()
+        thread.join(30)
+        source.close()
+        drop_slot(engine, settings)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -16,6 +19,7 @@ from cdc.bus.publishers.file import NullPublisher
 from cdc.capture.worker import Worker
 from tests.integration.helpers import (
     by_key,
+    drop_slot,
     prepared,
     raw_engine,
     running,
@@ -331,3 +335,43 @@ def test_closing_waits_for_the_acknowledgement_in_flight(pg_url: URL) -> None:
     assert not closing.is_alive()
     with legacy.connect() as connection:
         assert connection.execute(text(f'SELECT count(*) FROM "{schema}".changelog')).scalar() == 0
+
+
+@pytest.mark.parametrize("capture", ["changelog", "logical"])
+def test_cdc_run_stops_naming_a_table_it_cannot_capture_instead_of_idling(
+    pg_url: URL, capture: str
+) -> None:
+    # Given accounts set up for capture, and notes created after `cdc setup`
+    settings = settings_for_mode(pg_url, capture, "accounts")
+    engine = prepared(settings, ACCOUNTS + "; CREATE TABLE notes (id int PRIMARY KEY)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CDC_")}
+    env.update(
+        CDC_DATABASE_URL=pg_url.render_as_string(hide_password=False),
+        CDC_CAPTURE=capture,
+        CDC_BUS="null",
+        CDC_LOG_FORMAT="json",
+    )
+    if settings.slot_name:
+        env["CDC_SLOT_NAME"] = settings.slot_name
+    not_captured = (
+        "public.notes has no capture triggers (run `cdc setup`)"
+        if capture == "changelog"
+        else "public.notes is not in publication cdc_pub (run `cdc setup`)"
+    )
+    try:
+        for tables, says in (
+            ("accounts,notes", not_captured),
+            ("accounts,nothere", "public.nothere does not exist (check CDC_TABLES"),
+        ):
+            # When `cdc run` is asked for them, Then it ends at once with what to do
+            run = subprocess.run(
+                [sys.executable, "-m", "cdc", "run"],
+                env={**env, "CDC_TABLES": tables},
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert run.returncode == 1, run.stderr
+            assert says in run.stderr and "CDC_MISSING_TABLES=warn" in run.stderr
+    finally:
+        drop_slot(engine, settings)

@@ -127,3 +127,48 @@ def test_metrics_and_readiness_of_a_running_worker(pg_url: URL, tmp_path: Path) 
     finally:
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(30) == 0
+
+
+def test_a_table_not_captured_with_missing_tables_warn_leaves_the_worker_not_ready(
+    pg_url: URL, tmp_path: Path
+) -> None:
+    # Given items set up for capture and later, created after `cdc setup`, both in CDC_TABLES
+    settings = settings_for(pg_url, "items")
+    engine = prepared(
+        settings, "CREATE TABLE items (id int PRIMARY KEY); CREATE TABLE later (id int PRIMARY KEY)"
+    )
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CDC_")}
+    env.update(
+        {
+            "CDC_DATABASE_URL": settings.url.render_as_string(hide_password=False),
+            "CDC_TABLES": "items,later",
+            "CDC_MISSING_TABLES": "warn",
+            "CDC_BUS": "file",
+            "CDC_BUS_FILE": str(tmp_path / "b.jsonl"),
+            "CDC_POLL_INTERVAL": "0.05",
+            "CDC_HEALTH_PORT": str(port),
+        }
+    )
+    log = tmp_path / "worker.log"
+    with log.open("w") as output:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "cdc", "run"], env=env, stderr=output, stdout=output
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        # When the worker runs, Then items is captured meanwhile
+        with engine.begin() as connection:
+            connection.execute(text("INSERT INTO items VALUES (1)"))
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "b.jsonl").exists() or not (tmp_path / "b.jsonl").read_text():
+            assert time.monotonic() < deadline and worker.poll() is None
+            time.sleep(0.1)
+        # but the worker says what is missing, and is not ready
+        status, _ = get(f"{base}/readyz")
+        assert status == 503
+        assert metric(get(f"{base}/metrics")[1], "cdc_uncaptured_tables") == 1
+        assert "public.later has no capture triggers (run `cdc setup`)" in log.read_text()
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0

@@ -159,6 +159,12 @@ def test_the_replication_connection_errors_are_classified_alike() -> None:
     assert not is_transient_db_error(error)
     assert is_transient_db_error(psycopg.OperationalError("server closed the connection"))
     assert not is_transient_db_error(psycopg.errors.UndefinedTable('relation "t" does not exist'))
+    # START_REPLICATION on a slot of another database fails the same way every time
+    elsewhere = psycopg.OperationalError(
+        'START_REPLICATION failed: ERROR:  replication slot "cdc_slot" was not created in this '
+        "database"
+    )
+    assert not is_transient_db_error(elsewhere)
 
 
 def test_what_was_retried_before_is_retried_still() -> None:

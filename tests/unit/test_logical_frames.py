@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from cdc.bus.events import Change
+from cdc.capture.history import Version
 from cdc.capture.pgoutput import UNCHANGED, DecodeError, decode
 from cdc.capture.pgoutput_rows import read_new_row
 from cdc.capture.sources.logical.assembly import TransactionAssembler
@@ -25,6 +26,7 @@ from tests.unit.test_pgoutput import (
     insert,
     message,
     relation,
+    truncate,
     tuple_data,
     update,
 )
@@ -247,3 +249,57 @@ def test_a_change_whose_value_does_not_convert_is_set_aside_with_its_index() -> 
     assert good.after == {"id": 2, "b": "AP8="}
     # the set-aside change kept its index: the next one's id is the same as without it
     assert bad.change.position.endswith(".00000000") and good.position.endswith(".00000001")
+
+
+class Tracker:
+    """A schema tracker that records which tables it was asked about."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def track(self, ref: object, message: object, position: str) -> tuple[Version, None]:
+        self.asked.append(str(getattr(ref, "qualified", ref)))
+        return Version(1, "", {"columns": [], "key": ["id"]}, None), None  # type: ignore[arg-type]
+
+
+def test_changes_of_tables_outside_cdc_tables_are_dropped_counted_and_keep_their_index() -> None:
+    # Given a publication that sends two tables and a worker that publishes one of them
+    tracker = Tracker()
+    forgotten: list[str] = []
+    assembly = TransactionAssembler(forgotten.append, tracker, tracked={"public.accounts"})
+    changes: list[Change] = []
+    other = OID + 1
+    assembly.on_data(begin(), changes)
+    assembly.on_data(relation(OID, "public", "accounts", b"d", COLUMNS), changes)
+    assembly.on_data(relation(other, "public", "secrets", b"d", COLUMNS), changes)
+    # When rows of both change, by every path (one-pass, general decoder, truncate)
+    for payload in (
+        insert(other, tuple_data(*ROW)),
+        insert(OID, tuple_data(*ROW)),
+        update(other, tuple_data(*ROW), old=tuple_data(*ROW), kind=b"O"),
+        delete(other, tuple_data("7", None, None, None, None, None)),
+        truncate(0, other, OID),
+        commit(),
+    ):
+        assembly.on_data(payload, changes)
+    # Then only the tracked table's changes come out, at the indexes they would have anyway
+    assert [(c.table.qualified, c.op) for c in changes] == [
+        ("public.accounts", "insert"),
+        ("public.accounts", "truncate"),
+    ]
+    assert [c.position[-1] for c in changes] == ["1", "5"]
+    assert assembly.ignored == 4
+    # and the other table took no schema version, nor a catalog read
+    assert tracker.asked == ["public.accounts"] and forgotten == ["public.accounts"]
+    assert assembly.safe_lsn == END_LSN  # its transaction is passed like any other
+
+
+def test_a_table_renamed_into_cdc_tables_is_published_from_its_next_relation_message() -> None:
+    assembly = TransactionAssembler(lambda _: None, tracked={"public.accounts"})
+    changes: list[Change] = []
+    assembly.on_data(relation(OID, "public", "old_accounts", b"d", COLUMNS), changes)
+    assembly.on_data(begin(), changes)
+    assembly.on_data(insert(OID, tuple_data(*ROW)), changes)
+    assembly.on_data(relation(OID, "public", "accounts", b"d", COLUMNS), changes)
+    assembly.on_data(insert(OID, tuple_data(*ROW)), changes)
+    assert [c.position[-1] for c in changes] == ["1"] and assembly.ignored == 1

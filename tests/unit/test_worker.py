@@ -17,7 +17,7 @@ from cdc.capture.sources import Backlog, Batch
 from cdc.capture.values import row_converters
 from cdc.capture.worker import Worker, failpoint_hook
 from cdc.core.dialects import POSTGRESQL
-from cdc.core.errors import Interrupted
+from cdc.core.errors import Interrupted, SetupError
 from cdc.core.settings import load_settings
 from cdc.core.tables import TableRef
 
@@ -53,6 +53,7 @@ class FakeSource:
         self.acked: list[tuple[list[str], list[str]]] = []
         self.events: list[str] = []
         self.waiting = Backlog()
+        self.ignored = 0  # changes of other tables in each batch (logical mode)
 
     def read(self, limit: int) -> Batch:
         if self.fail_reads:
@@ -60,7 +61,12 @@ class FakeSource:
             raise OperationalError("SELECT", {}, Exception("server closed the connection"))
         changes = self.batches.pop(0) if self.batches else []
         self.events.append("read")
-        return Batch(changes, [1] * len(changes), max((c.position for c in changes), default=""))
+        return Batch(
+            changes,
+            [1] * len(changes),
+            max((c.position for c in changes), default=""),
+            ignored=self.ignored,
+        )
 
     def ack(self, batch: Batch, rejections: Sequence[Rejection]) -> None:
         self.events.append("ack")
@@ -200,3 +206,48 @@ def test_a_batch_of_only_unconvertible_changes_is_still_acknowledged_as_dead_let
     [(positions, rejected)] = source.acked
     assert positions == [] and len(rejected) == 1
     assert worker.stats.dead_letters == 1
+
+
+def metric_samples(worker: Worker, name: str) -> list[float]:
+    return [s.value for f in WorkerCollector(worker).collect() if f.name == name for s in f.samples]
+
+
+def test_a_table_not_captured_stops_the_worker_at_start_with_what_to_do() -> None:
+    source = FakeSource([[change(1)]])
+    gaps = ["table public.orders has no capture triggers (run `cdc setup`)"]
+    worker = Worker(SETTINGS, source, FakePublisher(source), coverage=lambda: gaps)
+    with pytest.raises(SetupError, match=r"public.orders has no capture triggers.*cdc setup"):
+        worker.run()
+    assert source.events == []  # never idles as if there were nothing to capture
+
+
+def test_with_missing_tables_warn_the_others_are_captured_and_metrics_say_what_is_missing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    source = FakeSource([[change(1)]])
+    stop = threading.Event()
+    settings = SETTINGS.model_copy(update={"missing_tables": "warn"})
+    gaps = ["table public.gone does not exist (check CDC_TABLES: names are schema.table)"]
+    worker = Worker(
+        settings,
+        source,
+        FakePublisher(source),
+        stop,
+        on_published=lambda n: stop.set(),
+        coverage=lambda: gaps,
+    )
+    worker.run()
+    assert source.events == ["read", "publish", "ack"]
+    assert worker.stats.uncaptured == tuple(gaps)
+    assert "public.gone does not exist" in caplog.text
+    assert metric_samples(worker, "cdc_uncaptured_tables") == [1]
+
+
+def test_changes_of_other_tables_the_source_dropped_are_counted() -> None:
+    source = FakeSource([[change(1)], []])
+    source.ignored = 3
+    worker = Worker(SETTINGS, source, FakePublisher(source))
+    worker.step()
+    worker.step()
+    assert worker.stats.ignored == 6
+    assert metric_samples(worker, "cdc_changes_ignored") == [6]

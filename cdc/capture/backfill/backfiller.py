@@ -37,7 +37,9 @@ log = logging.getLogger(__name__)
 # logical mode: xids of the transactions streamed last (the race they guard against lasts
 # microseconds, so the last thousand are plenty)
 _RECENT_XIDS = 1_000
-_REFRESH_SECONDS = 1.0
+# How often the running backfills are read: a new one starts within about this long (the
+# worker also looks while it waits on an empty change log, ``has_work``).
+REFRESH_SECONDS = 0.5
 
 
 class Backfiller:
@@ -60,6 +62,8 @@ class Backfiller:
         self._not_before: dict[int, float] = {}  # run id -> monotonic time (rate limit)
         self._recent: dict[int, None] = {}  # logical: xids streamed lately, oldest first
         self._last_xid: int | None = None
+        # logical: the last stream batch that had changes, for the xids a first run needs
+        self._last_changes: Sequence[Change] = ()
 
     @property
     def busy(self) -> bool:
@@ -82,20 +86,31 @@ class Backfiller:
                 self._check_ready(pending)
             return
         now = time.monotonic()
-        if now - self._refreshed_at >= _REFRESH_SECONDS:
-            idle = not self.runs
-            self._refresh()
-            self._refreshed_at = now
-            if idle and self.mode == "logical":
-                # Streamed xids are remembered only while backfills run (the hot path does no
-                # backfill work otherwise): the first chunk waits one round, so that the
-                # transactions streamed just before it are known.
-                return
+        self._refresh_if_due(now)
         runnable = [r for r in self.runs if self._not_before.get(r.id, 0.0) <= now]
         if not runnable:
             return
         self._turn = (self._turn + 1) % len(runnable)
         self._start(runnable[self._turn])
+
+    def has_work(self) -> bool:
+        """``busy``, after reading the running backfills if that is due: the worker asks while
+        it waits on an empty change log, so that a new run does not wait out the poll."""
+        if self.pending is None:
+            self._refresh_if_due(time.monotonic())
+        return self.busy
+
+    def _refresh_if_due(self, now: float) -> None:
+        if now - self._refreshed_at < REFRESH_SECONDS:
+            return
+        idle = not self.runs
+        self._refresh()
+        self._refreshed_at = now
+        if idle and self.runs and self.mode == "logical":
+            # Streamed xids are remembered only while backfills run (the hot path does no
+            # backfill work otherwise); the transactions streamed just before the first chunk
+            # are those of the last batch that had changes.
+            self._remember_xids(self._last_changes)
 
     def _refresh(self) -> None:
         # A run already known keeps its object: it carries the progress counted here.
@@ -187,8 +202,11 @@ class Backfiller:
     def weave(self, batch: Batch) -> Sequence[Change]:
         """The batch's changes, with the pending chunk's rows inserted where they belong."""
         changes = batch.changes
-        if self.mode == "logical" and self.runs:  # no work on the hot path without backfills
-            self._remember_xids(changes)
+        if self.mode == "logical":
+            if self.runs:
+                self._remember_xids(changes)
+            elif changes:  # no work on the hot path without backfills: kept, not read
+                self._last_changes = changes
         pending = self.pending
         if pending is None or pending.emitted >= 0:
             return changes

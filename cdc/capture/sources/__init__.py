@@ -46,6 +46,8 @@ class Batch:
     # changes the source could not convert (their table gone, a value it cannot read): their
     # raw images go to the dead letters with the reason when the batch is acknowledged
     unrenderable: Sequence[Unrenderable] = ()
+    # logical mode: changes of tables outside CDC_TABLES that the stream carried, dropped
+    ignored: int = 0
 
 
 class Unrenderable(NamedTuple):

@@ -7,12 +7,18 @@ once every change read so far is acknowledged: the end of the last transaction r
 keepalive's WAL end or a non-transactional message met between transactions (nothing of a
 transaction is ever confirmed before its commit, so a crash re-streams it whole, with the same
 event ids: commit LSN and index). No I/O: the source hands it the XLogData payloads.
+
+Only the tables of CDC_TABLES are published, whatever the publication holds (a DBA's may hold
+more, and one narrowed by ``cdc setup`` still sends what was written before): the changes of
+other relations are dropped and counted, take no schema version, and keep their index, so that
+event ids do not depend on CDC_TABLES. The slot moves past them like past any transaction.
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
+import struct
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -39,6 +45,8 @@ from cdc.capture.pgtypes import TextConvert, text_converter
 from cdc.capture.sources import WATERMARK_PREFIX, Mark, Unrenderable
 from cdc.core.dialects.postgresql import ORIGIN_MESSAGE_PREFIX
 from cdc.core.tables import TableRef
+
+_u32 = struct.Struct("!I").unpack_from  # a row message's relation oid, after its kind byte
 
 
 class SchemaTracker(Protocol):
@@ -87,11 +95,15 @@ class TransactionAssembler:
     forget: Callable[[str], None]
     # Follows each table's schema version (None: every table is at version 1).
     tracker: SchemaTracker | None = None
+    # The tables published (qualified names; None: every one the publication sends).
+    tracked: Collection[str] | None = None
     safe_lsn: int = 0
     marks: list[Mark] = field(default_factory=list)  # backfill watermarks, by the caller's read
     # changes whose values do not convert, by the caller's read: dead letters with their text
     unrenderable: list[Unrenderable] = field(default_factory=list)
+    ignored: int = 0  # changes of tables outside ``tracked``, dropped
     _relations: dict[int, _Relation] = field(default_factory=dict)
+    _ignored: set[int] = field(default_factory=set)  # the oids of those tables
     _txn: _Transaction | None = None
 
     def restart(self, confirmed_lsn: int) -> None:
@@ -99,6 +111,7 @@ class TransactionAssembler:
         messages again, and what was read but not acknowledged comes again, so nothing beyond
         ``confirmed_lsn`` counts as safe."""
         self._relations.clear()
+        self._ignored.clear()
         self._txn = None
         self.safe_lsn = confirmed_lsn
 
@@ -132,7 +145,14 @@ class TransactionAssembler:
                     )
                 )
                 return
+            if self._ignored and data[:1] in b"IUD" and _u32(data, 1)[0] in self._ignored:
+                self._ignore(txn)  # not even decoded
+                return
         self.on_message(decode(data), changes)
+
+    def _ignore(self, txn: _Transaction) -> None:
+        txn.index += 1
+        self.ignored += 1
 
     def on_keepalive(self, wal_end: int) -> None:
         if self._txn is None:
@@ -143,23 +163,35 @@ class TransactionAssembler:
         txn = self._txn
         if isinstance(message, Insert | Update | Delete):
             assert txn is not None, "row change outside a transaction"
-            index = txn.index
-            try:
-                changes.append(self._change(txn, message))
-            except (ValueError, TypeError, KeyError, ArithmeticError) as error:
-                txn.index = index  # the raw change takes the index the converted one would have
-                self.unrenderable.append(self._raw(txn, message, error))
+            if message.relation_oid in self._ignored:
+                self._ignore(txn)
+            else:
+                index = txn.index
+                try:
+                    changes.append(self._change(txn, message))
+                except (ValueError, TypeError, KeyError, ArithmeticError) as error:
+                    txn.index = index  # the raw change takes the index the converted one had
+                    self.unrenderable.append(self._raw(txn, message, error))
         elif isinstance(message, Begin):
             self._txn = _Transaction(message.final_lsn, message.xid, message.commit_time)
         elif isinstance(message, Commit):
             self._txn = None
             self.safe_lsn = max(self.safe_lsn, message.end_lsn)
         elif isinstance(message, Relation):
-            self._relations[message.oid] = self._relation(message, changes)
+            name = f"{message.namespace or 'pg_catalog'}.{message.name}"
+            if self.tracked is None or name in self.tracked:
+                self._ignored.discard(message.oid)  # renamed into CDC_TABLES, say
+                self._relations[message.oid] = self._relation(message, changes)
+            else:
+                self._ignored.add(message.oid)
+                self._relations.pop(message.oid, None)
         elif isinstance(message, Truncate):
             assert txn is not None, "truncate outside a transaction"
             for oid in message.relation_oids:
-                changes.append(_make(txn, self._relations[oid], "truncate", None, None, ()))
+                if oid in self._ignored:
+                    self._ignore(txn)
+                else:
+                    changes.append(_make(txn, self._relations[oid], "truncate", None, None, ()))
         elif isinstance(message, Message):
             if (
                 message.transactional

@@ -6,7 +6,8 @@ ever a position whose changes the bus accepted: a batch carries the assembler's 
 read, and acknowledging the batch makes that position confirmable. Confirmations go out with
 the next standby status update, at most every ``CONFIRM_SECONDS``; the checkpoint row (for
 ``cdc status`` only: the slot is where streaming resumes) at most every ``CHECKPOINT_SECONDS``.
-A heartbeat message lets the slot advance while the tracked tables are quiet.
+A heartbeat message lets the slot advance while the tracked tables are quiet. Only the tables
+of CDC_TABLES are published (``tracked``): the assembly drops the others' changes.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -49,6 +50,9 @@ CHECKPOINT_SECONDS = 1.0
 # Confirmations go out at most this often (a message each); later is always safe: it only
 # means more to re-stream after a crash.
 CONFIRM_SECONDS = 0.1
+# A read waits at most this long for a first change, whatever CDC_POLL_INTERVAL says: between
+# reads the worker looks for new backfills (which should start within a second) and its lease.
+MAX_WAIT_SECONDS = 0.5
 
 
 @dataclass
@@ -61,6 +65,8 @@ class LogicalSource:
     default_schema: str
     poll_interval: float = 0.2
     heartbeat_seconds: float = 10.0
+    # CDC_TABLES, qualified: the changes of other tables are dropped (None: none are)
+    tracked: Collection[str] | None = None
     linger: float = 0.002
     waits_for_changes: bool = True
     _stream: ReplicationStream | None = None
@@ -81,7 +87,7 @@ class LogicalSource:
         self.history = SchemaHistory(self.engine, self.state, self.default_schema)
         # Versions met in the stream, recorded when their batch is acknowledged.
         self._unstored: list[tuple[str, Version]] = []
-        self.assembly = TransactionAssembler(self.catalog.forget, self)
+        self.assembly = TransactionAssembler(self.catalog.forget, self, self.tracked)
 
     def table(self, name: str) -> TableInfo:
         """The table as it is now: its newest schema version (the catalog, without one)."""
@@ -96,7 +102,8 @@ class LogicalSource:
         assembly.marks = marks
         unrenderable: list[Unrenderable] = []
         assembly.unrenderable = unrenderable
-        deadline = time.monotonic() + self.poll_interval
+        ignored = assembly.ignored
+        deadline = time.monotonic() + min(self.poll_interval, MAX_WAIT_SECONDS)
         linger_until = 0.0
         on_data, ready_frame, monotonic = assembly.on_data, stream.ready_frame, time.monotonic
         try:
@@ -105,8 +112,8 @@ class LogicalSource:
                 if frame is None:
                     # Once something is in hand, wait at most ``linger`` for more: a batch of
                     # one change costs nearly what a batch of hundreds does, a few ms of latency
-                    # less.
-                    if changes:
+                    # less. A backfill's watermark counts: its chunk is waiting for it.
+                    if changes or marks:
                         if not linger_until:
                             linger_until = monotonic() + self.linger
                         wait = max(0.0, linger_until - monotonic())
@@ -132,7 +139,15 @@ class LogicalSource:
         last = changes[-1].position if changes else ""
         if unrenderable:
             last = max(last, *(u.change.position for u in unrenderable))
-        return Batch(changes, (), last, safe_lsn, marks=marks, unrenderable=unrenderable)
+        return Batch(
+            changes,
+            (),
+            last,
+            safe_lsn,
+            marks=marks,
+            unrenderable=unrenderable,
+            ignored=assembly.ignored - ignored,
+        )
 
     def ack(self, batch: Batch, rejections: Sequence[Rejection]) -> None:
         if batch.flush_lsn < self._flushed_lsn:

@@ -64,6 +64,11 @@ class ReplicationStream:
             message = (result.error_message if result else b"").decode(errors="replace").strip()
             if "invalidated" in message or "can no longer get changes" in message:
                 raise PermanentError(slot_lost_message(slot))
+            if "was not created in this database" in message:
+                raise PermanentError(
+                    f"replication slot {slot!r} belongs to another database of the server; set "
+                    "CDC_SLOT_NAME to a slot of this database's own, which `cdc setup` creates"
+                )
             raise psycopg.OperationalError(f"START_REPLICATION failed: {message}")
 
     def ready_frame(self) -> memoryview | None:
