@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -233,6 +234,17 @@ def drop(engine: Engine, slot: str, publication: str) -> list[str]:
     removed = existing(engine, slot, publication)
     with engine.connect() as connection:
         if f"replication slot {slot}" in removed:
+            # A worker that just stopped leaves its walsender for a moment: a slot still
+            # active then cannot be dropped yet.
+            for _ in range(50):
+                active = connection.execute(
+                    text("SELECT active FROM pg_replication_slots WHERE slot_name = :s"),
+                    {"s": slot},
+                ).scalar()
+                if not active:
+                    break
+                connection.rollback()
+                time.sleep(0.1)
             connection.execute(text("SELECT pg_drop_replication_slot(:s)"), {"s": slot})
         connection.execute(text(f"DROP PUBLICATION IF EXISTS {quote_ident(publication)}"))
         connection.commit()

@@ -453,8 +453,8 @@ def test_a_chunk_waits_for_a_writer_that_took_lower_ids_and_commits_late(
 
 @pytest.mark.parametrize("mode", ["changelog", "logical"])
 def test_the_first_chunk_starts_within_a_second_on_an_idle_stream(pg_url: URL, mode: str) -> None:
-    # Given a worker on an idle stream, polling every 5 s, that has just read its source
-    settings = settings_for_mode(pg_url, mode, TABLE, poll_interval="5")
+    # Given a worker on an idle stream, polling every 10 s, that has just read its source
+    settings = settings_for_mode(pg_url, mode, TABLE, poll_interval="10")
     engine = prepared(settings, DDL.replace(str(ROWS), "1001"))
     source = open_source(settings, engine)
     worker = Worker(
@@ -462,7 +462,7 @@ def test_the_first_chunk_starts_within_a_second_on_an_idle_stream(pg_url: URL, m
     )
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
-    tables = state_tables("postgresql", settings.state_schema)
+    tables = state_tables(POSTGRESQL, settings.state_schema)
     try:
         deadline = time.monotonic() + 30
         while not worker.stats.last_read_at:
@@ -476,10 +476,11 @@ def test_the_first_chunk_starts_within_a_second_on_an_idle_stream(pg_url: URL, m
         info = read_table(engine, settings.table_refs[0])
         run, _ = runs.start(engine, tables, info, None, 1000, None)
         registered = time.monotonic()
-        # Then its first chunk is published within a second, not after the idle polls
+        # Then its first chunk is published at once (about 0.15 s measured), not after the idle
+        # poll (10 s): the bound leaves room for a loaded machine
         while runs.by_id(engine, tables, [run.id])[0].rows_done == 0:
             waited = time.monotonic() - registered
-            assert waited < 1.0, f"no chunk after {waited:.1f}s"
+            assert waited < 3.0, f"no chunk after {waited:.1f}s"
             time.sleep(0.02)
     finally:
         worker.stop.set()
